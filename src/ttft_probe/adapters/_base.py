@@ -1,0 +1,300 @@
+"""The adapter protocol, the events adapters emit, and the adapter registry.
+
+An adapter is a sans-I/O parser (like h11's ``receive_data``/``next_event``): it is fed
+the agent's stdout (and, for request-driven families, the client's stdin) with the
+monotonic time in ns at which the bytes arrived, and returns events. It does no I/O and
+reads no clock, so every marker rule is testable from a recorded transcript.
+
+Each runtime family's marker rules live in exactly one module of this package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from ttft_probe.errors import UnknownAdapterError
+from ttft_probe.record import (
+    FirstTokenGranularity,
+    FirstTokenKind,
+    Marker,
+    RuntimeFamily,
+    SessionInitSource,
+)
+
+if TYPE_CHECKING:
+    import re
+
+__all__ = [
+    "Adapter",
+    "AdapterOptions",
+    "AgentInfo",
+    "AgentReportedTimings",
+    "Event",
+    "LineSplitter",
+    "MarkerObserved",
+    "SessionObserved",
+    "TurnEnded",
+    "UsageReported",
+    "adapter_for",
+    "registered_families",
+]
+
+_log = logging.getLogger("ttft_probe")
+
+
+@attrs.frozen
+class MarkerObserved:
+    """A marker was observed at ``t_ns`` (monotonic ns).
+
+    ``session_id`` attributes request-driven markers (``sessionInitDone``,
+    ``promptSent``, ``firstToken``) to a session; ``None`` for stream agents.
+    ``PROMPT_SENT`` starts a turn on a request-driven agent.
+    """
+
+    marker: Marker
+    t_ns: int
+    session_id: str | None = None
+    session_init_source: SessionInitSource | None = None
+    granularity: FirstTokenGranularity | None = None
+    kind: FirstTokenKind | None = None
+
+
+@attrs.frozen
+class SessionObserved:
+    """The agent named its session.
+
+    ``resumed`` is ``True`` when the agent continued an existing session (ACP
+    ``session/load`` / ``session/resume``, app-server ``thread/resume``), ``False`` when it
+    created one, ``None`` when the message does not say. ``prior_turns`` counts the user
+    turns the agent replayed while loading (``user_message_chunk`` runs during
+    ``session/load``), when it replays them.
+    """
+
+    session_id: str
+    resumed: bool | None = None
+    prior_turns: int | None = None
+
+
+@attrs.frozen
+class TurnEnded:
+    """The agent finished a turn at ``t_ns`` (stream ``result`` line; ACP prompt result).
+
+    ``failed`` when the agent reported an error; ``cancelled`` when the turn ended because
+    the client cancelled it (ACP ``stopReason: "cancelled"``).
+    """
+
+    t_ns: int
+    session_id: str | None = None
+    failed: bool = False
+    cancelled: bool = False
+
+
+@attrs.frozen
+class UsageReported:
+    """Token usage the agent reported for the turn; ``None`` where it did not say."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    session_id: str | None = None
+
+
+@attrs.frozen
+class AgentInfo:
+    """Model and version as the agent reports them."""
+
+    model: str | None = None
+    agent_version: str | None = None
+
+
+@attrs.frozen
+class AgentReportedTimings:
+    """Timings the agent reports about itself, in ms on its own clock.
+
+    Claude Code's ``result`` line carries ``ttft_ms``, ``time_to_request_ms`` and
+    ``duration_api_ms``; its clock starts ~250 ms after spawn, so these are kept apart
+    as ``agent_reported_*`` and never mixed into the segments.
+    """
+
+    ttft_ms: float | None = None
+    time_to_request_ms: float | None = None
+    duration_api_ms: float | None = None
+
+
+Event = MarkerObserved | SessionObserved | TurnEnded | UsageReported | AgentInfo | AgentReportedTimings
+
+
+@attrs.frozen
+class AdapterOptions:
+    """Per-run options an adapter may use.
+
+    ``cli_ready_regex`` / ``session_init_regex`` / ``first_token_regex`` override each
+    marker of the ``plain`` family: the marker is the arrival of the chunk in which the
+    pattern first matches (searched in decoded stdout text, line by line).
+    """
+
+    cli_ready_regex: re.Pattern[str] | None = None
+    session_init_regex: re.Pattern[str] | None = None
+    first_token_regex: re.Pattern[str] | None = None
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Protocol: the marker rules of one runtime family, as a sans-I/O parser.
+
+    ``framing`` says what :meth:`feed_stdout` receives: ``"lines"`` (one complete line
+    without its newline, from :class:`LineSplitter`) or ``"chunks"`` (raw reads). Stdin
+    always arrives as lines. ``t_ns`` is the monotonic time in ns at which the bytes
+    (for a line: its last byte) arrived. Implementations must not raise for any input
+    they do not understand; the caller treats a raised exception as a parser fault and
+    disables the adapter for the rest of the run.
+    """
+
+    family: ClassVar[RuntimeFamily]
+    framing: ClassVar[Literal["lines", "chunks"]]
+    request_driven: ClassVar[bool]
+    tees_stdin: ClassVar[bool]
+
+    @property
+    def session_init_observable(self) -> bool:
+        """Whether this adapter can ever mark ``sessionInitDone`` on its own."""
+        ...
+
+    def feed_stdout(self, data: bytes, t_ns: int) -> Sequence[Event]:
+        """Parse agent stdout (a line or a chunk, per ``framing``) and return events."""
+        ...
+
+    def feed_stdin(self, line: bytes, t_ns: int) -> Sequence[Event]:
+        """Parse one line the client wrote to the agent's stdin and return events."""
+        ...
+
+    def close(self, t_ns: int) -> Sequence[Event]:
+        """Stdout reached EOF at ``t_ns``; return any final events."""
+        ...
+
+
+AdapterFactory = Callable[[AdapterOptions], Adapter]
+
+
+class LineSplitter:
+    """Splits a byte stream into lines (``\\n``-terminated, ``\\r`` stripped).
+
+    Lines longer than ``max_line`` bytes are dropped (counted in :attr:`dropped`), so a
+    single huge line costs bounded memory; no marker rule needs a line that long.
+    """
+
+    def __init__(self, max_line: int = 8 * 1024 * 1024) -> None:
+        """Create a splitter that keeps at most ``max_line`` bytes of a partial line."""
+        self._buf = bytearray()
+        self._max = max_line
+        self._skipping = False
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return the complete lines ``data`` finishes (without their newlines)."""
+        if b"\n" not in data:
+            self._append(data)
+            return []
+        parts = data.split(b"\n")
+        tail = parts.pop()
+        lines: list[bytes] = []
+        head = parts[0]
+        if self._skipping:
+            self._skipping = False
+            self.dropped += 1
+        elif self._buf:
+            self._buf += head
+            if len(self._buf) <= self._max:
+                lines.append(bytes(self._buf))
+            else:
+                self.dropped += 1
+            self._buf.clear()
+        elif len(head) <= self._max:
+            lines.append(head)
+        else:
+            self.dropped += 1
+        for part in parts[1:]:
+            if len(part) <= self._max:
+                lines.append(part)
+            else:
+                self.dropped += 1
+        self._append(tail)
+        return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+    def flush(self) -> bytes | None:
+        """Return the unterminated last line at EOF, if any."""
+        if self._skipping or not self._buf:
+            return None
+        line = bytes(self._buf)
+        self._buf.clear()
+        return line
+
+    def _append(self, data: bytes) -> None:
+        if self._skipping or not data:
+            return
+        if len(self._buf) + len(data) > self._max:
+            self._buf.clear()
+            self._skipping = True
+            return
+        self._buf += data
+
+
+_BUILTIN: dict[RuntimeFamily, str] = {
+    RuntimeFamily.CLAUDE_STREAM_JSON: "ttft_probe.adapters.claude_stream_json:ClaudeStreamJsonAdapter",
+    RuntimeFamily.JSON_EVENT_STREAM: "ttft_probe.adapters.json_event_stream:JsonEventStreamAdapter",
+    RuntimeFamily.ACP_JSON_RPC: "ttft_probe.adapters.acp_json_rpc:AcpJsonRpcAdapter",
+    RuntimeFamily.PLAIN: "ttft_probe.adapters.plain:PlainAdapter",
+}
+
+ENTRY_POINT_GROUP = "ttft_probe.adapters"
+
+
+def _load(target: str) -> AdapterFactory:
+    module_name, _, attr = target.partition(":")
+    module = __import__(module_name, fromlist=[attr])
+    factory: AdapterFactory = getattr(module, attr)
+    return factory
+
+
+def registered_families() -> dict[str, str]:
+    """Family name → ``module:attr`` of its adapter: built-ins plus entry-point plugins.
+
+    Plugins register under the ``ttft_probe.adapters`` entry-point group; a built-in
+    family cannot be overridden by a plugin.
+    """
+    found = {str(k): v for k, v in _BUILTIN.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def adapter_for(family: str, options: AdapterOptions | None = None) -> Adapter:
+    """Build the adapter of ``family``.
+
+    Raises:
+        UnknownAdapterError: No built-in or plugin adapter has that name (the message
+            lists the known ones). A plugin that fails to import is logged and treated
+            as absent.
+    """
+    targets = registered_families()
+    target = targets.get(family)
+    if target is None:
+        known = ", ".join(sorted(targets))
+        raise UnknownAdapterError(f"unknown runtime family {family!r}; known: {known}")
+    try:
+        factory = _load(target)
+    except Exception:
+        if family in {str(k) for k in _BUILTIN}:
+            raise
+        _log.warning("adapter plugin %r failed to import; skipped", family, exc_info=True)
+        known = ", ".join(sorted(str(k) for k in _BUILTIN))
+        raise UnknownAdapterError(
+            f"adapter plugin {family!r} failed to import; built-in families: {known}"
+        ) from None
+    return factory(options or AdapterOptions())

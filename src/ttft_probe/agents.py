@@ -1,0 +1,215 @@
+"""The one table of known agents: name → runtime family, resume flags, base-URL variable.
+
+The family of a command is inferred from its executable name and flags when the user
+gives none (``claude -p … --output-format stream-json`` is ``claude-stream-json``,
+``claude -p …`` without it prints plain text, ``gemini --acp`` speaks ACP, …). Unknown
+executables are ``plain``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from ttft_probe.errors import ConfigError
+from ttft_probe.record import RuntimeFamily
+
+__all__ = ["AGENTS", "AgentSpec", "ResolvedAgent", "resolve_agent"]
+
+_F = RuntimeFamily
+
+
+def _flag_value(argv: Sequence[str], *names: str) -> str | None:
+    """Value of the first ``--flag VALUE`` / ``--flag=VALUE`` among ``names``."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg[len(name) + 1 :]
+    return None
+
+
+def _has(argv: Sequence[str], *names: str) -> bool:
+    return any(a in names or any(a.startswith(n + "=") for n in names if n.startswith("--")) for a in argv)
+
+
+@attrs.frozen
+class Resume:
+    """How a command line says "continue a session": resumed, and the id if given."""
+
+    resumed: bool
+    session_id: str | None = None
+
+
+def _claude_resume(argv: Sequence[str]) -> Resume:
+    sid = _flag_value(argv, "--resume", "-r", "--session-id")
+    if _has(argv, "--resume", "-r"):
+        return Resume(resumed=True, session_id=sid)
+    if _has(argv, "--continue", "-c"):
+        return Resume(resumed=True)
+    return Resume(resumed=False)
+
+
+def _codex_resume(argv: Sequence[str]) -> Resume:
+    # `codex exec [opts] resume THREAD_ID PROMPT` or `codex exec resume --last PROMPT`.
+    if "resume" in argv:
+        i = list(argv).index("resume")
+        rest = [a for a in argv[i + 1 :] if not a.startswith("-")]
+        return Resume(resumed=True, session_id=rest[0] if len(rest) > 1 else None)
+    return Resume(resumed=False)
+
+
+def _gemini_resume(argv: Sequence[str]) -> Resume:
+    if _has(argv, "--resume", "-r"):
+        sid = _flag_value(argv, "--resume", "-r")
+        return Resume(resumed=True, session_id=None if sid in {None, "latest"} else sid)
+    return Resume(resumed=False)
+
+
+def _opencode_resume(argv: Sequence[str]) -> Resume:
+    if _has(argv, "--session", "-s"):
+        return Resume(resumed=True, session_id=_flag_value(argv, "--session", "-s"))
+    return Resume(resumed=_has(argv, "--continue", "-c"))
+
+
+def _no_resume(_argv: Sequence[str]) -> Resume:
+    return Resume(resumed=False)
+
+
+@attrs.frozen
+class AgentSpec:
+    """One known agent.
+
+    Attributes:
+        name: Agent name as it appears in records (``claude_code``, ``codex_acp``, …).
+        family: Its runtime family.
+        executable: The executable name that identifies it.
+        base_url_env: The variable that points it at a provider (for the observer).
+        matches: Predicate on the arguments after the executable (e.g. ``--acp``).
+        resume: Reads the resume flags of a one-shot command line.
+    """
+
+    name: str
+    family: RuntimeFamily
+    executable: str
+    base_url_env: str | None = None
+    matches: Callable[[Sequence[str]], bool] = lambda _argv: True
+    resume: Callable[[Sequence[str]], Resume] = _no_resume
+
+
+def _stream_json(argv: Sequence[str]) -> bool:
+    return _flag_value(argv, "--output-format", "-o") == "stream-json"
+
+
+AGENTS: tuple[AgentSpec, ...] = (
+    # Order matters: the first spec whose executable and predicate match wins.
+    AgentSpec("claude_code", _F.CLAUDE_STREAM_JSON, "claude", "ANTHROPIC_BASE_URL",
+              _stream_json, _claude_resume),
+    AgentSpec("claude_code", _F.PLAIN, "claude", "ANTHROPIC_BASE_URL", resume=_claude_resume),
+    AgentSpec("codex_app_server", _F.ACP_JSON_RPC, "codex", "OPENAI_BASE_URL",
+              lambda a: "app-server" in a),
+    AgentSpec("codex", _F.JSON_EVENT_STREAM, "codex", "OPENAI_BASE_URL",
+              lambda a: "exec" in a and "--json" in a, _codex_resume),
+    AgentSpec("codex", _F.PLAIN, "codex", "OPENAI_BASE_URL", resume=_codex_resume),
+    AgentSpec("gemini_acp", _F.ACP_JSON_RPC, "gemini", "GOOGLE_GEMINI_BASE_URL",
+              lambda a: _has(a, "--acp", "--experimental-acp")),
+    AgentSpec("gemini", _F.JSON_EVENT_STREAM, "gemini", "GOOGLE_GEMINI_BASE_URL",
+              _stream_json, _gemini_resume),
+    AgentSpec("gemini", _F.PLAIN, "gemini", "GOOGLE_GEMINI_BASE_URL", resume=_gemini_resume),
+    AgentSpec("claude_code_acp", _F.ACP_JSON_RPC, "claude-code-acp", "ANTHROPIC_BASE_URL"),
+    AgentSpec("claude_code_acp", _F.ACP_JSON_RPC, "claude-agent-acp", "ANTHROPIC_BASE_URL"),
+    AgentSpec("codex_acp", _F.ACP_JSON_RPC, "codex-acp", "OPENAI_BASE_URL"),
+    AgentSpec("opencode_acp", _F.ACP_JSON_RPC, "opencode", None, lambda a: "acp" in a),
+    AgentSpec("opencode", _F.PLAIN, "opencode", None, resume=_opencode_resume),
+    AgentSpec("cursor_agent", _F.JSON_EVENT_STREAM, "cursor-agent", None, _stream_json),
+    AgentSpec("cursor_agent", _F.PLAIN, "cursor-agent"),
+)
+
+# Launchers whose own argv precede the agent's executable.
+_LAUNCHERS = frozenset({"node", "npx", "bunx", "bun", "pnpx", "env", "exec", "nice", "timeout"})
+
+
+@attrs.frozen
+class ResolvedAgent:
+    """What a command line turned out to be.
+
+    Attributes:
+        name: Agent name for the record.
+        family: Runtime family whose adapter parses it.
+        spec: The matching table row, ``None`` for an unknown executable.
+        resumed: The command line asks to continue a session.
+        resume_session_id: The session id it names, when it names one.
+    """
+
+    name: str
+    family: RuntimeFamily
+    spec: AgentSpec | None
+    resumed: bool
+    resume_session_id: str | None
+
+
+def _find_executable(argv: Sequence[str]) -> tuple[int, str]:
+    """Index and name of the agent executable, looking past launchers such as ``npx``."""
+    known = {s.executable for s in AGENTS}
+    for i, arg in enumerate(argv):
+        base = os.path.basename(arg).removesuffix(".js")
+        if base in known:
+            return i, base
+        if i > 0 and not arg.startswith("-") and "=" not in arg:
+            # The first operand of a launcher is the program: an npm package path
+            # such as .../claude-code-acp/dist/index.js names the agent in its path.
+            for spec in AGENTS:
+                if f"/{spec.executable}/" in arg:
+                    return i, spec.executable
+            break
+        if base not in _LAUNCHERS:
+            break
+    return 0, os.path.basename(argv[0])
+
+
+def resolve_agent(
+    argv: Sequence[str], *, agent: str | None = None, family: str | None = None
+) -> ResolvedAgent:
+    """Work out agent name, family and resume intent from a command line.
+
+    Args:
+        argv: The agent command (``["claude", "-p", "hi", …]``).
+        agent: An explicit agent name; when it is in the table its family is the default.
+        family: An explicit runtime family; wins over everything inferred.
+
+    Raises:
+        ConfigError: ``argv`` is empty, or ``family`` is not a runtime family.
+    """
+    if not argv:
+        raise ConfigError("no command given: put the agent command after `--`")
+    if family is not None:
+        try:
+            fam: RuntimeFamily | None = RuntimeFamily(family)
+        except ValueError:
+            known = ", ".join(f.value for f in RuntimeFamily)
+            raise ConfigError(f"unknown runtime family {family!r}; use one of: {known}") from None
+    else:
+        fam = None
+    idx, exe = _find_executable(argv)
+    rest = argv[idx + 1 :]
+    candidates = [
+        c
+        for c in AGENTS
+        if (c.name == agent if agent is not None else c.executable == exe)
+        and (fam is None or c.family == fam)
+    ]
+    # The first row whose flags match; with an explicit agent name, its first row else.
+    spec = next((c for c in candidates if c.matches(rest)), None)
+    if spec is None and agent is not None and candidates:
+        spec = candidates[0]
+    resume = spec.resume(rest) if spec is not None else Resume(resumed=False)
+    return ResolvedAgent(
+        name=agent or (spec.name if spec is not None else exe),
+        family=fam or (spec.family if spec is not None else RuntimeFamily.PLAIN),
+        spec=spec,
+        resumed=resume.resumed,
+        resume_session_id=resume.session_id,
+    )

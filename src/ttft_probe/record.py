@@ -1,0 +1,375 @@
+"""Markers, segments and the ``run_finished`` record: the timing contract in code.
+
+The contract (DESIGN §3)::
+
+    processSpawned ─cli_ready_ms─▶ cliReady ─session_init_ms─▶ sessionInitDone
+        ─client_wait_ms─▶ promptSent ─model_first_token_ms─▶ firstToken
+    └──────────────────────── spawn_to_first_token_ms ──────────────────────────┘
+    remainder_ms = spawn_to_first_token_ms − (sum of the four segments that exist)
+
+All marker times are monotonic-clock readings in ns; all segments are ms (float). For
+stream agents ``promptSent`` is ``sessionInitDone`` (the prompt is on the command line),
+so ``client_wait_ms`` is 0. A marker that was not observed is ``None``: the segments that
+need it are ``None`` and the run carries a :class:`TimingUnavailableReason`; nothing is
+ever estimated or replaced by another duration.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from importlib import resources
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "FirstTokenGranularity",
+    "FirstTokenKind",
+    "Marker",
+    "MarkerTimes",
+    "RunRecord",
+    "RuntimeFamily",
+    "SessionInitSource",
+    "Segments",
+    "Status",
+    "TimingUnavailableReason",
+    "compute_segments",
+    "record_schema",
+]
+
+CONTRACT_VERSION: Final = "1.0"
+"""Version of the ``run_finished`` contract; the JSON Schema's ``$id`` carries it too."""
+
+_NS_PER_MS: Final = 1_000_000
+
+
+class Marker(enum.StrEnum):
+    """The timestamped moments of a run (DESIGN §2), named as the contract names them."""
+
+    PROCESS_SPAWNED = "processSpawned"
+    CLI_READY = "cliReady"
+    SESSION_INIT_DONE = "sessionInitDone"
+    PROMPT_SENT = "promptSent"
+    FIRST_TOKEN = "firstToken"
+    PROCESS_EXITED = "processExited"
+
+
+class RuntimeFamily(enum.StrEnum):
+    """How an agent talks on stdio; one adapter per family."""
+
+    CLAUDE_STREAM_JSON = "claude-stream-json"
+    JSON_EVENT_STREAM = "json-event-stream"
+    ACP_JSON_RPC = "acp-json-rpc"
+    PLAIN = "plain"
+
+
+class Status(enum.StrEnum):
+    """How a run ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+class TimingUnavailableReason(enum.StrEnum):
+    """Why a run's breakdown is incomplete: the first missing or disordered link."""
+
+    PROCESS_EXITED_BEFORE_READY = "process_exited_before_ready"
+    NO_CLI_READY = "no_cli_ready"
+    SESSION_INIT_NOT_OBSERVABLE = "session_init_not_observable"
+    NO_SESSION_INIT = "no_session_init"
+    NO_PROMPT = "no_prompt"
+    NO_FIRST_TOKEN = "no_first_token"
+    MARKERS_OUT_OF_ORDER = "markers_out_of_order"
+    ADAPTER_ERROR = "adapter_error"
+
+
+class SessionInitSource(enum.StrEnum):
+    """Which observation marked ``sessionInitDone``.
+
+    ``model_request``: the observer saw the first generation request (DESIGN §6).
+    ``init_message``: the agent's own init line on stdout (claude ``system``/``init``,
+    codex ``turn.started``, gemini ``init``). ``session_result``: the JSON-RPC result of
+    ``session/new``, ``session/load`` or ``session/resume`` (``thread/start``,
+    ``thread/resume`` for app-server). ``user_regex``: a user-supplied pattern (plain).
+    """
+
+    MODEL_REQUEST = "model_request"
+    INIT_MESSAGE = "init_message"
+    SESSION_RESULT = "session_result"
+    USER_REGEX = "user_regex"
+
+
+class FirstTokenGranularity(enum.StrEnum):
+    """``delta``: the first streamed piece of the answer. ``message``: only a whole
+    message was visible, so firstToken is late by that message's generation time."""
+
+    DELTA = "delta"
+    MESSAGE = "message"
+
+
+class FirstTokenKind(enum.StrEnum):
+    """Whether the first token was answer text or reasoning ("thinking") text."""
+
+    TEXT = "text"
+    THINKING = "thinking"
+
+
+@attrs.frozen
+class MarkerTimes:
+    """Monotonic ns of each marker of one run; ``None`` where it was not observed.
+
+    ``start_ns`` is ``processSpawned`` for a spawned run and ``promptSent`` for a run on a
+    reused process. ``end_ns`` is the end of the turn (the agent's result, or
+    ``processExited``).
+    """
+
+    start_ns: int
+    cli_ready_ns: int | None = None
+    session_init_done_ns: int | None = None
+    prompt_sent_ns: int | None = None
+    first_token_ns: int | None = None
+    end_ns: int | None = None
+    first_stderr_ns: int | None = None
+
+    def as_offsets_ms(self) -> dict[str, float | None]:
+        """Each marker as ms since ``start_ns`` (monotonic), keyed by marker name."""
+
+        def off(t: int | None) -> float | None:
+            return None if t is None else _ms(t - self.start_ns)
+
+        return {
+            Marker.PROCESS_SPAWNED.value: 0.0,
+            Marker.CLI_READY.value: off(self.cli_ready_ns),
+            Marker.SESSION_INIT_DONE.value: off(self.session_init_done_ns),
+            Marker.PROMPT_SENT.value: off(self.prompt_sent_ns),
+            Marker.FIRST_TOKEN.value: off(self.first_token_ns),
+            Marker.PROCESS_EXITED.value: off(self.end_ns),
+        }
+
+
+@attrs.frozen
+class Segments:
+    """The breakdown of one run, in ms (float, monotonic). See the module docstring."""
+
+    spawn_to_first_token_ms: float | None
+    cli_ready_ms: float | None
+    session_init_ms: float | None
+    client_wait_ms: float | None
+    model_first_token_ms: float | None
+    remainder_ms: float | None
+    total_duration_ms: float | None
+    first_stderr_ms: float | None
+    timing_unavailable_reason: TimingUnavailableReason | None
+
+
+def _ms(delta_ns: int) -> float:
+    # µs resolution: the contract's floats carry no more than the clock pipeline can.
+    return round(delta_ns / _NS_PER_MS, 3)
+
+
+def compute_segments(
+    times: MarkerTimes,
+    *,
+    request_driven: bool,
+    process_reused: bool,
+    session_init_observable: bool = True,
+    exited_early: bool = False,
+    adapter_failed: bool = False,
+) -> Segments:
+    """Apply the timing contract to one run's markers.
+
+    Args:
+        times: The run's markers (monotonic ns).
+        request_driven: ``True`` for ACP / app-server agents, whose model time starts at
+            ``promptSent``; ``False`` for stream agents, where ``promptSent`` is
+            ``sessionInitDone`` and ``client_wait_ms`` is 0.
+        process_reused: No spawn for this run: ``cli_ready_ms``, ``session_init_ms`` and
+            ``client_wait_ms`` are 0 and the run starts at ``promptSent``.
+        session_init_observable: ``False`` when the family cannot see ``sessionInitDone``
+            at all (plain without the observer); the reason then says so.
+        exited_early: The process exited before ``cliReady``.
+        adapter_failed: The adapter faulted; markers after the fault are missing.
+
+    Returns:
+        The segments. Each is ``None`` when either of its markers is missing or the pair
+        is out of order; ``remainder_ms`` is non-zero exactly when that happened before
+        the first token.
+    """
+    start = times.start_ns
+    if process_reused:
+        chain: list[int | None] = [start, start, start, start, times.first_token_ns]
+    else:
+        prompt = times.prompt_sent_ns if request_driven else times.session_init_done_ns
+        chain = [start, times.cli_ready_ns, times.session_init_done_ns, prompt, times.first_token_ns]
+
+    segs: list[float | None] = []
+    disordered = False
+    for a, b in zip(chain, chain[1:], strict=False):
+        if a is None or b is None:
+            segs.append(None)
+        elif b < a:
+            segs.append(None)
+            disordered = True
+        else:
+            segs.append(_ms(b - a))
+
+    first = times.first_token_ns
+    s2ft = _ms(first - start) if first is not None and first >= start else None
+    remainder = None if s2ft is None else round(s2ft - sum(s for s in segs if s is not None), 3)
+
+    reason = _reason(
+        chain,
+        disordered=disordered,
+        request_driven=request_driven,
+        session_init_observable=session_init_observable,
+        exited_early=exited_early,
+        adapter_failed=adapter_failed,
+    )
+    return Segments(
+        spawn_to_first_token_ms=s2ft,
+        cli_ready_ms=segs[0],
+        session_init_ms=segs[1],
+        client_wait_ms=segs[2],
+        model_first_token_ms=segs[3],
+        remainder_ms=remainder,
+        total_duration_ms=None if times.end_ns is None else _ms(times.end_ns - start),
+        first_stderr_ms=None if times.first_stderr_ns is None else _ms(times.first_stderr_ns - start),
+        timing_unavailable_reason=reason,
+    )
+
+
+def _reason(  # noqa: PLR0911 - one return per link of the chain reads best
+    chain: list[int | None],
+    *,
+    disordered: bool,
+    request_driven: bool,
+    session_init_observable: bool,
+    exited_early: bool,
+    adapter_failed: bool,
+) -> TimingUnavailableReason | None:
+    if adapter_failed:
+        return TimingUnavailableReason.ADAPTER_ERROR
+    if disordered:
+        return TimingUnavailableReason.MARKERS_OUT_OF_ORDER
+    _, ready, init, prompt, first = chain
+    if ready is None:
+        if exited_early:
+            return TimingUnavailableReason.PROCESS_EXITED_BEFORE_READY
+        return TimingUnavailableReason.NO_CLI_READY
+    if init is None:
+        if not session_init_observable:
+            return TimingUnavailableReason.SESSION_INIT_NOT_OBSERVABLE
+        return TimingUnavailableReason.NO_SESSION_INIT
+    if request_driven and prompt is None:
+        return TimingUnavailableReason.NO_PROMPT
+    if first is None:
+        return TimingUnavailableReason.NO_FIRST_TOKEN
+    return None
+
+
+def _opt_float(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+_enum_or_none = attrs.converters.optional
+
+
+@attrs.frozen(kw_only=True)
+class RunRecord:
+    """The ``run_finished`` record: one per run, the same fields in every sink (DESIGN §4).
+
+    Durations are ms (float, µs resolution) on the monotonic clock; ``started_at`` is the
+    run's start as ISO-8601 UTC wall time. ``agent_reported_*`` are the agent's own
+    self-reported timings (Claude Code's ``result`` line), on the agent's clock: they are
+    never mixed into the segments. ``adapter_error`` names a parser fault (the exception
+    type and the marker rule it broke), never the content of the line.
+    """
+
+    run_id: str
+    conversation_id: str | None = None
+    session_id: str | None = None
+    turn_ordinal: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    session_resumed: bool = False
+    process_reused: bool = False
+    agent: str
+    runtime_family: RuntimeFamily = attrs.field(converter=RuntimeFamily)
+    agent_version: str | None = None
+    model: str | None = None
+    status: Status = attrs.field(converter=Status)
+    exit_code: int | None = None
+    signal: int | None = None
+    spawn_to_first_token_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    cli_ready_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    session_init_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    client_wait_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    model_first_token_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    remainder_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    provider_first_byte_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    cli_forward_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    total_duration_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    first_stderr_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    timing_unavailable_reason: TimingUnavailableReason | None = attrs.field(
+        default=None, converter=_enum_or_none(TimingUnavailableReason)
+    )
+    session_init_source: SessionInitSource | None = attrs.field(
+        default=None, converter=_enum_or_none(SessionInitSource)
+    )
+    first_token_granularity: FirstTokenGranularity | None = attrs.field(
+        default=None, converter=_enum_or_none(FirstTokenGranularity)
+    )
+    first_token_kind: FirstTokenKind | None = attrs.field(
+        default=None, converter=_enum_or_none(FirstTokenKind)
+    )
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    agent_reported_ttft_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    agent_reported_time_to_request_ms: float | None = attrs.field(
+        default=None, converter=_opt_float
+    )
+    agent_reported_duration_api_ms: float | None = attrs.field(default=None, converter=_opt_float)
+    adapter_error: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    probe_version: str
+    contract_version: str = CONTRACT_VERSION
+    started_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready properties (enums as their string values)."""
+        return attrs.asdict(self, value_serializer=_serialize)
+
+    def to_json(self) -> str:
+        """One compact JSON object (a JSON line without the newline)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Rebuild a record from :meth:`to_dict` output; unknown keys are ignored.
+
+        Raises:
+            TypeError: A required field is missing.
+            ValueError: A field holds a value outside its enum or range.
+        """
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _serialize(_inst: object, _field: object, value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def record_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``run_finished``, shipped in the package."""
+    text = resources.files("ttft_probe").joinpath("run_finished.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
