@@ -33,7 +33,9 @@ def _flag_value(argv: Sequence[str], *names: str) -> str | None:
 
 
 def _has(argv: Sequence[str], *names: str) -> bool:
-    return any(a in names or any(a.startswith(n + "=") for n in names if n.startswith("--")) for a in argv)
+    return any(
+        a in names or any(a.startswith(n + "=") for n in names if n.startswith("--")) for a in argv
+    )
 
 
 @attrs.frozen
@@ -106,18 +108,42 @@ def _stream_json(argv: Sequence[str]) -> bool:
 
 AGENTS: tuple[AgentSpec, ...] = (
     # Order matters: the first spec whose executable and predicate match wins.
-    AgentSpec("claude_code", _F.CLAUDE_STREAM_JSON, "claude", "ANTHROPIC_BASE_URL",
-              _stream_json, _claude_resume),
+    AgentSpec(
+        "claude_code",
+        _F.CLAUDE_STREAM_JSON,
+        "claude",
+        "ANTHROPIC_BASE_URL",
+        _stream_json,
+        _claude_resume,
+    ),
     AgentSpec("claude_code", _F.PLAIN, "claude", "ANTHROPIC_BASE_URL", resume=_claude_resume),
-    AgentSpec("codex_app_server", _F.ACP_JSON_RPC, "codex", "OPENAI_BASE_URL",
-              lambda a: "app-server" in a),
-    AgentSpec("codex", _F.JSON_EVENT_STREAM, "codex", "OPENAI_BASE_URL",
-              lambda a: "exec" in a and "--json" in a, _codex_resume),
+    AgentSpec(
+        "codex_app_server", _F.ACP_JSON_RPC, "codex", "OPENAI_BASE_URL", lambda a: "app-server" in a
+    ),
+    AgentSpec(
+        "codex",
+        _F.JSON_EVENT_STREAM,
+        "codex",
+        "OPENAI_BASE_URL",
+        lambda a: "exec" in a and "--json" in a,
+        _codex_resume,
+    ),
     AgentSpec("codex", _F.PLAIN, "codex", "OPENAI_BASE_URL", resume=_codex_resume),
-    AgentSpec("gemini_acp", _F.ACP_JSON_RPC, "gemini", "GOOGLE_GEMINI_BASE_URL",
-              lambda a: _has(a, "--acp", "--experimental-acp")),
-    AgentSpec("gemini", _F.JSON_EVENT_STREAM, "gemini", "GOOGLE_GEMINI_BASE_URL",
-              _stream_json, _gemini_resume),
+    AgentSpec(
+        "gemini_acp",
+        _F.ACP_JSON_RPC,
+        "gemini",
+        "GOOGLE_GEMINI_BASE_URL",
+        lambda a: _has(a, "--acp", "--experimental-acp"),
+    ),
+    AgentSpec(
+        "gemini",
+        _F.JSON_EVENT_STREAM,
+        "gemini",
+        "GOOGLE_GEMINI_BASE_URL",
+        _stream_json,
+        _gemini_resume,
+    ),
     AgentSpec("gemini", _F.PLAIN, "gemini", "GOOGLE_GEMINI_BASE_URL", resume=_gemini_resume),
     AgentSpec("claude_code_acp", _F.ACP_JSON_RPC, "claude-code-acp", "ANTHROPIC_BASE_URL"),
     AgentSpec("claude_code_acp", _F.ACP_JSON_RPC, "claude-agent-acp", "ANTHROPIC_BASE_URL"),

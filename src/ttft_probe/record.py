@@ -204,7 +204,13 @@ def compute_segments(
         chain: list[int | None] = [start, start, start, start, times.first_token_ns]
     else:
         prompt = times.prompt_sent_ns if request_driven else times.session_init_done_ns
-        chain = [start, times.cli_ready_ns, times.session_init_done_ns, prompt, times.first_token_ns]
+        chain = [
+            start,
+            times.cli_ready_ns,
+            times.session_init_done_ns,
+            prompt,
+            times.first_token_ns,
+        ]
 
     segs: list[float | None] = []
     disordered = False
@@ -237,7 +243,9 @@ def compute_segments(
         model_first_token_ms=segs[3],
         remainder_ms=remainder,
         total_duration_ms=None if times.end_ns is None else _ms(times.end_ns - start),
-        first_stderr_ms=None if times.first_stderr_ns is None else _ms(times.first_stderr_ns - start),
+        first_stderr_ms=None
+        if times.first_stderr_ns is None
+        else _ms(times.first_stderr_ns - start),
         timing_unavailable_reason=reason,
     )
 

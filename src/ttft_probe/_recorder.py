@@ -1,0 +1,90 @@
+"""The recorder: takes finished runs off the pump threads and writes them down.
+
+Runs are queued and written by one background thread, so a slow or failing disk never
+delays the bytes the agent prints. The store is written first; user callbacks after.
+:meth:`Recorder.flush` waits (bounded) until everything queued so far is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ttft_probe._run import RunResult
+    from ttft_probe.record import RunRecord
+    from ttft_probe.sinks.store import Store
+
+__all__ = ["Recorder"]
+
+_log = logging.getLogger("ttft_probe")
+
+
+class Recorder:
+    """Writes finished runs to the store and hands them to callbacks, off the hot path.
+
+    Args:
+        store: Opens the store lazily in the writer thread (``None``: no store).
+        on_record: Called with each record after it is stored; exceptions are logged.
+    """
+
+    def __init__(
+        self,
+        store: Callable[[], Store] | None,
+        on_record: Callable[[RunRecord], None] | None = None,
+    ) -> None:
+        self._open_store = store
+        self._store: Store | None = None
+        self._on_record = on_record
+        self._queue: queue.SimpleQueue[RunResult | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    def submit(self, result: RunResult) -> None:
+        """Queue a finished run; never blocks, never raises."""
+        with self._cond:
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="ttft-probe-recorder", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(result)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until every submitted run is written; ``True`` if so."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._write(item)
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def _write(self, result: RunResult) -> None:
+        if self._open_store is not None:
+            try:
+                if self._store is None:
+                    self._store = self._open_store()
+                self._store.add(result.record, result.times)
+            except Exception as exc:  # noqa: BLE001 - the disk never reaches the run
+                if not self._warned:
+                    self._warned = True
+                    _log.warning("could not write the run to the local store: %s", exc)
+        if self._on_record is not None:
+            try:
+                self._on_record(result.record)
+            except Exception:  # noqa: BLE001 - a user callback never reaches the run
+                _log.warning("on_record callback raised", exc_info=True)

@@ -1,0 +1,511 @@
+"""Run state: one :class:`ProcessTracker` per agent process turns adapter events into runs.
+
+A stream agent (one-shot CLI) has exactly one run, from spawn to exit. A request-driven
+agent (ACP, app-server) has one run per ``session/prompt``: the first starts at spawn,
+every later one is ``process_reused`` and starts at its prompt (DESIGN §3). The tracker
+is fed from the pump threads (stdout, stdin, stderr) under one lock, never raises into
+them, and hands each finished run to ``emit`` (the recorder thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ttft_probe.adapters._base import (
+    Adapter,
+    AgentInfo,
+    AgentReportedTimings,
+    Event,
+    LineSplitter,
+    MarkerObserved,
+    SessionObserved,
+    TurnEnded,
+    UsageReported,
+)
+from ttft_probe.record import (
+    FirstTokenGranularity,
+    FirstTokenKind,
+    Marker,
+    MarkerTimes,
+    RunRecord,
+    SessionInitSource,
+    Status,
+    compute_segments,
+)
+
+if TYPE_CHECKING:
+    from ttft_probe._clock import WallAnchor
+    from ttft_probe.agents import ResolvedAgent
+    from ttft_probe.sinks.otel import RunSpan, Telemetry
+
+__all__ = ["CallerContext", "ExitInfo", "ProcessTracker", "RunResult"]
+
+_log = logging.getLogger("ttft_probe")
+
+
+@attrs.frozen
+class CallerContext:
+    """What the caller says about the run(s); ``None`` means "infer it"."""
+
+    conversation_id: str | None = None
+    turn_ordinal: int | None = None
+    session_resumed: bool | None = None
+
+
+@attrs.frozen
+class ExitInfo:
+    """How the process ended: its return code (negative = killed by that signal) and why.
+
+    ``cancelled``: the probe forwarded a user's SIGINT/SIGTERM; ``timed_out``: the probe
+    ended it at its deadline.
+    """
+
+    t_ns: int
+    returncode: int | None
+    cancelled: bool = False
+    timed_out: bool = False
+
+
+@attrs.frozen
+class RunResult:
+    """A finished run: the record plus its marker times (monotonic ns) for audit."""
+
+    record: RunRecord
+    times: MarkerTimes
+
+
+@attrs.define
+class _Turn:
+    start_ns: int
+    process_reused: bool
+    session_id: str | None = None
+    cli_ready_ns: int | None = None
+    session_init_done_ns: int | None = None
+    session_init_source: SessionInitSource | None = None
+    prompt_sent_ns: int | None = None
+    first_token_ns: int | None = None
+    granularity: FirstTokenGranularity | None = None
+    kind: FirstTokenKind | None = None
+    end_ns: int | None = None
+    ended: bool = False
+    run_index: int = 0
+    failed: bool = False
+    cancelled: bool = False
+    usage: UsageReported | None = None
+    reported: AgentReportedTimings | None = None
+    span: RunSpan | None = None
+
+
+@attrs.define
+class _Session:
+    init_done_ns: int | None = None
+    source: SessionInitSource | None = None
+    resumed: bool | None = None
+    prior_turns: int | None = None
+    prompts: int = 0
+
+
+class ProcessTracker:
+    """All runs of one agent process. Thread-safe; never raises into its callers.
+
+    Args:
+        agent: The resolved agent (name, family, resume flags).
+        adapter: The family adapter; disabled for the rest of the process if it raises.
+        spawn_ns: Monotonic ns just before the spawn (``processSpawned``).
+        anchor: Wall-clock anchor taken at spawn; ``started_at`` derives from it.
+        caller: Caller-supplied conversation id, turn ordinal, resumed flag.
+        emit: Receives each finished run (called with the tracker's lock released).
+        probe_version: Goes into every record.
+        telemetry: Starts and finishes the OTel spans; ``None`` for no telemetry.
+        history: Looks up a resumed session's earlier runs: (turns, conversation_id).
+    """
+
+    def __init__(  # noqa: PLR0913 - the run's whole context arrives here once
+        self,
+        *,
+        agent: ResolvedAgent,
+        adapter: Adapter,
+        spawn_ns: int,
+        anchor: WallAnchor,
+        caller: CallerContext,
+        emit: Callable[[RunResult], None],
+        probe_version: str,
+        telemetry: Telemetry | None = None,
+        history: Callable[[str], tuple[int, str | None]] | None = None,
+    ) -> None:
+        self.agent = agent
+        self._adapter: Adapter | None = adapter
+        self._request_driven = adapter.request_driven
+        self.tees_stdin = adapter.tees_stdin
+        self._init_observable = adapter.session_init_observable
+        self._lines = adapter.framing == "lines"
+        self._spawn_ns = spawn_ns
+        self._anchor = anchor
+        self._caller = caller
+        self._emit = emit
+        self._version = probe_version
+        self._telemetry = telemetry
+        self._history = history
+        self._lock = threading.Lock()
+        self._out_split = LineSplitter()
+        self._in_split = LineSplitter()
+        self._adapter_error: str | None = None
+        self._cli_ready_ns: int | None = None
+        self._first_stderr_ns: int | None = None
+        self._model: str | None = None
+        self._agent_version: str | None = None
+        self._sessions: dict[str | None, _Session] = {}
+        self._last_session: str | None = None
+        self._turns: dict[str | None, _Turn] = {}
+        self._runs_started = 0
+        self._finished = False
+        self._done: list[RunResult] = []
+        self.results: list[RunResult] = []
+        self._first = _Turn(start_ns=spawn_ns, process_reused=False)
+        if telemetry is not None:
+            self._first.span = self._start_span(spawn_ns)
+        if not self._request_driven:
+            self._turns[None] = self._first
+            self._runs_started = 1
+
+    @property
+    def traceparent(self) -> str | None:
+        """W3C ``traceparent`` of the first run's root span, to hand to the child."""
+        span = self._first.span
+        return None if span is None else span.traceparent
+
+    def _start_span(self, start_ns: int) -> RunSpan | None:
+        if self._telemetry is None:
+            return None
+        try:
+            return self._telemetry.start_run(
+                agent=self.agent.name, start_ns=start_ns, anchor=self._anchor
+            )
+        except Exception:  # noqa: BLE001 - telemetry never reaches the run
+            _log.warning("could not start the run span; continuing without it", exc_info=True)
+            return None
+
+    # --- feeding -------------------------------------------------------------------
+
+    def on_stdout(self, data: bytes, t_ns: int) -> None:
+        """Bytes the agent wrote to stdout, read at ``t_ns`` (already passed through)."""
+        with self._lock:
+            if self._adapter is None:
+                return
+            if self._lines:
+                for line in self._out_split.feed(data):
+                    self._apply(self._call(lambda a, ln=line: a.feed_stdout(ln, t_ns)))
+            else:
+                self._apply(self._call(lambda a: a.feed_stdout(data, t_ns)))
+        self._flush_done()
+
+    def on_stdin(self, data: bytes, t_ns: int) -> None:
+        """Bytes the client wrote to the agent's stdin, forwarded at ``t_ns``."""
+        with self._lock:
+            if self._adapter is None:
+                return
+            for line in self._in_split.feed(data):
+                self._apply(self._call(lambda a, ln=line: a.feed_stdin(ln, t_ns)))
+        self._flush_done()
+
+    def on_stderr(self, t_ns: int) -> None:
+        """The agent wrote to stderr at ``t_ns`` (only the first write is recorded)."""
+        if self._first_stderr_ns is None:
+            self._first_stderr_ns = t_ns
+
+    def on_stdout_eof(self, t_ns: int) -> None:
+        """Stdout reached EOF: flush a last unterminated line and close the adapter."""
+        with self._lock:
+            if self._adapter is None:
+                return
+            tail = self._out_split.flush() if self._lines else None
+            if tail:
+                self._apply(self._call(lambda a: a.feed_stdout(tail, t_ns)))
+            self._apply(self._call(lambda a: a.close(t_ns)))
+        self._flush_done()
+
+    def on_exit(self, info: ExitInfo) -> None:
+        """The process ended: finish every open run and emit it."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            open_turns = list(self._turns.items())
+            self._turns.clear()
+            if self._request_driven and self._runs_started == 0 and _abnormal(info):
+                # Died before any prompt: one failed run says so.
+                open_turns = [(None, self._first)]
+            for _key, turn in open_turns:
+                if turn.end_ns is None or not self._request_driven:
+                    turn.end_ns = info.t_ns
+                self._done.append(self._finish(turn, info))
+        self._flush_done()
+
+    # --- internals -----------------------------------------------------------------
+
+    def _flush_done(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+            self.results.extend(done)
+        for result in done:
+            try:
+                self._emit(result)
+            except Exception:  # noqa: BLE001 - a sink fault never reaches the run
+                _log.warning("could not hand a finished run to the recorder", exc_info=True)
+
+    def _call(self, fn: Callable[[Adapter], Sequence[Event]]) -> Sequence[Event]:
+        adapter = self._adapter
+        if adapter is None:
+            return ()
+        try:
+            return fn(adapter)
+        except Exception as exc:  # noqa: BLE001 - a parser fault disables the parser only
+            self._adapter = None
+            self._adapter_error = f"{type(exc).__name__} in the {adapter.family} adapter"
+            _log.warning("%s; marker parsing is off for the rest of this run", self._adapter_error)
+            return ()
+
+    def _apply(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, MarkerObserved):
+                self._on_marker(ev)
+            elif isinstance(ev, SessionObserved):
+                self._on_session(ev)
+            elif isinstance(ev, TurnEnded):
+                self._on_turn_ended(ev)
+            elif isinstance(ev, UsageReported):
+                turn = self._turn_for(ev.session_id)
+                if turn is not None:
+                    turn.usage = ev
+            elif isinstance(ev, AgentInfo):
+                self._model = ev.model or self._model
+                self._agent_version = ev.agent_version or self._agent_version
+            elif isinstance(ev, AgentReportedTimings):
+                turn = self._turn_for(None)
+                if turn is not None:
+                    turn.reported = ev
+
+    def _turn_for(self, session_id: str | None) -> _Turn | None:
+        if not self._request_driven:
+            return self._turns.get(None)
+        if session_id in self._turns:
+            return self._turns[session_id]
+        if session_id is None and len(self._turns) == 1:
+            return next(iter(self._turns.values()))
+        return None
+
+    def _session(self, session_id: str | None) -> _Session:
+        return self._sessions.setdefault(session_id, _Session())
+
+    def _on_marker(self, ev: MarkerObserved) -> None:
+        if ev.marker is Marker.CLI_READY:
+            if self._cli_ready_ns is None:
+                self._cli_ready_ns = ev.t_ns
+            return
+        if ev.marker is Marker.SESSION_INIT_DONE:
+            if not self._request_driven:
+                turn = self._turns.get(None)
+                if turn is not None and turn.session_init_done_ns is None:
+                    turn.session_init_done_ns = ev.t_ns
+                    turn.session_init_source = ev.session_init_source
+                return
+            sess = self._session(ev.session_id)
+            if sess.init_done_ns is None:
+                sess.init_done_ns = ev.t_ns
+                sess.source = ev.session_init_source
+            self._last_session = ev.session_id
+            return
+        if ev.marker is Marker.PROMPT_SENT:
+            self._on_prompt(ev)
+            return
+        if ev.marker is Marker.FIRST_TOKEN:
+            turn = self._turn_for(ev.session_id)
+            if turn is not None and turn.first_token_ns is None:
+                turn.first_token_ns = ev.t_ns
+                turn.granularity = ev.granularity
+                turn.kind = ev.kind
+
+    def _on_prompt(self, ev: MarkerObserved) -> None:
+        if not self._request_driven:
+            return
+        sid = ev.session_id
+        if self._runs_started == 0:
+            turn = self._first
+            sess = self._sessions.get(sid) or self._sessions.get(self._last_session)
+            if sess is not None:
+                turn.session_init_done_ns = sess.init_done_ns
+                turn.session_init_source = sess.source
+        else:
+            turn = _Turn(start_ns=ev.t_ns, process_reused=True)
+            turn.span = self._start_span(ev.t_ns)
+        turn.run_index = self._runs_started
+        self._runs_started += 1
+        turn.session_id = sid
+        turn.prompt_sent_ns = ev.t_ns
+        self._session(sid).prompts += 1
+        self._turns[sid] = turn
+
+    def _on_session(self, ev: SessionObserved) -> None:
+        if not self._request_driven:
+            turn = self._turns.get(None)
+            if turn is not None and turn.session_id is None:
+                turn.session_id = ev.session_id
+            return
+        sess = self._session(ev.session_id)
+        if ev.resumed is not None:
+            sess.resumed = ev.resumed
+        if ev.prior_turns is not None:
+            sess.prior_turns = ev.prior_turns
+
+    def _on_turn_ended(self, ev: TurnEnded) -> None:
+        turn = self._turn_for(ev.session_id)
+        if turn is None:
+            return
+        turn.failed = turn.failed or ev.failed
+        turn.cancelled = turn.cancelled or ev.cancelled
+        if not self._request_driven:
+            # A one-shot run ends at process exit, which brings the exit code.
+            return
+        turn.end_ns = ev.t_ns
+        turn.ended = True
+        key = ev.session_id if ev.session_id in self._turns else next(iter(self._turns))
+        del self._turns[key]
+        self._done.append(self._finish(turn, None))
+
+    def _finish(self, turn: _Turn, info: ExitInfo | None) -> RunResult:
+        cli_ready = None if turn.process_reused else self._cli_ready_ns
+        times = MarkerTimes(
+            start_ns=turn.start_ns,
+            cli_ready_ns=turn.start_ns if turn.process_reused else cli_ready,
+            session_init_done_ns=turn.start_ns
+            if turn.process_reused
+            else turn.session_init_done_ns,
+            prompt_sent_ns=turn.prompt_sent_ns,
+            first_token_ns=turn.first_token_ns,
+            end_ns=turn.end_ns,
+            first_stderr_ns=self._first_stderr_ns if not turn.process_reused else None,
+        )
+        segs = compute_segments(
+            times,
+            request_driven=self._request_driven,
+            process_reused=turn.process_reused,
+            session_init_observable=self._init_observable,
+            exited_early=info is not None and cli_ready is None,
+            adapter_failed=self._adapter_error is not None and turn.first_token_ns is None,
+        )
+        record = RunRecord(
+            run_id=str(uuid.uuid4()),
+            **self._identity(turn),
+            process_reused=turn.process_reused,
+            agent=self.agent.name,
+            runtime_family=self.agent.family,
+            agent_version=self._agent_version,
+            model=self._model,
+            status=_status(turn, info),
+            exit_code=None
+            if info is None or info.returncode is None or info.returncode < 0
+            else info.returncode,
+            signal=None
+            if info is None or info.returncode is None or info.returncode >= 0
+            else -info.returncode,
+            **attrs.asdict(segs, recurse=False),
+            session_init_source=None if turn.process_reused else turn.session_init_source,
+            first_token_granularity=turn.granularity,
+            first_token_kind=turn.kind,
+            **_usage(turn.usage),
+            agent_reported_ttft_ms=turn.reported.ttft_ms if turn.reported else None,
+            agent_reported_time_to_request_ms=turn.reported.time_to_request_ms
+            if turn.reported
+            else None,
+            agent_reported_duration_api_ms=turn.reported.duration_api_ms if turn.reported else None,
+            adapter_error=self._adapter_error,
+            trace_id=turn.span.trace_id_hex if turn.span else None,
+            span_id=turn.span.span_id_hex if turn.span else None,
+            probe_version=self._version,
+            started_at=_iso(self._anchor.wall_ns_at(turn.start_ns)),
+        )
+        if turn.span is not None:
+            try:
+                turn.span.finish(record, times)
+            except Exception:  # noqa: BLE001 - telemetry never reaches the run
+                _log.warning("could not finish the run span", exc_info=True)
+        return RunResult(record=record, times=times)
+
+    def _identity(self, turn: _Turn) -> dict[str, object]:
+        """conversation_id, session_id, turn_ordinal and session_resumed of a turn."""
+        caller = self._caller
+        sid = turn.session_id
+        first_run = not turn.process_reused
+        if self._request_driven:
+            sess = self._sessions.get(sid) or _Session()
+            resumed = bool(sess.resumed)
+            ordinal: int | None = None
+            if sess.resumed is False:
+                ordinal = sess.prompts
+            elif sess.prior_turns is not None:
+                ordinal = sess.prior_turns + sess.prompts
+        else:
+            resumed = self.agent.resumed
+            ordinal = None if resumed else 1
+        conversation = caller.conversation_id
+        if resumed and self._history is not None:
+            lookup = self.agent.resume_session_id or sid
+            if lookup is not None:
+                try:
+                    earlier, conv = self._history(lookup)
+                except Exception:  # noqa: BLE001 - the store is advisory here
+                    earlier, conv = 0, None
+                if ordinal is None and earlier:
+                    ordinal = earlier + 1
+                conversation = conversation or conv
+        if caller.session_resumed is not None and first_run:
+            resumed = caller.session_resumed
+        if caller.turn_ordinal is not None:
+            ordinal = caller.turn_ordinal + turn.run_index
+        return {
+            "conversation_id": conversation or self.agent.resume_session_id or sid,
+            "session_id": sid,
+            "turn_ordinal": ordinal,
+            "session_resumed": resumed,
+        }
+
+
+def _abnormal(info: ExitInfo) -> bool:
+    return info.returncode != 0 or info.cancelled or info.timed_out
+
+
+def _status(turn: _Turn, info: ExitInfo | None) -> Status:
+    if info is not None and info.timed_out:
+        return Status.TIMED_OUT
+    if turn.cancelled or (info is not None and info.cancelled):
+        return Status.CANCELLED
+    if turn.failed:
+        return Status.FAILED
+    if info is None or (turn.ended and turn.prompt_sent_ns is not None):
+        return Status.SUCCEEDED
+    if turn.prompt_sent_ns is not None:
+        # A request-driven turn still open when the process ended did not finish.
+        return Status.FAILED
+    return Status.SUCCEEDED if info.returncode == 0 else Status.FAILED
+
+
+def _usage(usage: UsageReported | None) -> dict[str, int | None]:
+    if usage is None:
+        return {}
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+    }
+
+
+def _iso(wall_ns: int) -> str:
+    return datetime.fromtimestamp(wall_ns / 1e9, tz=UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,3 @@
+"""The package version (single source: hatch reads it from here)."""
+
+VERSION = "0.1.0.dev0"

@@ -1,0 +1,240 @@
+"""``ttft-probe``: a thin command line over the library.
+
+It parses options, calls :mod:`ttft_probe`, and maps :class:`TtftProbeError` to exit
+code 2. Everything a library user would also need lives in the library.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from ttft_probe._version import VERSION
+from ttft_probe.errors import TtftProbeError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ttft_probe.record import RunRecord
+
+__all__ = ["main"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"ttft-probe: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+_store_option = click.option(
+    "--store",
+    "store",
+    type=click.Path(dir_okay=False),
+    envvar=None,
+    help="SQLite file of the run store. Default: $TTFT_PROBE_HOME/runs.sqlite3, else the "
+    "user state dir (e.g. ~/.local/state/ttft-probe/runs.sqlite3).",
+)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(VERSION, prog_name="ttft-probe")
+def main() -> None:
+    """Where does an AI coding agent's wait before the first token go?
+
+    Put `ttft-probe run --` in front of an agent command. The agent runs exactly as it
+    would (same output, same exit code); ttft-probe watches its protocol output and
+    splits spawn-to-first-token into cli_ready_ms (the CLI booting), session_init_ms
+    (creating or resuming the session) and model_first_token_ms (the model's own first
+    token). Every turn is kept in a local SQLite store; `ttft-probe runs` lists them.
+
+    \b
+    Examples:
+      ttft-probe run -- claude -p "hi" --output-format stream-json --verbose --include-partial-messages
+      ttft-probe run --turn 2 -- codex exec --json resume THREAD_ID "and now?"
+      ttft-probe runs --last 5
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--agent", help="Agent name for the record (default: inferred from the executable, "
+              "e.g. claude_code, codex, gemini, claude_code_acp, codex_acp).")
+@click.option("--family", type=click.Choice(
+    ["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]),
+    help="Runtime family whose marker rules apply (default: inferred from the command).")
+@click.option("--conversation", "conversation_id", metavar="ID",
+              help="Conversation id (default: the agent's session id).")
+@click.option("--turn", "turn_ordinal", type=click.IntRange(min=1), metavar="N",
+              help="Turn ordinal: 1 for a conversation's first message, 2+ after "
+              "(default: inferred from resume flags, ACP session/load and the store).")
+@click.option("--resumed/--fresh", "session_resumed", default=None,
+              help="Whether the agent continues an existing session (default: inferred).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="End the agent after this long; the run is recorded as timed_out.")
+@click.option("--ready-regex", metavar="REGEX", help="plain family: the line marking cliReady.")
+@click.option("--session-regex", metavar="REGEX",
+              help="plain family: the line marking sessionInitDone.")
+@click.option("--token-regex", metavar="REGEX", help="plain family: the line marking firstToken.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the breakdown to stderr.")
+@_store_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(  # noqa: PLR0913 - one parameter per documented option
+    agent: str | None,
+    family: str | None,
+    conversation_id: str | None,
+    turn_ordinal: int | None,
+    session_resumed: bool | None,
+    timeout: float | None,
+    ready_regex: str | None,
+    session_regex: str | None,
+    token_regex: str | None,
+    quiet: bool,  # noqa: FBT001 - a click flag
+    store: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run an agent command under the probe: `ttft-probe run [OPTIONS] -- COMMAND...`.
+
+    The command's stdin, stdout and stderr pass through unchanged and ttft-probe exits
+    with its exit code (128+N when a signal N ended it); SIGINT and SIGTERM reach it.
+    At the end one line per turn goes to stderr:
+
+    \b
+      ttft-probe: claude_code turn 1 fresh: first token 1010.4 ms = cli_ready 480.2
+                  + session_init 0.1 + model_first_token 530.1 [delta] | succeeded
+    """
+    from ttft_probe.adapters._base import AdapterOptions  # noqa: PLC0415 - keep start-up cheap
+    from ttft_probe.spawn import Probe  # noqa: PLC0415
+
+    options = AdapterOptions(
+        cli_ready_regex=_regex(ready_regex, "--ready-regex"),
+        session_init_regex=_regex(session_regex, "--session-regex"),
+        first_token_regex=_regex(token_regex, "--token-regex"),
+    )
+    try:
+        probe = Probe(
+            agent=agent,
+            family=family,
+            conversation_id=conversation_id,
+            turn_ordinal=turn_ordinal,
+            session_resumed=session_resumed,
+            store=store,
+            adapter_options=options,
+        )
+        outcome = probe.run(list(command), timeout=timeout)
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    except FileNotFoundError:
+        _fail(f"command not found: {command[0]}")
+    except PermissionError:
+        _fail(f"command not executable: {command[0]}")
+    probe.close(timeout=2.0)
+    if not quiet:
+        for result in outcome.results:
+            click.echo(breakdown_line(result.record), err=True)
+            hint = _hint(result.record)
+            if hint:
+                click.echo(f"ttft-probe: hint: {hint}", err=True)
+    sys.exit(outcome.exit_status)
+
+
+def _regex(pattern: str | None, flag: str) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise click.BadParameter(f"not a valid regular expression: {exc}", param_hint=flag) from exc
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def breakdown_line(record: RunRecord) -> str:
+    """The one-line breakdown of a run that ``ttft-probe run`` prints to stderr."""
+    turn = f"turn {record.turn_ordinal}" if record.turn_ordinal else "turn ?"
+    how = "reused process" if record.process_reused else (
+        "resumed" if record.session_resumed else "fresh")
+    if record.spawn_to_first_token_ms is None:
+        body = "no first token"
+    else:
+        parts = [f"cli_ready {_ms(record.cli_ready_ms)}",
+                 f"session_init {_ms(record.session_init_ms)}"]
+        if record.client_wait_ms:
+            parts.append(f"client_wait {_ms(record.client_wait_ms)}")
+        parts.append(f"model_first_token {_ms(record.model_first_token_ms)}")
+        body = f"first token {_ms(record.spawn_to_first_token_ms)} ms = " + " + ".join(parts)
+        if record.remainder_ms:
+            body += f" + remainder {_ms(record.remainder_ms)}"
+        if record.first_token_granularity is not None:
+            body += f" [{record.first_token_granularity.value}]"
+    reason = record.timing_unavailable_reason
+    tail = record.status.value + (f", {reason.value}" if reason else "")
+    return f"ttft-probe: {record.agent} {turn} {how}: {body} | {tail}"
+
+
+def _hint(record: RunRecord) -> str | None:
+    if record.first_token_granularity is not None and record.first_token_granularity.value == "message":
+        if record.agent == "claude_code":
+            return ("the first token is a whole message, late by its generation time; add "
+                    "--include-partial-messages to the claude command for deltas")
+        return "the first token is a whole message (this agent prints no deltas), so it is late"
+    return None
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--last", "last", type=click.IntRange(min=1), default=20, show_default=True,
+              metavar="N", help="Show the N most recent runs.")
+@click.option("--all", "show_all", is_flag=True, help="Show every stored run.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the run_finished records as JSON lines instead of a table.")
+@_store_option
+def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:  # noqa: FBT001
+    """List stored runs, oldest first: a table, or `--json` records (one per line)."""
+    from ttft_probe.sinks.store import Store  # noqa: PLC0415 - keep start-up cheap
+
+    try:
+        records = Store(store).last(None if show_all else last)
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    if as_json:
+        for record in records:
+            click.echo(record.to_json())
+        return
+    _print_table(records)
+
+
+def _print_table(records: Sequence[RunRecord]) -> None:
+    from rich.console import Console  # noqa: PLC0415 - only for the table
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 150)
+    if not records:
+        console.print("No runs stored yet. Run an agent with `ttft-probe run -- COMMAND`.")
+        return
+    table = Table(title="ttft-probe runs (ms)", title_justify="left")
+    for name, justify in [("started (UTC)", "left"), ("agent", "left"), ("turn", "right"),
+                          ("how", "left"), ("first token", "right"), ("cli_ready", "right"),
+                          ("session_init", "right"), ("client_wait", "right"),
+                          ("model", "right"), ("status", "left"), ("run_id", "left")]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in records:
+        how = "reused" if r.process_reused else ("resumed" if r.session_resumed else "fresh")
+        status = r.status.value
+        if r.timing_unavailable_reason is not None:
+            status += f" ({r.timing_unavailable_reason.value})"
+        table.add_row(r.started_at[:19].replace("T", " "), r.agent, str(r.turn_ordinal or "?"),
+                      how, _ms(r.spawn_to_first_token_ms), _ms(r.cli_ready_ms),
+                      _ms(r.session_init_ms), _ms(r.client_wait_ms), _ms(r.model_first_token_ms),
+                      status, r.run_id[:8])
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

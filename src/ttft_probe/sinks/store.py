@@ -1,0 +1,210 @@
+"""The local store: every run in SQLite, written first and durably.
+
+The database lives at ``$TTFT_PROBE_HOME/runs.sqlite3`` when ``TTFT_PROBE_HOME`` is set,
+else in the platform's user state directory (``platformdirs.user_state_dir``, e.g.
+``~/.local/state/ttft-probe`` on Linux). It runs in WAL mode; ``PRAGMA user_version``
+holds the schema version and :data:`MIGRATIONS` brings an older file up to date.
+
+One row per run: the ``run_finished`` record as JSON plus indexed columns for the
+queries the CLI makes, and the run's marker times (monotonic ns) for audit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+from ttft_probe.errors import StoreError
+from ttft_probe.record import MarkerTimes, RunRecord
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "default_store_path"]
+
+ENV_HOME: Final = "TTFT_PROBE_HOME"
+DB_NAME: Final = "runs.sqlite3"
+
+MIGRATIONS: Final[Sequence[str]] = (
+    # 1: one row per run.
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        session_id TEXT,
+        conversation_id TEXT,
+        turn_ordinal INTEGER,
+        status TEXT NOT NULL,
+        record_json TEXT NOT NULL,
+        markers_json TEXT
+    );
+    CREATE INDEX runs_started_at ON runs (started_at);
+    CREATE INDEX runs_agent_started_at ON runs (agent, started_at);
+    CREATE INDEX runs_session_id ON runs (session_id);
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def default_store_path() -> Path:
+    """Where the store lives: ``$TTFT_PROBE_HOME/runs.sqlite3`` or the user state dir."""
+    home = os.environ.get(ENV_HOME)
+    if home:
+        return Path(home).expanduser() / DB_NAME
+    import platformdirs  # noqa: PLC0415 - only needed when no home is configured
+
+    return Path(platformdirs.user_state_dir("ttft-probe", appauthor=False)) / DB_NAME
+
+
+class Store:
+    """The SQLite store. Thread-safe: one connection per thread.
+
+    Raises:
+        StoreError: The file cannot be created or opened, or its schema is newer than
+            this version of ttft_probe understands.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Open (and create or migrate) the store at ``path`` (default: :func:`default_store_path`)."""
+        self.path = Path(path) if path is not None else default_store_path()
+        self._local = threading.local()
+        self._migrated = False
+        self._lock = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            with self._lock:
+                if not self._migrated:
+                    self._migrate(conn)
+                    self._migrated = True
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the run store at {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the run store at {self.path}: {exc}; "
+                f"set {ENV_HOME} or --store to a writable directory"
+            ) from exc
+        self._local.conn = conn
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                msg = (
+                    f"the run store at {self.path} has schema {version}, newer than this "
+                    f"ttft_probe understands ({SCHEMA_VERSION}); upgrade ttft-probe"
+                )
+                raise StoreError(msg)
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def add(self, record: RunRecord, times: MarkerTimes | None = None) -> None:
+        """Insert one run (idempotent by ``run_id``).
+
+        ``times`` are the run's marker times (monotonic ns), kept for audit.
+        """
+        conn = self._connect()
+        markers = None
+        if times is not None:
+            markers = json.dumps(
+                {
+                    "start_ns": times.start_ns,
+                    "cli_ready_ns": times.cli_ready_ns,
+                    "session_init_done_ns": times.session_init_done_ns,
+                    "prompt_sent_ns": times.prompt_sent_ns,
+                    "first_token_ns": times.first_token_ns,
+                    "end_ns": times.end_ns,
+                    "first_stderr_ns": times.first_stderr_ns,
+                }
+            )
+        conn.execute(
+            "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id, conversation_id,"
+            " turn_ordinal, status, record_json, markers_json) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                record.run_id,
+                record.started_at,
+                record.agent,
+                record.session_id,
+                record.conversation_id,
+                record.turn_ordinal,
+                record.status.value,
+                record.to_json(),
+                markers,
+            ),
+        )
+
+    def last(self, n: int | None = None) -> list[RunRecord]:
+        """The ``n`` most recent runs (all when ``None``), oldest first."""
+        conn = self._connect()
+        if n is None:
+            rows = conn.execute(
+                "SELECT record_json FROM runs ORDER BY started_at, rowid"
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT record_json FROM (SELECT record_json, started_at, rowid FROM runs"
+                " ORDER BY started_at DESC, rowid DESC LIMIT ?) ORDER BY started_at, rowid",
+                (n,),
+            ).fetchall()
+        return [RunRecord.from_dict(json.loads(r[0])) for r in rows]
+
+    def __iter__(self) -> Iterator[RunRecord]:
+        """Every run, oldest first."""
+        return iter(self.last())
+
+    def marker_times(self, run_id: str) -> MarkerTimes | None:
+        """The stored marker times (monotonic ns) of a run, ``None`` if unknown."""
+        row = (
+            self._connect()
+            .execute("SELECT markers_json FROM runs WHERE run_id = ?", (run_id,))
+            .fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return MarkerTimes(**json.loads(row[0]))
+
+    def session_history(self, session_id: str) -> tuple[int, str | None]:
+        """For a resumed session: (runs stored with this session id, their conversation id).
+
+        The turn ordinal of a resumed run is the number of earlier turns plus one; the
+        conversation id is carried over from the session's first run.
+        """
+        conn = self._connect()
+        row = conn.execute(
+            "SELECT COUNT(*), MAX(turn_ordinal) FROM runs WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        count, max_turn = row
+        conv = conn.execute(
+            "SELECT conversation_id FROM runs WHERE session_id = ? AND conversation_id IS NOT NULL"
+            " ORDER BY started_at LIMIT 1",
+            (session_id,),
+        ).fetchone()
+        return max(count, max_turn or 0), (conv[0] if conv else None)
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,860 @@
+"""Wrap an agent launch: pump its stdio through, timestamp it, and record every run.
+
+Use :class:`Probe` as a context manager that spawns the agent::
+
+    with ttft_probe.Probe(agent="claude_code") as probe:
+        proc = probe.popen(["claude", "-p", "hi", "--output-format", "stream-json", "--verbose"],
+                           stdout=subprocess.PIPE)
+        out, _ = proc.communicate()
+    print(probe.records[0].spawn_to_first_token_ms)
+
+or as a decorator of a function that launches the agent and returns the process (a
+``subprocess.Popen`` or an ``asyncio.subprocess.Process``; ``async def`` works too)::
+
+    @ttft_probe.Probe(agent="codex_acp")
+    async def start_agent() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec("codex-acp", stdin=PIPE, stdout=PIPE)
+
+The process comes back with its ``stdout``/``stderr`` (and, for request-driven families,
+``stdin``) replaced by pass-through streams that behave like the originals: every chunk
+is handed on before it is parsed, back-pressure is preserved, EOF and exit codes are the
+child's own. Each finished run goes to the local store and to ``on_record``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import inspect
+import io
+import logging
+import os
+import signal
+import subprocess
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
+
+import attrs
+
+from ttft_probe import _version
+from ttft_probe._clock import WallAnchor, monotonic_ns
+from ttft_probe._recorder import Recorder
+from ttft_probe._run import CallerContext, ExitInfo, ProcessTracker, RunResult
+from ttft_probe.adapters._base import AdapterOptions, adapter_for
+from ttft_probe.agents import ResolvedAgent, resolve_agent
+from ttft_probe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ttft_probe.record import RunRecord
+    from ttft_probe.sinks.otel import Telemetry
+    from ttft_probe.sinks.store import Store
+
+__all__ = ["Probe", "RunOutcome", "TrackedProcess", "probe_of"]
+
+_log = logging.getLogger("ttft_probe")
+
+_CHUNK: Final = 65536
+DEFAULT_DRAIN_TIMEOUT_S: Final = 0.2
+"""After the child exits, how long (s) to wait for its stdout EOF before finishing the run
+(a grandchild may hold the pipe open forever)."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class TrackedProcess:
+    """One agent process under the probe: its tracker, pump threads and exit watcher.
+
+    Attributes:
+        tracker: Turns the process's output into runs.
+        done: Set when the process has exited and its runs are finished.
+    """
+
+    def __init__(self, tracker: ProcessTracker) -> None:
+        """Track a process whose runs ``tracker`` builds."""
+        self.tracker = tracker
+        self.done = threading.Event()
+        self._stdout_eof = threading.Event()
+        self.exit_info: ExitInfo | None = None
+        self.cancelled = False
+        self.timed_out = False
+        self._poll: Callable[[], int | None] = lambda: None
+
+    @property
+    def results(self) -> list[RunResult]:
+        """Finished runs so far (record + marker times)."""
+        return list(self.tracker.results)
+
+    # --- sync pumping ------------------------------------------------------------
+
+    def pump(
+        self,
+        src: int,
+        dst: int | None,
+        *,
+        kind: str,
+        close_dst: bool,
+    ) -> threading.Thread:
+        """Copy ``src`` → ``dst`` in a thread, timestamping each read before parsing.
+
+        ``kind`` is ``stdout``, ``stderr`` or ``stdin``. ``dst=None`` discards (the caller
+        asked for DEVNULL). When ``dst`` breaks (EPIPE), ``src`` is closed so the writer
+        sees the same broken pipe it would have seen without the probe.
+        """
+        thread = threading.Thread(
+            target=self._copy,
+            args=(src, dst, kind, close_dst),
+            name=f"ttft-probe-{kind}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def _copy(self, src: int, dst: int | None, kind: str, close_dst: bool) -> None:  # noqa: FBT001
+        tracker = self.tracker
+        on_data: Callable[[bytes, int], None]
+        if kind == "stdout":
+            on_data = tracker.on_stdout
+        elif kind == "stdin":
+            on_data = tracker.on_stdin
+        else:
+            on_data = lambda _d, t: tracker.on_stderr(t)  # noqa: E731
+        forwarding = dst is not None
+        try:
+            while True:
+                try:
+                    data = os.read(src, _CHUNK)
+                except OSError:
+                    data = b""
+                t = monotonic_ns()
+                if not data:
+                    break
+                if forwarding and dst is not None:
+                    try:
+                        _write_all(dst, data)
+                    except OSError as exc:
+                        forwarding = False
+                        if exc.errno in {errno.EPIPE, errno.EBADF}:
+                            # The reader went away: let the writer find out, as it would.
+                            break
+                on_data(data, t)
+        finally:
+            t_end = monotonic_ns()
+            with contextlib.suppress(OSError):
+                os.close(src)
+            if close_dst and dst is not None:
+                with contextlib.suppress(OSError):
+                    os.close(dst)
+            if kind == "stdout":
+                tracker.on_stdout_eof(t_end)
+                self._stdout_eof.set()
+
+    def finish(self, returncode: int | None, t_exit: int, drain_timeout: float) -> None:
+        """The child exited at ``t_exit``: wait (bounded) for stdout EOF, then end its runs."""
+        self._stdout_eof.wait(drain_timeout)
+        info = ExitInfo(
+            t_ns=t_exit, returncode=returncode, cancelled=self.cancelled, timed_out=self.timed_out
+        )
+        self.exit_info = info
+        self.tracker.on_exit(info)
+        self.done.set()
+
+    def stdout_closed(self) -> None:
+        """Stdout is done (or not observed): :meth:`finish` need not wait for its EOF."""
+        self._stdout_eof.set()
+
+    def bind(self, poll: Callable[[], int | None]) -> None:
+        """Give the tracker the process's ``poll`` (return code or ``None`` while running)."""
+        self._poll = poll
+
+    def poll(self) -> int | None:
+        """The process's return code if it has exited, else ``None``."""
+        return self._poll()
+
+
+def _watch_sync(proc: subprocess.Popen[Any], tracked: TrackedProcess, drain: float) -> None:
+    def run() -> None:
+        try:
+            returncode: int | None = proc.wait()
+        except Exception:  # noqa: BLE001 - the watcher must always finish the run
+            returncode = proc.returncode
+        tracked.finish(returncode, monotonic_ns(), drain)
+
+    threading.Thread(target=run, name="ttft-probe-exit", daemon=True).start()
+
+
+def _mirror_reader(original: IO[Any], fd: int) -> IO[Any]:
+    """A file object on ``fd`` that reads like ``original`` (binary/text, buffering)."""
+    if isinstance(original, io.TextIOWrapper):
+        return io.TextIOWrapper(
+            io.open(fd, "rb", closefd=True), encoding=original.encoding, errors=original.errors
+        )
+    buffered = not isinstance(original, io.FileIO)
+    return io.open(fd, "rb", buffering=-1 if buffered else 0)
+
+
+def _mirror_writer(original: IO[Any], fd: int) -> IO[Any]:
+    """A file object on ``fd`` that writes like ``original`` (binary/text, buffering)."""
+    if isinstance(original, io.TextIOWrapper):
+        return io.TextIOWrapper(
+            io.open(fd, "wb", closefd=True),
+            encoding=original.encoding,
+            errors=original.errors,
+            write_through=True,
+            line_buffering=original.line_buffering,
+        )
+    buffered = not isinstance(original, io.FileIO)
+    return io.open(fd, "wb", buffering=-1 if buffered else 0)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+class Probe:
+    """Probe agent launches: a context manager, a decorator, or both.
+
+    Args:
+        agent: Agent name for the records (default: inferred from the executable).
+        family: Runtime family (default: the agent's, or inferred from the command).
+        conversation_id: Conversation the run belongs to (default: the agent's session
+            id, or the id of the session it resumes).
+        turn_ordinal: 1 for a conversation's first message, 2+ after; later runs in the
+            same long-lived process count on from it (default: inferred — resume flags,
+            ACP ``session/load`` history, prompts counted within a session, and earlier
+            runs of the same session in the store).
+        session_resumed: Whether the agent continues an existing session (default:
+            inferred from resume flags / ACP ``session/load`` and ``session/resume``).
+        store: Where runs are kept: a path to the SQLite file, a :class:`Store`, ``None``
+            for the default location (``TTFT_PROBE_HOME`` or the user state dir), or
+            ``False`` for no store.
+        telemetry: OpenTelemetry spans and metrics: ``True`` (configured from the
+            environment; uses the application's providers when set), a ``Telemetry``, or
+            ``False``.
+        adapter_options: Per-marker regexes for the ``plain`` family.
+        on_record: Called with each finished ``RunRecord`` (from a background thread).
+        drain_timeout: After the child exits, seconds to wait for its stdout EOF.
+
+    Raises:
+        ConfigError: An unknown family or agent/family mismatch (before any spawn).
+    """
+
+    def __init__(  # noqa: PLR0913 - keyword-only options, each documented
+        self,
+        *,
+        agent: str | None = None,
+        family: str | None = None,
+        conversation_id: str | None = None,
+        turn_ordinal: int | None = None,
+        session_resumed: bool | None = None,
+        store: str | os.PathLike[str] | Store | bool | None = None,
+        telemetry: Telemetry | bool = True,
+        adapter_options: AdapterOptions | None = None,
+        on_record: Callable[[RunRecord], None] | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+    ) -> None:
+        """See the class docstring."""
+        if turn_ordinal is not None and turn_ordinal < 1:
+            raise ConfigError("turn_ordinal must be 1 or more (1 = a conversation's first turn)")
+        if family is not None:
+            # Validate now: configure loudly, before anything is spawned.
+            resolve_agent(["probe-check"], agent=None, family=family)
+        self._options: dict[str, Any] = {
+            "agent": agent,
+            "family": family,
+            "conversation_id": conversation_id,
+            "turn_ordinal": turn_ordinal,
+            "session_resumed": session_resumed,
+            "store": store,
+            "telemetry": telemetry,
+            "adapter_options": adapter_options,
+            "on_record": on_record,
+            "drain_timeout": drain_timeout,
+        }
+        self.processes: list[TrackedProcess] = []
+        self._recorder = Recorder(self._store_opener(store), on_record)
+        self._telemetry: Telemetry | None = None
+        # At interpreter exit, runs of processes that already ended still get stored.
+        weakref.finalize(self, _settle, self.processes, self._recorder)
+
+    # --- configuration -----------------------------------------------------------
+
+    @staticmethod
+    def _store_opener(store: object) -> Callable[[], Store] | None:
+        if store is False:
+            return None
+        from ttft_probe.sinks.store import Store  # noqa: PLC0415 - sqlite3 only when used
+
+        if isinstance(store, Store):
+            return lambda: store
+        if store is None or store is True:
+            return Store
+        path = Path(cast("str", store))
+        return lambda: Store(path)
+
+    def _get_telemetry(self) -> Telemetry | None:
+        option = self._options["telemetry"]
+        if option is False:
+            return None
+        if self._telemetry is None:
+            if option is True:
+                from ttft_probe.sinks.otel import Telemetry  # noqa: PLC0415 - lazy OTel
+
+                self._telemetry = Telemetry.from_environment()
+            else:
+                self._telemetry = cast("Telemetry", option)
+        return self._telemetry
+
+    def _resolve(self, argv: Sequence[str]) -> ResolvedAgent:
+        return resolve_agent(
+            argv or [self._options["agent"] or "agent"],
+            agent=self._options["agent"],
+            family=self._options["family"],
+        )
+
+    def _history(self, session_id: str) -> tuple[int, str | None]:
+        opener = self._store_opener(self._options["store"])
+        if opener is None:
+            return 0, None
+        # Earlier runs of the session must be on disk before we look them up.
+        self._recorder.flush(2.0)
+        return opener().session_history(session_id)
+
+    def _track(self, argv: Sequence[str], spawn_ns: int, anchor: WallAnchor) -> TrackedProcess:
+        resolved = self._resolve(argv)
+        adapter = adapter_for(resolved.family, self._options["adapter_options"])
+        o = self._options
+        tracker = ProcessTracker(
+            agent=resolved,
+            adapter=adapter,
+            spawn_ns=spawn_ns,
+            anchor=anchor,
+            caller=CallerContext(o["conversation_id"], o["turn_ordinal"], o["session_resumed"]),
+            emit=self._recorder.submit,
+            probe_version=_version.VERSION,
+            telemetry=self._get_telemetry(),
+            history=self._history,
+        )
+        tracked = TrackedProcess(tracker)
+        self.processes.append(tracked)
+        return tracked
+
+    # --- results -----------------------------------------------------------------
+
+    @property
+    def records(self) -> list[RunRecord]:
+        """Every finished run's record, in the order the runs finished."""
+        return [r.record for p in self.processes for r in p.results]
+
+    @property
+    def results(self) -> list[RunResult]:
+        """Every finished run with its marker times (monotonic ns)."""
+        return [r for p in self.processes for r in p.results]
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Wait up to ``timeout`` s for every tracked process to end and its runs to be stored.
+
+        Returns ``True`` when all of them finished in time.
+        """
+        deadline = monotonic_ns() + int(timeout * 1e9)
+        for p in self.processes:
+            left = max(0.0, (deadline - monotonic_ns()) / 1e9)
+            if not p.done.wait(left):
+                return False
+        left = max(0.0, (deadline - monotonic_ns()) / 1e9)
+        return self._recorder.flush(left)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Store every finished run (bounded by ``timeout`` s) and flush telemetry."""
+        self._recorder.flush(timeout)
+        if self._telemetry is not None and self._options["telemetry"] is True:
+            try:
+                self._telemetry.shutdown(int(timeout * 1000))
+            except Exception:  # noqa: BLE001 - telemetry never reaches the application
+                _log.warning("telemetry shutdown failed", exc_info=True)
+
+    def child_env(self, tracked: TrackedProcess, env: dict[str, str] | None) -> dict[str, str]:
+        """``env`` (default: ``os.environ``) plus ``TRACEPARENT`` of the run's root span."""
+        out = dict(os.environ if env is None else env)
+        traceparent = tracked.tracker.traceparent
+        if traceparent:
+            out["TRACEPARENT"] = traceparent
+        return out
+
+    # --- sync --------------------------------------------------------------------
+
+    def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Spawn the agent like ``subprocess.Popen(args, **kwargs)``, under the probe.
+
+        ``stdout``/``stderr`` keep their meaning (``PIPE``: read them from the returned
+        process; ``None``: inherited; a file: written there) — the probe reads the child's
+        real pipes and passes every byte on before parsing. For request-driven families
+        with ``stdin=PIPE``, what you write is passed on and read for request ids. The
+        child gets ``TRACEPARENT``. Exceptions from ``Popen`` itself propagate unchanged.
+
+        Raises:
+            ConfigError: ``shell=True`` or a string command (the probe needs the argv).
+        """
+        if isinstance(args, str | bytes) or kwargs.get("shell"):
+            raise ConfigError("pass the agent command as a list of arguments, without shell=True")
+        argv = [os.fspath(a) for a in args]
+        anchor = WallAnchor.now()
+        tracked = self._track(argv, monotonic_ns(), anchor)
+        want_out = kwargs.pop("stdout", None)
+        want_err = kwargs.pop("stderr", None)
+        kwargs["env"] = self.child_env(tracked, kwargs.get("env"))
+        merged = want_err == subprocess.STDOUT
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+                **kwargs,
+            )
+        except BaseException:
+            # The agent's own failure stays its own: record it, then re-raise unchanged.
+            tracked.finish(None, monotonic_ns(), 0)
+            raise
+        tracked.bind(proc.poll)
+        return self._connect_sync(proc, tracked, want_out, None if merged else want_err)
+
+    def attach(
+        self, proc: subprocess.Popen[Any], spawn_ns: int | None = None
+    ) -> subprocess.Popen[Any]:
+        """Probe a process the caller already started with ``stdout=PIPE``.
+
+        ``spawn_ns`` is the monotonic ns just before the spawn (default: now). The
+        process's ``stdout``, ``stderr`` and, for request-driven families, ``stdin`` are
+        replaced by pass-through streams. A process without a stdout pipe cannot be
+        observed: it is returned untouched and a warning is logged.
+        """
+        t0 = monotonic_ns() if spawn_ns is None else spawn_ns
+        if proc.stdout is None:
+            _log.warning("the agent was started without stdout=PIPE; ttft_probe cannot observe it")
+            return proc
+        argv = [os.fspath(a) for a in proc.args] if isinstance(proc.args, list | tuple) else []
+        try:
+            tracked = self._track(argv or _cmdline(proc.pid), t0, WallAnchor.now())
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - the caller's process must come back intact
+            _log.warning("could not attach the probe", exc_info=True)
+            return proc
+        return self._attach_pipes(proc, tracked)
+
+    def _connect_sync(
+        self, proc: subprocess.Popen[Any], tracked: TrackedProcess, want_out: Any, want_err: Any
+    ) -> subprocess.Popen[Any]:
+        """Wire the real pipes of a process we spawned to what the caller asked for."""
+        drain = float(self._options["drain_timeout"])
+        assert proc.stdout is not None  # noqa: S101 - we spawned it with PIPE
+        real_out = proc.stdout
+        real_err = proc.stderr
+        proc.stdout = self._route(proc, tracked, real_out, want_out, "stdout")
+        if real_err is not None:
+            proc.stderr = self._route(proc, tracked, real_err, want_err, "stderr")
+        self._tee_stdin(proc, tracked)
+        _watch_sync(proc, tracked, drain)
+        return proc
+
+    def _route(
+        self,
+        proc: subprocess.Popen[Any],
+        tracked: TrackedProcess,
+        real: IO[Any],
+        want: Any,
+        kind: str,
+    ) -> IO[Any] | None:
+        src = os.dup(real.fileno())
+        real.close()
+        if want == subprocess.PIPE:
+            r, w = os.pipe()
+            tracked.pump(src, w, kind=kind, close_dst=True)
+            return _mirror_reader(real, r)
+        if want == subprocess.DEVNULL:
+            tracked.pump(src, None, kind=kind, close_dst=False)
+            return None
+        if want is None:
+            dst = os.dup(1 if kind == "stdout" else 2)
+        elif isinstance(want, int):
+            dst = os.dup(want)
+        else:
+            dst = os.dup(want.fileno())
+        tracked.pump(src, dst, kind=kind, close_dst=True)
+        return None
+
+    def _attach_pipes(
+        self, proc: subprocess.Popen[Any], tracked: TrackedProcess
+    ) -> subprocess.Popen[Any]:
+        drain = float(self._options["drain_timeout"])
+        tracked.bind(proc.poll)
+        for kind in ("stdout", "stderr"):
+            real = getattr(proc, kind)
+            if real is None:
+                if kind == "stdout":
+                    tracked.stdout_closed()
+                continue
+            src = os.dup(real.fileno())
+            r, w = os.pipe()
+            tracked.pump(src, w, kind=kind, close_dst=True)
+            setattr(proc, kind, _mirror_reader(real, r))
+            real.close()
+        self._tee_stdin(proc, tracked)
+        _watch_sync(proc, tracked, drain)
+        return proc
+
+    def _tee_stdin(self, proc: subprocess.Popen[Any], tracked: TrackedProcess) -> None:
+        if proc.stdin is None or not tracked.tracker.tees_stdin:
+            return
+        real = proc.stdin
+        dst = os.dup(real.fileno())
+        r, w = os.pipe()
+        tracked.pump(r, dst, kind="stdin", close_dst=True)
+        proc.stdin = _mirror_writer(real, w)
+        real.close()
+
+    def run(self, args: Sequence[str], *, timeout: float | None = None) -> RunOutcome:
+        """Run the agent with this process's own stdin/stdout/stderr passed straight through.
+
+        What ``ttft-probe run`` does: the child's stdout and stderr bytes are copied to
+        fds 1 and 2 as they arrive (before parsing); its stdin is this process's stdin —
+        inherited untouched, or, for request-driven families, copied through so request
+        ids can be read. SIGTERM and SIGHUP are forwarded to the child, and SIGINT too
+        unless the terminal already delivered it to the child's process group. After
+        ``timeout`` seconds the child is terminated (then killed) and the run is
+        ``timed_out``.
+
+        Returns:
+            The child's exit status as a shell reports it (128+N when killed by signal N)
+            and the finished runs. Exceptions from spawning (a missing executable) are
+            recorded as a failed run and re-raised unchanged.
+        """
+        argv = [os.fspath(a) for a in args]
+        anchor = WallAnchor.now()
+        tracked = self._track(argv, monotonic_ns(), anchor)
+        tee = tracked.tracker.tees_stdin
+        with _forwarding_signals(tracked) as forward:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE if tee else None,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=self.child_env(tracked, None),
+                )
+            except BaseException:
+                tracked.finish(None, monotonic_ns(), 0)
+                raise
+            forward.proc = proc
+            tracked.bind(proc.poll)
+            assert proc.stdout is not None  # noqa: S101 - spawned with PIPE
+            assert proc.stderr is not None  # noqa: S101
+            tracked.pump(os.dup(proc.stdout.fileno()), os.dup(1), kind="stdout", close_dst=True)
+            tracked.pump(os.dup(proc.stderr.fileno()), os.dup(2), kind="stderr", close_dst=True)
+            proc.stdout.close()
+            proc.stderr.close()
+            if tee and proc.stdin is not None:
+                tracked.pump(os.dup(0), os.dup(proc.stdin.fileno()), kind="stdin", close_dst=True)
+                proc.stdin.close()
+            returncode = _wait(proc, tracked, timeout)
+            t_exit = monotonic_ns()
+        tracked.finish(returncode, t_exit, float(self._options["drain_timeout"]))
+        status = 128 - returncode if returncode < 0 else returncode
+        return RunOutcome(exit_status=status, results=tracked.results)
+
+    # --- asyncio -----------------------------------------------------------------
+
+    async def create_subprocess_exec(
+        self, program: str | os.PathLike[str], *args: str | os.PathLike[str], **kwargs: Any
+    ) -> asyncio.subprocess.Process:
+        """Spawn like ``asyncio.create_subprocess_exec``, under the probe.
+
+        Pass ``stdout=PIPE`` (and ``stdin=PIPE`` for ACP agents) as usual; the returned
+        process's streams are pass-through. The child gets ``TRACEPARENT``.
+        """
+        argv = [os.fspath(program), *(os.fspath(a) for a in args)]
+        anchor = WallAnchor.now()
+        tracked = self._track(argv, monotonic_ns(), anchor)
+        kwargs["env"] = self.child_env(tracked, kwargs.get("env"))
+        if kwargs.get("stdout") is None:
+            kwargs["stdout"] = asyncio.subprocess.PIPE
+        proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        return self._attach_async(proc, tracked)
+
+    def attach_async(
+        self, proc: asyncio.subprocess.Process, spawn_ns: int | None = None
+    ) -> asyncio.subprocess.Process:
+        """Probe an asyncio process the caller started with ``stdout=PIPE``.
+
+        Must be called from the process's event loop. ``spawn_ns``: monotonic ns just
+        before the spawn (default: now).
+        """
+        t0 = monotonic_ns() if spawn_ns is None else spawn_ns
+        if proc.stdout is None:
+            _log.warning("the agent was started without stdout=PIPE; ttft_probe cannot observe it")
+            return proc
+        try:
+            tracked = self._track(_cmdline(proc.pid), t0, WallAnchor.now())
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - the caller's process must come back intact
+            _log.warning("could not attach the probe", exc_info=True)
+            return proc
+        return self._attach_async(proc, tracked)
+
+    def _attach_async(
+        self, proc: asyncio.subprocess.Process, tracked: TrackedProcess
+    ) -> asyncio.subprocess.Process:
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+        tracker = tracked.tracker
+        tracked.bind(lambda: proc.returncode)
+        for kind in ("stdout", "stderr"):
+            real = getattr(proc, kind)
+            if real is None:
+                if kind == "stdout":
+                    tracked.stdout_closed()
+                continue
+            proxy = asyncio.StreamReader(limit=getattr(real, "_limit", 2**16), loop=loop)
+            setattr(proc, kind, proxy)
+            tasks.append(loop.create_task(_apump(real, proxy, tracked, kind)))
+        if proc.stdin is not None and tracker.tees_stdin:
+            proc.stdin = cast("asyncio.StreamWriter", _TeeStreamWriter(proc.stdin, tracker))
+        drain = float(self._options["drain_timeout"])
+
+        async def watch() -> None:
+            try:
+                returncode: int | None = await proc.wait()
+            except Exception:  # noqa: BLE001 - the watcher must always finish the run
+                returncode = proc.returncode
+            t_exit = monotonic_ns()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks[:1])), drain)
+            tracked.finish(returncode, t_exit, 0)
+
+        watcher = loop.create_task(watch())
+        tasks.append(watcher)
+        # Keep the tasks alive for the process's lifetime.
+        proc.__dict__.setdefault("_ttft_probe_tasks", []).extend(tasks)
+        return proc
+
+    # --- context manager and decorator ----------------------------------------
+
+    def __enter__(self) -> Probe:
+        """Enter: the probe spawns with :meth:`popen`."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Wait (bounded) for exited processes' runs to be stored; never raises."""
+        _settle(self.processes, self._recorder)
+
+    async def __aenter__(self) -> Probe:
+        """Enter: the probe spawns with :meth:`create_subprocess_exec`."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Wait (bounded) for exited processes' runs to be stored; never raises."""
+        # The exit watchers run on this loop: yield to them while they finish.
+        for _ in range(100):
+            if all(p.done.is_set() or p.poll() is None for p in self.processes):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(
+            None, _settle, self.processes, self._recorder
+        )
+
+    def fresh(self) -> Probe:
+        """A new probe with the same options (each decorated call gets its own)."""
+        return Probe(**self._options)
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a function that launches the agent and returns its process.
+
+        Each call gets a fresh probe; the returned process carries it as
+        ``proc.ttft_probe`` (see :func:`probe_of`).
+        """
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                probe = self.fresh()
+                t0 = monotonic_ns()
+                result = await fn(*args, **kwargs)
+                if isinstance(result, asyncio.subprocess.Process):
+                    result = probe.attach_async(result, t0)
+                    result.ttft_probe = probe  # type: ignore[attr-defined]
+                return result
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            probe = self.fresh()
+            t0 = monotonic_ns()
+            result = fn(*args, **kwargs)
+            if isinstance(result, subprocess.Popen):
+                result = probe.attach(result, t0)
+                result.ttft_probe = probe  # type: ignore[attr-defined]
+            return result
+
+        return wrapper
+
+
+async def _apump(
+    real: asyncio.StreamReader, proxy: asyncio.StreamReader, tracked: TrackedProcess, kind: str
+) -> None:
+    tracker = tracked.tracker
+    try:
+        while True:
+            try:
+                data = await real.read(_CHUNK)
+            except Exception:  # noqa: BLE001 - a broken pipe ends the stream like EOF
+                data = b""
+            t = monotonic_ns()
+            if not data:
+                break
+            proxy.feed_data(data)
+            if kind == "stdout":
+                tracker.on_stdout(data, t)
+            else:
+                tracker.on_stderr(t)
+    finally:
+        proxy.feed_eof()
+        if kind == "stdout":
+            tracker.on_stdout_eof(monotonic_ns())
+            tracked.stdout_closed()
+
+
+class _TeeStreamWriter:
+    """An ``asyncio.StreamWriter`` stand-in that reads what the client sends to stdin."""
+
+    def __init__(self, real: asyncio.StreamWriter, tracker: ProcessTracker) -> None:
+        self._real = real
+        self._tracker = tracker
+
+    def write(self, data: bytes) -> None:
+        self._real.write(data)
+        self._tracker.on_stdin(bytes(data), monotonic_ns())
+
+    def writelines(self, data: Sequence[bytes]) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def probe_of(proc: object) -> Probe | None:
+    """The probe a decorated launch attached to ``proc``, if any."""
+    found = getattr(proc, "ttft_probe", None)
+    return found if isinstance(found, Probe) else None
+
+
+def _settle(processes: list[TrackedProcess], recorder: Recorder, timeout: float = 5.0) -> None:
+    """Wait for the runs of processes that have exited, then for the store writes."""
+    for p in processes:
+        # A process still running (a long-lived ACP agent) keeps being tracked.
+        if p.poll() is not None:
+            p.done.wait(1.0)
+    recorder.flush(timeout)
+
+
+@attrs.frozen
+class RunOutcome:
+    """What :meth:`Probe.run` returns: the shell-style exit status and the finished runs."""
+
+    exit_status: int
+    results: list[RunResult]
+
+
+def _wait(proc: subprocess.Popen[Any], tracked: TrackedProcess, timeout: float | None) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tracked.timed_out = True
+        proc.terminate()
+        try:
+            return proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+class _SignalForwarder:
+    proc: subprocess.Popen[Any] | None = None
+
+
+@contextlib.contextmanager
+def _forwarding_signals(tracked: TrackedProcess) -> Iterator[_SignalForwarder]:
+    """Forward SIGINT/SIGTERM/SIGHUP to the child while it runs (main thread only).
+
+    A SIGINT typed at the terminal already reached the child (it shares our process
+    group), so it is forwarded only when it cannot have come from the terminal.
+    """
+    forwarder = _SignalForwarder()
+    if threading.current_thread() is not threading.main_thread():
+        yield forwarder
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        tracked.cancelled = True
+        proc = forwarder.proc
+        if proc is None or proc.poll() is not None:
+            return
+        if signum == signal.SIGINT and _terminal_delivers_to_child(proc):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield forwarder
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _terminal_delivers_to_child(proc: subprocess.Popen[Any]) -> bool:
+    try:
+        tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(tty) == os.getpgid(proc.pid)
+    except OSError:
+        return False
+    finally:
+        os.close(tty)
