@@ -7,13 +7,38 @@ Wraps the spawn of an agent CLI, watches its own protocol output, and splits
 
 from __future__ import annotations
 
+from ttft_probe._run import RunResult
+from ttft_probe._version import VERSION
+from ttft_probe.adapters._base import AdapterOptions
 from ttft_probe.errors import ConfigError, StoreError, TtftProbeError, UnknownAdapterError
-from ttft_probe.record import RunRecord
+from ttft_probe.record import (
+    CONTRACT_VERSION,
+    MarkerTimes,
+    RunRecord,
+    RuntimeFamily,
+    Status,
+    TimingUnavailableReason,
+    record_schema,
+)
+from ttft_probe.spawn import Probe, RunOutcome, probe_of
+
+__version__ = VERSION
 
 __all__ = [
+    "CONTRACT_VERSION",
+    "AdapterOptions",
     "ConfigError",
+    "MarkerTimes",
+    "Probe",
+    "RunOutcome",
     "RunRecord",
+    "RunResult",
+    "RuntimeFamily",
+    "Status",
     "StoreError",
+    "TimingUnavailableReason",
     "TtftProbeError",
     "UnknownAdapterError",
+    "probe_of",
+    "record_schema",
 ]

@@ -17,6 +17,7 @@ ever estimated or replaced by another duration.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 from importlib import resources
 from typing import Any, Final
@@ -212,20 +213,23 @@ def compute_segments(
             times.first_token_ns,
         ]
 
-    segs: list[float | None] = []
+    seg_ns: list[int | None] = []
     disordered = False
-    for a, b in zip(chain, chain[1:], strict=False):
+    for a, b in itertools.pairwise(chain):
         if a is None or b is None:
-            segs.append(None)
+            seg_ns.append(None)
         elif b < a:
-            segs.append(None)
+            seg_ns.append(None)
             disordered = True
         else:
-            segs.append(_ms(b - a))
+            seg_ns.append(b - a)
+    segs = [None if d is None else _ms(d) for d in seg_ns]
 
     first = times.first_token_ns
-    s2ft = _ms(first - start) if first is not None and first >= start else None
-    remainder = None if s2ft is None else round(s2ft - sum(s for s in segs if s is not None), 3)
+    s2ft_ns = first - start if first is not None and first >= start else None
+    s2ft = None if s2ft_ns is None else _ms(s2ft_ns)
+    # In integer ns, so that a complete chain leaves exactly 0, not a rounding residue.
+    remainder = None if s2ft_ns is None else _ms(s2ft_ns - sum(d for d in seg_ns if d is not None))
 
     reason = _reason(
         chain,

@@ -1,0 +1,5 @@
+"""``python -m ttft_probe`` is ``ttft-probe``."""
+
+from ttft_probe.cli import main
+
+main()

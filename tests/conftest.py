@@ -1,0 +1,54 @@
+"""Shared fixtures: the probe's home, record validation, the stand-in children."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from ttft_probe.record import RunRecord, record_schema
+
+TESTS = Path(__file__).parent
+CHILDREN = TESTS / "children"
+PROBE = [sys.executable, "-m", "ttft_probe"]
+
+
+def assert_valid(record: RunRecord | dict[str, Any]) -> None:
+    """The record validates against the shipped run_finished JSON Schema."""
+    data = record.to_dict() if isinstance(record, RunRecord) else record
+    jsonschema.Draft202012Validator(
+        record_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    ).validate(data)
+
+
+@pytest.fixture
+def probe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private TTFT_PROBE_HOME for the test (and its children)."""
+    home = tmp_path / "probe-home"
+    monkeypatch.setenv("TTFT_PROBE_HOME", str(home))
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "POSTHOG_API_KEY", "LANGFUSE_PUBLIC_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+def script(tmp_path: Path, steps: list[dict[str, Any]]) -> list[str]:
+    """argv of the scripted stand-in child running ``steps`` (see children/stream_child.py)."""
+    path = tmp_path / f"script-{len(list(tmp_path.glob('script-*')))}.json"
+    path.write_text(json.dumps(steps), encoding="utf-8")
+    return [sys.executable, str(CHILDREN / "stream_child.py"), str(path)]
+
+
+def stored(home: Path) -> list[dict[str, Any]]:
+    """Every record in the store under ``home``, via `ttft-probe runs --all --json`."""
+    out = subprocess.run(
+        [*PROBE, "runs", "--all", "--json"], capture_output=True, check=True, timeout=30,
+        env={**os.environ, "TTFT_PROBE_HOME": str(home)},
+    ).stdout.decode()
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
