@@ -1,0 +1,56 @@
+"""The local SQLite store: location, WAL, migrations, idempotent inserts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from test_record import _record
+from ttft_probe.errors import StoreError
+from ttft_probe.record import MarkerTimes
+from ttft_probe.sinks.store import SCHEMA_VERSION, Store, default_store_path
+
+
+def test_default_path_honours_ttft_probe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTFT_PROBE_HOME", str(tmp_path / "h"))
+    assert default_store_path() == tmp_path / "h" / "runs.sqlite3"
+    monkeypatch.delenv("TTFT_PROBE_HOME")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert default_store_path() == tmp_path / "state" / "ttft-probe" / "runs.sqlite3"
+
+
+def test_wal_schema_version_and_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    times = MarkerTimes(start_ns=1, cli_ready_ns=2, first_token_ns=5)
+    a = _record(run_id="00000000-0000-4000-8000-000000000001", session_id="S", turn_ordinal=1,
+                started_at="2026-11-21T08:00:00.000000+00:00")
+    b = _record(run_id="00000000-0000-4000-8000-000000000002", session_id="S", turn_ordinal=2,
+                started_at="2026-11-21T08:00:01.000000+00:00", conversation_id="C")
+    store.add(a, times)
+    store.add(b)
+    store.add(a, times)  # idempotent
+    assert store.last() == [a, b]
+    assert store.last(1) == [b]
+    assert store.marker_times(a.run_id) == times
+    assert store.session_history("S") == (2, "C")
+    conn = sqlite3.connect(tmp_path / "s.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_newer_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="upgrade ttft-probe"):
+        Store(path)
+
+
+def test_unwritable_location_names_the_fix(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="TTFT_PROBE_HOME"):
+        Store(blocker / "sub" / "s.sqlite3")
