@@ -32,8 +32,12 @@ def probe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private TTFT_PROBE_HOME for the test (and its children)."""
     home = tmp_path / "probe-home"
     monkeypatch.setenv("TTFT_PROBE_HOME", str(home))
-    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "POSTHOG_API_KEY", "LANGFUSE_PUBLIC_KEY"):
+    for var in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "POSTHOG_API_KEY",
+        "LANGFUSE_PUBLIC_KEY",
+    ):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -48,7 +52,10 @@ def script(tmp_path: Path, steps: list[dict[str, Any]]) -> list[str]:
 def stored(home: Path) -> list[dict[str, Any]]:
     """Every record in the store under ``home``, via `ttft-probe runs --all --json`."""
     out = subprocess.run(
-        [*PROBE, "runs", "--all", "--json"], capture_output=True, check=True, timeout=30,
+        [*PROBE, "runs", "--all", "--json"],
+        capture_output=True,
+        check=True,
+        timeout=30,
         env={**os.environ, "TTFT_PROBE_HOME": str(home)},
     ).stdout.decode()
     return [json.loads(line) for line in out.splitlines() if line.strip()]

@@ -11,8 +11,10 @@ import ttft_probe
 
 def test_all_is_sorted_and_exactly_the_public_surface() -> None:
     public = {
-        name for name, value in vars(ttft_probe).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        name
+        for name, value in vars(ttft_probe).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
         and name != "annotations"
     }
     assert set(ttft_probe.__all__) == public
@@ -30,6 +32,7 @@ def test_import_does_not_pull_in_exporters_or_backends() -> None:
         " or m.startswith('opentelemetry.exporter')]\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == ""

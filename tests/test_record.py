@@ -17,18 +17,27 @@ from ttft_probe.record import (
 MS = 1_000_000
 
 
-def t(spawn: int = 0, **offsets_ms: float | None) -> MarkerTimes:
+def t(spawn: int = 0, /, **offsets_ms: float | None) -> MarkerTimes:
     def at(name: str) -> int | None:
         v = offsets_ms.get(name)
         return None if v is None else spawn + round(v * MS)
 
-    return MarkerTimes(start_ns=spawn, cli_ready_ns=at("ready"), session_init_done_ns=at("init"),
-                       prompt_sent_ns=at("prompt"), first_token_ns=at("first"), end_ns=at("end"))
+    return MarkerTimes(
+        start_ns=spawn,
+        cli_ready_ns=at("ready"),
+        session_init_done_ns=at("init"),
+        prompt_sent_ns=at("prompt"),
+        first_token_ns=at("first"),
+        end_ns=at("end"),
+    )
 
 
 def test_stream_agent_complete_chain_sums_exactly() -> None:
-    s = compute_segments(t(10**12, ready=480.123457, init=480.2, first=1010.000001, end=1200),
-                         request_driven=False, process_reused=False)
+    s = compute_segments(
+        t(10**12, ready=480.123457, init=480.2, first=1010.000001, end=1200),
+        request_driven=False,
+        process_reused=False,
+    )
     assert s.cli_ready_ms == 480.123
     assert s.session_init_ms == 0.077
     assert s.client_wait_ms == 0.0
@@ -40,25 +49,37 @@ def test_stream_agent_complete_chain_sums_exactly() -> None:
 
 
 def test_request_driven_agent_has_client_wait() -> None:
-    s = compute_segments(t(ready=310, init=1400, prompt=1450, first=1970),
-                         request_driven=True, process_reused=False)
+    s = compute_segments(
+        t(ready=310, init=1400, prompt=1450, first=1970), request_driven=True, process_reused=False
+    )
     assert (s.cli_ready_ms, s.session_init_ms, s.client_wait_ms, s.model_first_token_ms) == (
-        310.0, 1090.0, 50.0, 520.0)
+        310.0,
+        1090.0,
+        50.0,
+        520.0,
+    )
     assert s.spawn_to_first_token_ms == 1970.0
     assert s.remainder_ms == 0.0
 
 
 def test_reused_process_starts_at_the_prompt() -> None:
-    s = compute_segments(MarkerTimes(start_ns=5 * MS, prompt_sent_ns=5 * MS, first_token_ns=600 * MS),
-                         request_driven=True, process_reused=True)
+    s = compute_segments(
+        MarkerTimes(start_ns=5 * MS, prompt_sent_ns=5 * MS, first_token_ns=600 * MS),
+        request_driven=True,
+        process_reused=True,
+    )
     assert (s.cli_ready_ms, s.session_init_ms, s.client_wait_ms) == (0.0, 0.0, 0.0)
     assert s.model_first_token_ms == s.spawn_to_first_token_ms == 595.0
     assert s.remainder_ms == 0.0
 
 
 def test_missing_session_init_is_null_never_guessed() -> None:
-    s = compute_segments(t(ready=100, first=900), request_driven=False, process_reused=False,
-                         session_init_observable=False)
+    s = compute_segments(
+        t(ready=100, first=900),
+        request_driven=False,
+        process_reused=False,
+        session_init_observable=False,
+    )
     assert s.session_init_ms is None
     assert s.model_first_token_ms is None
     assert s.cli_ready_ms == 100.0
@@ -78,7 +99,9 @@ def test_missing_session_init_is_null_never_guessed() -> None:
         ({"adapter_failed": True}, {"ready": 10}, TimingUnavailableReason.ADAPTER_ERROR),
     ],
 )
-def test_reasons(kwargs: dict[str, bool], offsets: dict[str, float], reason: TimingUnavailableReason) -> None:
+def test_reasons(
+    kwargs: dict[str, bool], offsets: dict[str, float], reason: TimingUnavailableReason
+) -> None:
     s = compute_segments(t(**offsets), request_driven=False, process_reused=False, **kwargs)
     assert s.timing_unavailable_reason is reason
     assert s.spawn_to_first_token_ms is None
@@ -93,7 +116,9 @@ def test_prompt_missing_on_request_driven_agent() -> None:
 
 def test_out_of_order_markers_make_nulls_and_a_remainder() -> None:
     # firstToken before sessionInitDone: neither segment is negative, both are null.
-    s = compute_segments(t(ready=100, init=700, first=500), request_driven=False, process_reused=False)
+    s = compute_segments(
+        t(ready=100, init=700, first=500), request_driven=False, process_reused=False
+    )
     assert s.session_init_ms == 600.0
     assert s.model_first_token_ms is None
     assert s.timing_unavailable_reason is TimingUnavailableReason.MARKERS_OUT_OF_ORDER
@@ -102,8 +127,11 @@ def test_out_of_order_markers_make_nulls_and_a_remainder() -> None:
 
 def _record(**kw: object) -> RunRecord:
     base: dict[str, object] = {
-        "run_id": "3f2b8c1e-8d4a-4e3b-9a57-0c2f1d9e8b7a", "agent": "claude_code",
-        "runtime_family": "claude-stream-json", "status": "succeeded", "probe_version": "0",
+        "run_id": "3f2b8c1e-8d4a-4e3b-9a57-0c2f1d9e8b7a",
+        "agent": "claude_code",
+        "runtime_family": "claude-stream-json",
+        "status": "succeeded",
+        "probe_version": "0",
         "started_at": "2026-11-21T08:00:00.000000+00:00",
     }
     base.update(kw)

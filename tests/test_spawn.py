@@ -22,10 +22,21 @@ from ttft_probe import Probe
 from ttft_probe.record import RunRecord
 
 INIT = {"type": "system", "subtype": "init", "session_id": "s-1", "model": "claude-x"}
-DELTA = {"type": "stream_event", "event": {"type": "content_block_delta", "index": 0,
-                                            "delta": {"type": "text_delta", "text": "Hi"}}}
-RESULT = {"type": "result", "subtype": "success", "is_error": False, "session_id": "s-1",
-          "usage": {"input_tokens": 3, "output_tokens": 5}}
+DELTA = {
+    "type": "stream_event",
+    "event": {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": "Hi"},
+    },
+}
+RESULT = {
+    "type": "result",
+    "subtype": "success",
+    "is_error": False,
+    "session_id": "s-1",
+    "usage": {"input_tokens": 3, "output_tokens": 5},
+}
 
 
 def line(obj: dict[str, Any]) -> dict[str, str]:
@@ -33,10 +44,19 @@ def line(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def claude_like(tmp_path: Path, *, exit_code: int = 0, token_delay_ms: int = 120) -> list[str]:
-    return script(tmp_path, [
-        {"sleep_ms": 30}, {"err": "warming up\n"}, line(INIT), {"sleep_ms": token_delay_ms},
-        line(DELTA), {"sleep_ms": 10}, line(RESULT), {"exit": exit_code},
-    ])
+    return script(
+        tmp_path,
+        [
+            {"sleep_ms": 30},
+            {"err": "warming up\n"},
+            line(INIT),
+            {"sleep_ms": token_delay_ms},
+            line(DELTA),
+            {"sleep_ms": 10},
+            line(RESULT),
+            {"exit": exit_code},
+        ],
+    )
 
 
 def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
@@ -59,8 +79,17 @@ def test_cli_output_and_exit_code_identical_with_and_without_probe(
 
 
 def test_cli_prints_breakdown_and_stores_a_valid_record(tmp_path: Path, probe_home: Path) -> None:
-    probed = run_cli(["run", "--family", "claude-stream-json", "--agent", "claude_code", "--",
-                      *claude_like(tmp_path, token_delay_ms=150)])
+    probed = run_cli(
+        [
+            "run",
+            "--family",
+            "claude-stream-json",
+            "--agent",
+            "claude_code",
+            "--",
+            *claude_like(tmp_path, token_delay_ms=150),
+        ]
+    )
     assert probed.returncode == 0
     last = probed.stderr.decode().strip().splitlines()[-1]
     assert last.startswith("ttft-probe: claude_code turn 1 fresh: first token ")
@@ -78,8 +107,16 @@ def test_cli_prints_breakdown_and_stores_a_valid_record(tmp_path: Path, probe_ho
 
 
 def test_child_exits_before_its_first_line(tmp_path: Path, probe_home: Path) -> None:
-    probed = run_cli(["run", "--quiet", "--family", "claude-stream-json", "--",
-                      *script(tmp_path, [{"err": "bad flag\n"}, {"exit": 2}])])
+    probed = run_cli(
+        [
+            "run",
+            "--quiet",
+            "--family",
+            "claude-stream-json",
+            "--",
+            *script(tmp_path, [{"err": "bad flag\n"}, {"exit": 2}]),
+        ]
+    )
     assert probed.returncode == 2
     assert probed.stderr == b"bad flag\n"
     [record] = stored(probe_home)
@@ -117,8 +154,13 @@ def test_one_mib_unread_stdout_does_not_deadlock(tmp_path: Path, probe_home: Pat
     argv = script(tmp_path, [{"err": "e" * (1 << 20)}, {"bytes": 1 << 20}, {"exit": 0}])
     out_file = tmp_path / "out.bin"
     with out_file.open("wb") as out:
-        probed = subprocess.run([*PROBE, "run", "--quiet", "--", *argv], stdout=out,
-                                stderr=subprocess.PIPE, timeout=60, check=False)
+        probed = subprocess.run(
+            [*PROBE, "run", "--quiet", "--", *argv],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
     assert probed.returncode == 0
     assert out_file.stat().st_size == 1 << 20
     assert len(probed.stderr) == 1 << 20
@@ -134,8 +176,11 @@ def test_sigterm_to_the_probe_reaches_the_child(tmp_path: Path, probe_home: Path
         encoding="utf-8",
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen([*PROBE, "run", "--quiet", "--", sys.executable, str(child)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*PROBE, "run", "--quiet", "--", sys.executable, str(child)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
         proc.send_signal(sig)
@@ -244,19 +289,41 @@ def test_decorator_asyncio(tmp_path: Path, probe_home: Path) -> None:
 
 def _acp_requests(session: str | None = None) -> list[bytes]:
     reqs: list[dict[str, Any]] = [
-        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": 1}}]
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": 1}}
+    ]
     if session is None:
-        reqs.append({"jsonrpc": "2.0", "id": 1, "method": "session/new",
-                     "params": {"cwd": "/", "mcpServers": []}})
+        reqs.append(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "session/new",
+                "params": {"cwd": "/", "mcpServers": []},
+            }
+        )
     else:
-        reqs.append({"jsonrpc": "2.0", "id": 1, "method": "session/load",
-                     "params": {"sessionId": session, "cwd": "/", "mcpServers": []}})
+        reqs.append(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "session/load",
+                "params": {"sessionId": session, "cwd": "/", "mcpServers": []},
+            }
+        )
     return [json.dumps(r).encode() + b"\n" for r in reqs]
 
 
 def _prompt(rid: int, session: str) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "session/prompt", "params": {
-        "sessionId": session, "prompt": [{"type": "text", "text": "hi"}]}}).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "method": "session/prompt",
+                "params": {"sessionId": session, "prompt": [{"type": "text", "text": "hi"}]},
+            }
+        ).encode()
+        + b"\n"
+    )
 
 
 def _read_until_id(stream: Any, rid: int) -> None:
@@ -270,8 +337,12 @@ def _read_until_id(stream: Any, rid: int) -> None:
 def test_acp_two_turns_sync_stdin_tee(probe_home: Path) -> None:
     env = {**os.environ, "TOKEN_DELAY_MS": "100", "EXIT_ON_EOF": "1"}
     with Probe(family="acp-json-rpc", agent="fake_acp") as probe:
-        proc = probe.popen([sys.executable, str(CHILDREN / "fake_acp.py")], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, env=env)
+        proc = probe.popen(
+            [sys.executable, str(CHILDREN / "fake_acp.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         assert proc.stdin is not None
         for req in _acp_requests():
             proc.stdin.write(req)
@@ -309,8 +380,12 @@ def test_acp_session_load_replay_is_not_a_first_token(probe_home: Path) -> None:
     async def main() -> Probe:
         async with Probe(family="acp-json-rpc") as probe:
             proc = await probe.create_subprocess_exec(
-                sys.executable, str(CHILDREN / "fake_acp.py"), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, env=env)
+                sys.executable,
+                str(CHILDREN / "fake_acp.py"),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
             assert proc.stdin is not None
             assert proc.stdout is not None
             for req in [*_acp_requests("old-session"), _prompt(2, "old-session")]:

@@ -13,7 +13,9 @@ from ttft_probe.record import MarkerTimes
 from ttft_probe.sinks.store import SCHEMA_VERSION, Store, default_store_path
 
 
-def test_default_path_honours_ttft_probe_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_path_honours_ttft_probe_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TTFT_PROBE_HOME", str(tmp_path / "h"))
     assert default_store_path() == tmp_path / "h" / "runs.sqlite3"
     monkeypatch.delenv("TTFT_PROBE_HOME")
@@ -24,10 +26,19 @@ def test_default_path_honours_ttft_probe_home(tmp_path: Path, monkeypatch: pytes
 def test_wal_schema_version_and_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     times = MarkerTimes(start_ns=1, cli_ready_ns=2, first_token_ns=5)
-    a = _record(run_id="00000000-0000-4000-8000-000000000001", session_id="S", turn_ordinal=1,
-                started_at="2026-11-21T08:00:00.000000+00:00")
-    b = _record(run_id="00000000-0000-4000-8000-000000000002", session_id="S", turn_ordinal=2,
-                started_at="2026-11-21T08:00:01.000000+00:00", conversation_id="C")
+    a = _record(
+        run_id="00000000-0000-4000-8000-000000000001",
+        session_id="S",
+        turn_ordinal=1,
+        started_at="2026-11-21T08:00:00.000000+00:00",
+    )
+    b = _record(
+        run_id="00000000-0000-4000-8000-000000000002",
+        session_id="S",
+        turn_ordinal=2,
+        started_at="2026-11-21T08:00:01.000000+00:00",
+        conversation_id="C",
+    )
     store.add(a, times)
     store.add(b)
     store.add(a, times)  # idempotent

@@ -8,7 +8,7 @@ Wraps the spawn of an agent CLI, watches its own protocol output, and splits
 from __future__ import annotations
 
 from ttft_probe._run import RunResult
-from ttft_probe._version import VERSION as __version__
+from ttft_probe._version import VERSION as _VERSION
 from ttft_probe.adapters._base import AdapterOptions
 from ttft_probe.errors import ConfigError, StoreError, TtftProbeError, UnknownAdapterError
 from ttft_probe.record import (
@@ -22,6 +22,7 @@ from ttft_probe.record import (
 )
 from ttft_probe.spawn import Probe, RunOutcome, probe_of
 
+__version__ = _VERSION
 
 __all__ = [
     "CONTRACT_VERSION",

@@ -103,6 +103,14 @@ class _Turn:
     span: RunSpan | None = None
 
 
+@attrs.frozen
+class _Identity:
+    conversation_id: str | None
+    session_id: str | None
+    turn_ordinal: int | None
+    session_resumed: bool
+
+
 @attrs.define
 class _Session:
     init_done_ns: int | None = None
@@ -127,7 +135,7 @@ class ProcessTracker:
         history: Looks up a resumed session's earlier runs: (turns, conversation_id).
     """
 
-    def __init__(  # noqa: PLR0913 - the run's whole context arrives here once
+    def __init__(
         self,
         *,
         agent: ResolvedAgent,
@@ -197,22 +205,24 @@ class ProcessTracker:
     def on_stdout(self, data: bytes, t_ns: int) -> None:
         """Bytes the agent wrote to stdout, read at ``t_ns`` (already passed through)."""
         with self._lock:
-            if self._adapter is None:
+            adapter = self._adapter
+            if adapter is None:
                 return
             if self._lines:
                 for line in self._out_split.feed(data):
-                    self._apply(self._call(lambda a, ln=line: a.feed_stdout(ln, t_ns)))
+                    self._guarded(adapter.feed_stdout, line, t_ns)
             else:
-                self._apply(self._call(lambda a: a.feed_stdout(data, t_ns)))
+                self._guarded(adapter.feed_stdout, data, t_ns)
         self._flush_done()
 
     def on_stdin(self, data: bytes, t_ns: int) -> None:
         """Bytes the client wrote to the agent's stdin, forwarded at ``t_ns``."""
         with self._lock:
-            if self._adapter is None:
+            adapter = self._adapter
+            if adapter is None:
                 return
             for line in self._in_split.feed(data):
-                self._apply(self._call(lambda a, ln=line: a.feed_stdin(ln, t_ns)))
+                self._guarded(adapter.feed_stdin, line, t_ns)
         self._flush_done()
 
     def on_stderr(self, t_ns: int) -> None:
@@ -225,10 +235,11 @@ class ProcessTracker:
         with self._lock:
             if self._adapter is None:
                 return
+            adapter = self._adapter
             tail = self._out_split.flush() if self._lines else None
             if tail:
-                self._apply(self._call(lambda a: a.feed_stdout(tail, t_ns)))
-            self._apply(self._call(lambda a: a.close(t_ns)))
+                self._guarded(adapter.feed_stdout, tail, t_ns)
+            self._guarded(adapter.close, t_ns)
         self._flush_done()
 
     def on_exit(self, info: ExitInfo) -> None:
@@ -260,17 +271,19 @@ class ProcessTracker:
             except Exception:  # noqa: BLE001 - a sink fault never reaches the run
                 _log.warning("could not hand a finished run to the recorder", exc_info=True)
 
-    def _call(self, fn: Callable[[Adapter], Sequence[Event]]) -> Sequence[Event]:
+    def _guarded(self, method: Callable[..., Sequence[Event]], *args: object) -> None:
+        """Call an adapter method and apply its events; a fault disables the adapter."""
         adapter = self._adapter
         if adapter is None:
-            return ()
+            return
         try:
-            return fn(adapter)
+            events = method(*args)
         except Exception as exc:  # noqa: BLE001 - a parser fault disables the parser only
             self._adapter = None
             self._adapter_error = f"{type(exc).__name__} in the {adapter.family} adapter"
             _log.warning("%s; marker parsing is off for the rest of this run", self._adapter_error)
-            return ()
+            return
+        self._apply(events)
 
     def _apply(self, events: Sequence[Event]) -> None:
         for ev in events:
@@ -400,9 +413,14 @@ class ProcessTracker:
             exited_early=info is not None and cli_ready is None,
             adapter_failed=self._adapter_error is not None and turn.first_token_ns is None,
         )
+        who = self._identity(turn)
+        usage = turn.usage or UsageReported()
         record = RunRecord(
             run_id=str(uuid.uuid4()),
-            **self._identity(turn),
+            conversation_id=who.conversation_id,
+            session_id=who.session_id,
+            turn_ordinal=who.turn_ordinal,
+            session_resumed=who.session_resumed,
             process_reused=turn.process_reused,
             agent=self.agent.name,
             runtime_family=self.agent.family,
@@ -419,7 +437,10 @@ class ProcessTracker:
             session_init_source=None if turn.process_reused else turn.session_init_source,
             first_token_granularity=turn.granularity,
             first_token_kind=turn.kind,
-            **_usage(turn.usage),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
             agent_reported_ttft_ms=turn.reported.ttft_ms if turn.reported else None,
             agent_reported_time_to_request_ms=turn.reported.time_to_request_ms
             if turn.reported
@@ -438,7 +459,7 @@ class ProcessTracker:
                 _log.warning("could not finish the run span", exc_info=True)
         return RunResult(record=record, times=times)
 
-    def _identity(self, turn: _Turn) -> dict[str, object]:
+    def _identity(self, turn: _Turn) -> _Identity:
         """conversation_id, session_id, turn_ordinal and session_resumed of a turn."""
         caller = self._caller
         sid = turn.session_id
@@ -469,12 +490,12 @@ class ProcessTracker:
             resumed = caller.session_resumed
         if caller.turn_ordinal is not None:
             ordinal = caller.turn_ordinal + turn.run_index
-        return {
-            "conversation_id": conversation or self.agent.resume_session_id or sid,
-            "session_id": sid,
-            "turn_ordinal": ordinal,
-            "session_resumed": resumed,
-        }
+        return _Identity(
+            conversation_id=conversation or self.agent.resume_session_id or sid,
+            session_id=sid,
+            turn_ordinal=ordinal,
+            session_resumed=resumed,
+        )
 
 
 def _abnormal(info: ExitInfo) -> bool:
@@ -494,17 +515,6 @@ def _status(turn: _Turn, info: ExitInfo | None) -> Status:
         # A request-driven turn still open when the process ended did not finish.
         return Status.FAILED
     return Status.SUCCEEDED if info.returncode == 0 else Status.FAILED
-
-
-def _usage(usage: UsageReported | None) -> dict[str, int | None]:
-    if usage is None:
-        return {}
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_input_tokens": usage.cache_read_input_tokens,
-        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-    }
 
 
 def _iso(wall_ns: int) -> str:

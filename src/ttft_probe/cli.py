@@ -44,7 +44,7 @@ _store_option = click.option(
 @click.group(context_settings=CONTEXT)
 @click.version_option(VERSION, prog_name="ttft-probe")
 def main() -> None:
-    """Where does an AI coding agent's wait before the first token go?
+    r"""Where does an AI coding agent's wait before the first token go?
 
     Put `ttft-probe run --` in front of an agent command. The agent runs exactly as it
     would (same output, same exit code); ttft-probe watches its protocol output and
@@ -54,35 +54,59 @@ def main() -> None:
 
     \b
     Examples:
-      ttft-probe run -- claude -p "hi" --output-format stream-json --verbose --include-partial-messages
+      ttft-probe run -- claude -p "hi" --output-format stream-json --verbose \
+          --include-partial-messages
       ttft-probe run --turn 2 -- codex exec --json resume THREAD_ID "and now?"
       ttft-probe runs --last 5
     """
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--agent", help="Agent name for the record (default: inferred from the executable, "
-              "e.g. claude_code, codex, gemini, claude_code_acp, codex_acp).")
-@click.option("--family", type=click.Choice(
-    ["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]),
-    help="Runtime family whose marker rules apply (default: inferred from the command).")
-@click.option("--conversation", "conversation_id", metavar="ID",
-              help="Conversation id (default: the agent's session id).")
-@click.option("--turn", "turn_ordinal", type=click.IntRange(min=1), metavar="N",
-              help="Turn ordinal: 1 for a conversation's first message, 2+ after "
-              "(default: inferred from resume flags, ACP session/load and the store).")
-@click.option("--resumed/--fresh", "session_resumed", default=None,
-              help="Whether the agent continues an existing session (default: inferred).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="End the agent after this long; the run is recorded as timed_out.")
+@click.option(
+    "--agent",
+    help="Agent name for the record (default: inferred from the executable, "
+    "e.g. claude_code, codex, gemini, claude_code_acp, codex_acp).",
+)
+@click.option(
+    "--family",
+    type=click.Choice(["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]),
+    help="Runtime family whose marker rules apply (default: inferred from the command).",
+)
+@click.option(
+    "--conversation",
+    "conversation_id",
+    metavar="ID",
+    help="Conversation id (default: the agent's session id).",
+)
+@click.option(
+    "--turn",
+    "turn_ordinal",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Turn ordinal: 1 for a conversation's first message, 2+ after "
+    "(default: inferred from resume flags, ACP session/load and the store).",
+)
+@click.option(
+    "--resumed/--fresh",
+    "session_resumed",
+    default=None,
+    help="Whether the agent continues an existing session (default: inferred).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="End the agent after this long; the run is recorded as timed_out.",
+)
 @click.option("--ready-regex", metavar="REGEX", help="plain family: the line marking cliReady.")
-@click.option("--session-regex", metavar="REGEX",
-              help="plain family: the line marking sessionInitDone.")
+@click.option(
+    "--session-regex", metavar="REGEX", help="plain family: the line marking sessionInitDone."
+)
 @click.option("--token-regex", metavar="REGEX", help="plain family: the line marking firstToken.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the breakdown to stderr.")
 @_store_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(  # noqa: PLR0913 - one parameter per documented option
+def run(
     agent: str | None,
     family: str | None,
     conversation_id: str | None,
@@ -92,11 +116,11 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     ready_regex: str | None,
     session_regex: str | None,
     token_regex: str | None,
-    quiet: bool,  # noqa: FBT001 - a click flag
+    quiet: bool,
     store: str | None,
     command: tuple[str, ...],
 ) -> None:
-    """Run an agent command under the probe: `ttft-probe run [OPTIONS] -- COMMAND...`.
+    r"""Run an agent command under the probe: `ttft-probe run [OPTIONS] -- COMMAND...`.
 
     The command's stdin, stdout and stderr pass through unchanged and ttft-probe exits
     with its exit code (128+N when a signal N ended it); SIGINT and SIGTERM reach it.
@@ -157,13 +181,18 @@ def _ms(value: float | None) -> str:
 def breakdown_line(record: RunRecord) -> str:
     """The one-line breakdown of a run that ``ttft-probe run`` prints to stderr."""
     turn = f"turn {record.turn_ordinal}" if record.turn_ordinal else "turn ?"
-    how = "reused process" if record.process_reused else (
-        "resumed" if record.session_resumed else "fresh")
+    how = (
+        "reused process"
+        if record.process_reused
+        else ("resumed" if record.session_resumed else "fresh")
+    )
     if record.spawn_to_first_token_ms is None:
         body = "no first token"
     else:
-        parts = [f"cli_ready {_ms(record.cli_ready_ms)}",
-                 f"session_init {_ms(record.session_init_ms)}"]
+        parts = [
+            f"cli_ready {_ms(record.cli_ready_ms)}",
+            f"session_init {_ms(record.session_init_ms)}",
+        ]
         if record.client_wait_ms:
             parts.append(f"client_wait {_ms(record.client_wait_ms)}")
         parts.append(f"model_first_token {_ms(record.model_first_token_ms)}")
@@ -178,22 +207,36 @@ def breakdown_line(record: RunRecord) -> str:
 
 
 def _hint(record: RunRecord) -> str | None:
-    if record.first_token_granularity is not None and record.first_token_granularity.value == "message":
+    granularity = record.first_token_granularity
+    if granularity is not None and granularity.value == "message":
         if record.agent == "claude_code":
-            return ("the first token is a whole message, late by its generation time; add "
-                    "--include-partial-messages to the claude command for deltas")
+            return (
+                "the first token is a whole message, late by its generation time; add "
+                "--include-partial-messages to the claude command for deltas"
+            )
         return "the first token is a whole message (this agent prints no deltas), so it is late"
     return None
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--last", "last", type=click.IntRange(min=1), default=20, show_default=True,
-              metavar="N", help="Show the N most recent runs.")
+@click.option(
+    "--last",
+    "last",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="Show the N most recent runs.",
+)
 @click.option("--all", "show_all", is_flag=True, help="Show every stored run.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the run_finished records as JSON lines instead of a table.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the run_finished records as JSON lines instead of a table.",
+)
 @_store_option
-def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:  # noqa: FBT001
+def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:
     """List stored runs, oldest first: a table, or `--json` records (one per line)."""
     from ttft_probe.sinks.store import Store  # noqa: PLC0415 - keep start-up cheap
 
@@ -219,20 +262,38 @@ def _print_table(records: Sequence[RunRecord]) -> None:
         console.print("No runs stored yet. Run an agent with `ttft-probe run -- COMMAND`.")
         return
     table = Table(title="ttft-probe runs (ms)", title_justify="left")
-    for name, justify in [("started (UTC)", "left"), ("agent", "left"), ("turn", "right"),
-                          ("how", "left"), ("first token", "right"), ("cli_ready", "right"),
-                          ("session_init", "right"), ("client_wait", "right"),
-                          ("model", "right"), ("status", "left"), ("run_id", "left")]:
+    for name, justify in [
+        ("started (UTC)", "left"),
+        ("agent", "left"),
+        ("turn", "right"),
+        ("how", "left"),
+        ("first token", "right"),
+        ("cli_ready", "right"),
+        ("session_init", "right"),
+        ("client_wait", "right"),
+        ("model", "right"),
+        ("status", "left"),
+        ("run_id", "left"),
+    ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in records:
         how = "reused" if r.process_reused else ("resumed" if r.session_resumed else "fresh")
         status = r.status.value
         if r.timing_unavailable_reason is not None:
             status += f" ({r.timing_unavailable_reason.value})"
-        table.add_row(r.started_at[:19].replace("T", " "), r.agent, str(r.turn_ordinal or "?"),
-                      how, _ms(r.spawn_to_first_token_ms), _ms(r.cli_ready_ms),
-                      _ms(r.session_init_ms), _ms(r.client_wait_ms), _ms(r.model_first_token_ms),
-                      status, r.run_id[:8])
+        table.add_row(
+            r.started_at[:19].replace("T", " "),
+            r.agent,
+            str(r.turn_ordinal or "?"),
+            how,
+            _ms(r.spawn_to_first_token_ms),
+            _ms(r.cli_ready_ms),
+            _ms(r.session_init_ms),
+            _ms(r.client_wait_ms),
+            _ms(r.model_first_token_ms),
+            status,
+            r.run_id[:8],
+        )
     console.print(table)
 
 

@@ -32,8 +32,8 @@ __all__ = [
     "MarkerTimes",
     "RunRecord",
     "RuntimeFamily",
-    "SessionInitSource",
     "Segments",
+    "SessionInitSource",
     "Status",
     "TimingUnavailableReason",
     "compute_segments",
@@ -105,8 +105,11 @@ class SessionInitSource(enum.StrEnum):
 
 
 class FirstTokenGranularity(enum.StrEnum):
-    """``delta``: the first streamed piece of the answer. ``message``: only a whole
-    message was visible, so firstToken is late by that message's generation time."""
+    """How fine-grained the first token was.
+
+    ``delta``: the first streamed piece of the answer. ``message``: only a whole message
+    was visible, so firstToken is late by that message's generation time.
+    """
 
     DELTA = "delta"
     MESSAGE = "message"
@@ -287,7 +290,20 @@ def _opt_float(v: float | None) -> float | None:
     return None if v is None else float(v)
 
 
-_enum_or_none = attrs.converters.optional
+def _reason_or_none(v: str | None) -> TimingUnavailableReason | None:
+    return None if v is None else TimingUnavailableReason(v)
+
+
+def _source_or_none(v: str | None) -> SessionInitSource | None:
+    return None if v is None else SessionInitSource(v)
+
+
+def _granularity_or_none(v: str | None) -> FirstTokenGranularity | None:
+    return None if v is None else FirstTokenGranularity(v)
+
+
+def _kind_or_none(v: str | None) -> FirstTokenKind | None:
+    return None if v is None else FirstTokenKind(v)
 
 
 @attrs.frozen(kw_only=True)
@@ -327,16 +343,16 @@ class RunRecord:
     total_duration_ms: float | None = attrs.field(default=None, converter=_opt_float)
     first_stderr_ms: float | None = attrs.field(default=None, converter=_opt_float)
     timing_unavailable_reason: TimingUnavailableReason | None = attrs.field(
-        default=None, converter=_enum_or_none(TimingUnavailableReason)
+        default=None, converter=_reason_or_none
     )
     session_init_source: SessionInitSource | None = attrs.field(
-        default=None, converter=_enum_or_none(SessionInitSource)
+        default=None, converter=_source_or_none
     )
     first_token_granularity: FirstTokenGranularity | None = attrs.field(
-        default=None, converter=_enum_or_none(FirstTokenGranularity)
+        default=None, converter=_granularity_or_none
     )
     first_token_kind: FirstTokenKind | None = attrs.field(
-        default=None, converter=_enum_or_none(FirstTokenKind)
+        default=None, converter=_kind_or_none
     )
     input_tokens: int | None = None
     output_tokens: int | None = None

@@ -37,7 +37,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
+from typing import IO, TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar, cast, overload
 
 import attrs
 
@@ -124,15 +124,17 @@ class TrackedProcess:
         thread.start()
         return thread
 
+    def _parser_for(self, kind: str) -> Callable[[bytes, int], None]:
+        tracker = self.tracker
+        if kind == "stdout":
+            return tracker.on_stdout
+        if kind == "stdin":
+            return tracker.on_stdin
+        return lambda _data, t: tracker.on_stderr(t)
+
     def _copy(self, src: int, dst: int | None, kind: str, close_dst: bool) -> None:  # noqa: FBT001
         tracker = self.tracker
-        on_data: Callable[[bytes, int], None]
-        if kind == "stdout":
-            on_data = tracker.on_stdout
-        elif kind == "stdin":
-            on_data = tracker.on_stdin
-        else:
-            on_data = lambda _d, t: tracker.on_stderr(t)  # noqa: E731
+        on_data = self._parser_for(kind)
         forwarding = dst is not None
         try:
             while True:
@@ -201,24 +203,24 @@ def _mirror_reader(original: IO[Any], fd: int) -> IO[Any]:
     """A file object on ``fd`` that reads like ``original`` (binary/text, buffering)."""
     if isinstance(original, io.TextIOWrapper):
         return io.TextIOWrapper(
-            io.open(fd, "rb", closefd=True), encoding=original.encoding, errors=original.errors
+            open(fd, "rb", closefd=True), encoding=original.encoding, errors=original.errors
         )
     buffered = not isinstance(original, io.FileIO)
-    return io.open(fd, "rb", buffering=-1 if buffered else 0)
+    return open(fd, "rb", buffering=-1 if buffered else 0)
 
 
 def _mirror_writer(original: IO[Any], fd: int) -> IO[Any]:
     """A file object on ``fd`` that writes like ``original`` (binary/text, buffering)."""
     if isinstance(original, io.TextIOWrapper):
         return io.TextIOWrapper(
-            io.open(fd, "wb", closefd=True),
+            open(fd, "wb", closefd=True),
             encoding=original.encoding,
             errors=original.errors,
             write_through=True,
             line_buffering=original.line_buffering,
         )
     buffered = not isinstance(original, io.FileIO)
-    return io.open(fd, "wb", buffering=-1 if buffered else 0)
+    return open(fd, "wb", buffering=-1 if buffered else 0)
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -257,7 +259,7 @@ class Probe:
         ConfigError: An unknown family or agent/family mismatch (before any spawn).
     """
 
-    def __init__(  # noqa: PLR0913 - keyword-only options, each documented
+    def __init__(
         self,
         *,
         agent: str | None = None,
@@ -468,21 +470,15 @@ class Probe:
         assert proc.stdout is not None  # noqa: S101 - we spawned it with PIPE
         real_out = proc.stdout
         real_err = proc.stderr
-        proc.stdout = self._route(proc, tracked, real_out, want_out, "stdout")
+        proc.stdout = self._route(tracked, real_out, want_out, "stdout")
         if real_err is not None:
-            proc.stderr = self._route(proc, tracked, real_err, want_err, "stderr")
+            proc.stderr = self._route(tracked, real_err, want_err, "stderr")
         self._tee_stdin(proc, tracked)
         _watch_sync(proc, tracked, drain)
         return proc
 
-    def _route(
-        self,
-        proc: subprocess.Popen[Any],
-        tracked: TrackedProcess,
-        real: IO[Any],
-        want: Any,
-        kind: str,
-    ) -> IO[Any] | None:
+    @staticmethod
+    def _route(tracked: TrackedProcess, real: IO[Any], want: Any, kind: str) -> IO[Any] | None:
         src = os.dup(real.fileno())
         real.close()
         if want == subprocess.PIPE:
@@ -658,7 +654,7 @@ class Probe:
 
     # --- context manager and decorator ----------------------------------------
 
-    def __enter__(self) -> Probe:
+    def __enter__(self) -> Self:
         """Enter: the probe spawns with :meth:`popen`."""
         return self
 
@@ -671,7 +667,7 @@ class Probe:
         """Wait (bounded) for exited processes' runs to be stored; never raises."""
         _settle(self.processes, self._recorder)
 
-    async def __aenter__(self) -> Probe:
+    async def __aenter__(self) -> Self:
         """Enter: the probe spawns with :meth:`create_subprocess_exec`."""
         return self
 

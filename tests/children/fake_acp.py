@@ -24,9 +24,16 @@ def send(obj: dict[str, object]) -> None:
 
 
 def update(session_id: str, kind: str, text: str) -> None:
-    send({"jsonrpc": "2.0", "method": "session/update", "params": {
-        "sessionId": session_id,
-        "update": {"sessionUpdate": kind, "content": {"type": "text", "text": text}}}})
+    send(
+        {
+            "jsonrpc": "2.0",
+            "method": "session/update",
+            "params": {
+                "sessionId": session_id,
+                "update": {"sessionUpdate": kind, "content": {"type": "text", "text": text}},
+            },
+        }
+    )
 
 
 def main() -> int:
@@ -35,16 +42,31 @@ def main() -> int:
         msg = json.loads(raw)
         method, rid = msg.get("method"), msg.get("id")
         if method == "initialize":
-            send({"jsonrpc": "2.0", "id": rid, "result": {
-                "protocolVersion": 1, "agentCapabilities": {"loadSession": True}}})
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": rid,
+                    "result": {"protocolVersion": 1, "agentCapabilities": {"loadSession": True}},
+                }
+            )
         elif method == "session/new":
             time.sleep(INIT_DELAY_MS / 1000)
             sessions += 1
             sid = f"sess-{sessions}"
             send({"jsonrpc": "2.0", "id": rid, "result": {"sessionId": sid}})
-            send({"jsonrpc": "2.0", "method": "session/update", "params": {
-                "sessionId": sid, "update": {"sessionUpdate": "available_commands_update",
-                                             "availableCommands": []}}})
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "session/update",
+                    "params": {
+                        "sessionId": sid,
+                        "update": {
+                            "sessionUpdate": "available_commands_update",
+                            "availableCommands": [],
+                        },
+                    },
+                }
+            )
         elif method == "session/load":
             sid = msg["params"]["sessionId"]
             time.sleep(INIT_DELAY_MS / 1000)

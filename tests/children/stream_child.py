@@ -18,7 +18,8 @@ import time
 
 
 def main() -> int:
-    steps = json.loads(open(sys.argv[1], encoding="utf-8").read())
+    with open(sys.argv[1], encoding="utf-8") as f:
+        steps = json.load(f)
     for step in steps:
         if "out" in step:
             sys.stdout.write(step["out"])
@@ -39,7 +40,9 @@ def main() -> int:
         elif "read_line" in step:
             sys.stdin.readline()
         elif "spawn_holder" in step:
-            subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({step['spawn_holder']})"])
+            subprocess.Popen(
+                [sys.executable, "-c", f"import time; time.sleep({step['spawn_holder']})"]
+            )
         elif "kill" in step:
             os.kill(os.getpid(), step["kill"])
             time.sleep(5)

@@ -68,7 +68,7 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        """Open (and create or migrate) the store at ``path`` (default: :func:`default_store_path`)."""
+        """Open (creating or migrating) the store at ``path`` (default: the default path)."""
         self.path = Path(path) if path is not None else default_store_path()
         self._local = threading.local()
         self._migrated = False
