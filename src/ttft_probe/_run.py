@@ -162,6 +162,7 @@ class ProcessTracker:
         self._telemetry = telemetry
         self._history = history
         self._lock = threading.Lock()
+        self._stdin_pending: list[tuple[bytes, int]] = []
         self._out_split = LineSplitter()
         self._in_split = LineSplitter()
         self._adapter_error: str | None = None
@@ -205,6 +206,7 @@ class ProcessTracker:
     def on_stdout(self, data: bytes, t_ns: int) -> None:
         """Bytes the agent wrote to stdout, read at ``t_ns`` (already passed through)."""
         with self._lock:
+            self._parse_stdin()
             adapter = self._adapter
             if adapter is None:
                 return
@@ -215,15 +217,33 @@ class ProcessTracker:
                 self._guarded(adapter.feed_stdout, data, t_ns)
         self._flush_done()
 
-    def on_stdin(self, data: bytes, t_ns: int) -> None:
-        """Bytes the client wrote to the agent's stdin, forwarded at ``t_ns``."""
+    def note_stdin(self, data: bytes, t_ns: int) -> None:
+        """Queue bytes the client wrote to stdin, read at ``t_ns``, BEFORE forwarding them.
+
+        A request-driven agent can answer before the stdin thread gets to parse the
+        request it forwarded; queueing first lets whichever thread parses next (see
+        :meth:`on_stdout`) handle the request before the answer, with no I/O under the
+        lock. Call :meth:`on_stdin` after forwarding.
+        """
         with self._lock:
-            adapter = self._adapter
-            if adapter is None:
-                return
+            self._stdin_pending.append((data, t_ns))
+
+    def on_stdin(self, data: bytes | None = None, t_ns: int = 0) -> None:
+        """Parse client stdin: ``data`` read at ``t_ns``, after anything already queued."""
+        with self._lock:
+            if data is not None:
+                self._stdin_pending.append((data, t_ns))
+            self._parse_stdin()
+        self._flush_done()
+
+    def _parse_stdin(self) -> None:
+        pending, self._stdin_pending = self._stdin_pending, []
+        adapter = self._adapter
+        if adapter is None:
+            return
+        for data, t_ns in pending:
             for line in self._in_split.feed(data):
                 self._guarded(adapter.feed_stdin, line, t_ns)
-        self._flush_done()
 
     def on_stderr(self, t_ns: int) -> None:
         """The agent wrote to stderr at ``t_ns`` (only the first write is recorded)."""

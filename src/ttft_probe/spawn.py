@@ -129,12 +129,14 @@ class TrackedProcess:
         if kind == "stdout":
             return tracker.on_stdout
         if kind == "stdin":
-            return tracker.on_stdin
+            # The chunk was queued by note_stdin before it was forwarded.
+            return lambda _data, _t: tracker.on_stdin()
         return lambda _data, t: tracker.on_stderr(t)
 
     def _copy(self, src: int, dst: int | None, kind: str, close_dst: bool) -> None:  # noqa: FBT001
         tracker = self.tracker
         on_data = self._parser_for(kind)
+        stdin = kind == "stdin"
         forwarding = dst is not None
         try:
             while True:
@@ -145,6 +147,8 @@ class TrackedProcess:
                 t = monotonic_ns()
                 if not data:
                     break
+                if stdin:
+                    tracker.note_stdin(data, t)
                 if forwarding and dst is not None:
                     try:
                         _write_all(dst, data)
@@ -323,6 +327,8 @@ class Probe:
                 self._telemetry = Telemetry.from_environment()
             else:
                 self._telemetry = cast("Telemetry", option)
+            # Import the SDK and pick providers now, not inside the first run's window.
+            self._telemetry.prepare()
         return self._telemetry
 
     def _resolve(self, argv: Sequence[str]) -> ResolvedAgent:
@@ -340,10 +346,15 @@ class Probe:
         self._recorder.flush(2.0)
         return opener().session_history(session_id)
 
-    def _track(self, argv: Sequence[str], spawn_ns: int, anchor: WallAnchor) -> TrackedProcess:
+    def _track(self, argv: Sequence[str], spawn_ns: int | None = None) -> TrackedProcess:
+        """Build the tracker of one process; ``spawn_ns`` default: now, after all set-up."""
         resolved = self._resolve(argv)
         adapter = adapter_for(resolved.family, self._options["adapter_options"])
+        telemetry = self._get_telemetry()
         o = self._options
+        anchor = WallAnchor.now()
+        if spawn_ns is None:
+            spawn_ns = monotonic_ns()
         tracker = ProcessTracker(
             agent=resolved,
             adapter=adapter,
@@ -352,7 +363,7 @@ class Probe:
             caller=CallerContext(o["conversation_id"], o["turn_ordinal"], o["session_resumed"]),
             emit=self._recorder.submit,
             probe_version=_version.VERSION,
-            telemetry=self._get_telemetry(),
+            telemetry=telemetry,
             history=self._history,
         )
         tracked = TrackedProcess(tracker)
@@ -418,8 +429,7 @@ class Probe:
         if isinstance(args, str | bytes) or kwargs.get("shell"):
             raise ConfigError("pass the agent command as a list of arguments, without shell=True")
         argv = [os.fspath(a) for a in args]
-        anchor = WallAnchor.now()
-        tracked = self._track(argv, monotonic_ns(), anchor)
+        tracked = self._track(argv)
         want_out = kwargs.pop("stdout", None)
         want_err = kwargs.pop("stderr", None)
         kwargs["env"] = self.child_env(tracked, kwargs.get("env"))
@@ -454,7 +464,7 @@ class Probe:
             return proc
         argv = [os.fspath(a) for a in proc.args] if isinstance(proc.args, list | tuple) else []
         try:
-            tracked = self._track(argv or _cmdline(proc.pid), t0, WallAnchor.now())
+            tracked = self._track(argv or _cmdline(proc.pid), t0)
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - the caller's process must come back intact
@@ -544,8 +554,7 @@ class Probe:
             recorded as a failed run and re-raised unchanged.
         """
         argv = [os.fspath(a) for a in args]
-        anchor = WallAnchor.now()
-        tracked = self._track(argv, monotonic_ns(), anchor)
+        tracked = self._track(argv)
         tee = tracked.tracker.tees_stdin
         with _forwarding_signals(tracked) as forward:
             try:
@@ -587,8 +596,7 @@ class Probe:
         process's streams are pass-through. The child gets ``TRACEPARENT``.
         """
         argv = [os.fspath(program), *(os.fspath(a) for a in args)]
-        anchor = WallAnchor.now()
-        tracked = self._track(argv, monotonic_ns(), anchor)
+        tracked = self._track(argv)
         kwargs["env"] = self.child_env(tracked, kwargs.get("env"))
         if kwargs.get("stdout") is None:
             kwargs["stdout"] = asyncio.subprocess.PIPE
@@ -608,7 +616,7 @@ class Probe:
             _log.warning("the agent was started without stdout=PIPE; ttft_probe cannot observe it")
             return proc
         try:
-            tracked = self._track(_cmdline(proc.pid), t0, WallAnchor.now())
+            tracked = self._track(_cmdline(proc.pid), t0)
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - the caller's process must come back intact
@@ -706,6 +714,7 @@ class Probe:
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 probe = self.fresh()
+                probe._get_telemetry()  # noqa: SLF001 - set up before the clock starts
                 t0 = monotonic_ns()
                 result = await fn(*args, **kwargs)
                 if isinstance(result, asyncio.subprocess.Process):
@@ -718,6 +727,7 @@ class Probe:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             probe = self.fresh()
+            probe._get_telemetry()  # noqa: SLF001 - set up before the clock starts
             t0 = monotonic_ns()
             result = fn(*args, **kwargs)
             if isinstance(result, subprocess.Popen):
