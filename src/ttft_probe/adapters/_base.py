@@ -127,7 +127,9 @@ class AgentReportedTimings:
     duration_api_ms: float | None = None
 
 
-Event = MarkerObserved | SessionObserved | TurnEnded | UsageReported | AgentInfo | AgentReportedTimings
+Event = (
+    MarkerObserved | SessionObserved | TurnEnded | UsageReported | AgentInfo | AgentReportedTimings
+)
 
 
 @attrs.frozen
@@ -183,7 +185,7 @@ AdapterFactory = Callable[[AdapterOptions], Adapter]
 
 
 class LineSplitter:
-    """Splits a byte stream into lines (``\\n``-terminated, ``\\r`` stripped).
+    """Splits a byte stream into lines (LF-terminated, a trailing CR stripped).
 
     Lines longer than ``max_line`` bytes are dropped (counted in :attr:`dropped`), so a
     single huge line costs bounded memory; no marker rule needs a line that long.
@@ -246,7 +248,9 @@ class LineSplitter:
 
 
 _BUILTIN: dict[RuntimeFamily, str] = {
-    RuntimeFamily.CLAUDE_STREAM_JSON: "ttft_probe.adapters.claude_stream_json:ClaudeStreamJsonAdapter",
+    RuntimeFamily.CLAUDE_STREAM_JSON: (
+        "ttft_probe.adapters.claude_stream_json:ClaudeStreamJsonAdapter"
+    ),
     RuntimeFamily.JSON_EVENT_STREAM: "ttft_probe.adapters.json_event_stream:JsonEventStreamAdapter",
     RuntimeFamily.ACP_JSON_RPC: "ttft_probe.adapters.acp_json_rpc:AcpJsonRpcAdapter",
     RuntimeFamily.PLAIN: "ttft_probe.adapters.plain:PlainAdapter",

@@ -1,0 +1,465 @@
+"""Marker rules of the ``acp-json-rpc`` family (DESIGN §3).
+
+The Agent Client Protocol (https://agentclientprotocol.com): newline-delimited JSON-RPC
+2.0 over stdio, spoken by claude-code-acp, codex-acp, ``gemini --acp`` and ``opencode
+acp``. ``codex app-server`` speaks the same framing without the ``"jsonrpc"`` field and
+with its own method names; its rules are listed beside ACP's. The client's requests are
+read from the agent's stdin (:meth:`AcpJsonRpcAdapter.feed_stdin`) so that results on
+stdout can be matched to them by request ``id``.
+
+==================  ====================================================================
+marker / event      protocol message and field
+==================  ====================================================================
+``cliReady``        the first well-formed JSON-RPC message on stdout (an object with
+                    ``"jsonrpc":"2.0"``, a string ``method``, or an ``id`` with a
+                    ``result``/``error``) — normally the ``initialize`` result
+``AgentInfo``       ``initialize`` result ``agentInfo.version`` (app-server:
+                    ``userAgent``); ``session/new`` result ``models.currentModelId``
+                    (app-server: ``thread/start`` / ``thread/resume`` result ``model``)
+``sessionInitDone`` the result of ``session/new``, ``session/load`` or
+                    ``session/resume`` (app-server: ``thread/start``, ``thread/resume``),
+                    matched by the ``id`` of the request read from stdin;
+                    ``session_init_source="session_result"``. The session id is
+                    ``result.sessionId`` for ``session/new`` (app-server:
+                    ``result.thread.id``) and the request's ``params.sessionId``
+                    (``params.threadId``) for load / resume.
+``SessionObserved`` with that marker: ``resumed`` is ``True`` for load / resume;
+                    ``prior_turns`` counts the runs of ``user_message_chunk`` updates
+                    replayed between the ``session/load`` request and its result
+                    (app-server: the ``thread.turns`` of the ``thread/resume`` result)
+``promptSent``      the ``session/prompt`` request line on stdin (app-server:
+                    ``turn/start``), ``session_id=params.sessionId`` (``params.threadId``)
+``firstToken``      the first ``session/update`` notification whose
+                    ``params.update.sessionUpdate`` is ``agent_message_chunk`` (kind
+                    ``text``) or ``agent_thought_chunk`` (kind ``thinking``) with
+                    non-empty ``update.content.text``, for a session whose prompt is in
+                    flight (sent on stdin and not yet answered); granularity ``delta``.
+                    App-server: the first non-empty ``params.delta`` of
+                    ``item/agentMessage/delta`` (``text``) or of
+                    ``item/reasoning/textDelta`` / ``item/reasoning/summaryTextDelta``
+                    (``thinking``) for a thread whose turn is in flight.
+``TurnEnded``       the result or error of the ``session/prompt`` request, matched by
+                    ``id``: ``cancelled`` when ``result.stopReason == "cancelled"``,
+                    ``failed`` for a JSON-RPC error. App-server: the ``turn/completed``
+                    notification (``turn.status`` ``failed`` → failed, ``interrupted``
+                    → cancelled), or an error answering ``turn/start``.
+``UsageReported``   ``session/prompt`` ``result.usage`` or a ``usage_update`` carrying
+                    ``inputTokens``/``outputTokens``/``cachedReadTokens``/
+                    ``cachedWriteTokens`` (ACP's context-window ``used``/``size`` is not
+                    token usage); app-server ``thread/tokenUsage/updated``
+                    ``params.tokenUsage.last``
+==================  ====================================================================
+
+Hazards handled here, each seen on the real agents:
+
+* ``session/load`` replays the whole history as ``agent_message_chunk`` /
+  ``user_message_chunk`` *before* its result: never a token (no prompt is in flight, and
+  updates of a loading session are only counted).
+* claude-code-acp sends an *empty* ``agent_message_chunk`` ~60 ms after the prompt: not
+  a token (the text must be non-empty).
+* ``available_commands_update``, ``usage_update``, ``current_mode_update``, ``plan``,
+  ``tool_call`` and ``configWarning``-style notifications are not tokens.
+
+Every marker but ``cliReady`` carries its session id, and each session has its own turn
+state, so several prompts per process (turn 2, 3, …) and concurrent sessions each get
+their own ``promptSent`` / ``firstToken`` / ``TurnEnded``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, ClassVar, Final, Literal
+
+from ttft_probe.adapters._base import (
+    AdapterOptions,
+    AgentInfo,
+    Event,
+    MarkerObserved,
+    SessionObserved,
+    TurnEnded,
+    UsageReported,
+)
+from ttft_probe.record import (
+    FirstTokenGranularity,
+    FirstTokenKind,
+    Marker,
+    RuntimeFamily,
+    SessionInitSource,
+)
+
+__all__ = ["AcpJsonRpcAdapter"]
+
+_CREATE_METHODS: Final = frozenset({"session/new", "thread/start"})
+_RESUME_METHODS: Final = frozenset({"session/load", "session/resume", "thread/resume"})
+_ACP_PROMPT: Final = "session/prompt"
+_APP_SERVER_PROMPT: Final = "turn/start"
+_TRACKED_METHODS: Final = frozenset(
+    {"initialize", _ACP_PROMPT, _APP_SERVER_PROMPT} | _CREATE_METHODS | _RESUME_METHODS
+)
+_CHUNK_KINDS: Final = {
+    "agent_message_chunk": FirstTokenKind.TEXT,
+    "agent_thought_chunk": FirstTokenKind.THINKING,
+}
+_APP_SERVER_DELTAS: Final = {
+    "item/agentMessage/delta": FirstTokenKind.TEXT,
+    "item/reasoning/textDelta": FirstTokenKind.THINKING,
+    "item/reasoning/summaryTextDelta": FirstTokenKind.THINKING,
+}
+# Updates that end a run of replayed ``user_message_chunk`` (one user turn) during load.
+_RUN_BREAKERS: Final = frozenset(
+    {"agent_message_chunk", "agent_thought_chunk", "tool_call", "tool_call_update", "plan"}
+)
+# When no session waits for a token and none is loading, only responses, usage and
+# app-server turn ends matter; a line holding none of these substrings is none of them.
+_LATE_NEEDLES: Final = (b'"result"', b'"error"', b"turn/completed", b"usage", b"Usage")
+_USER_AGENT_VERSION: Final = re.compile(r"^[^/\s]+/(\S+)")
+# Bounds on remembered requests and sessions, so a misbehaving peer costs bounded memory.
+_MAX_PENDING: Final = 4096
+_MAX_SESSIONS: Final = 1024
+
+_RequestKey = tuple[bool, int | str]
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _count(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value)
+
+
+def _request_key(value: object) -> _RequestKey | None:
+    """A JSON-RPC id as a dict key (``1`` and ``"1"`` are different ids)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (True, value)
+    if isinstance(value, float) and value.is_integer():
+        return (True, int(value))
+    if isinstance(value, str):
+        return (False, value)
+    return None
+
+
+def _session_param(params: dict[str, Any]) -> str | None:
+    return _text(params.get("sessionId")) or _text(params.get("threadId"))
+
+
+def _usage(obj: object, session_id: str | None) -> UsageReported | None:
+    data = _dict(obj)
+    report = UsageReported(
+        input_tokens=_count(data, "inputTokens"),
+        output_tokens=_count(data, "outputTokens"),
+        cache_read_input_tokens=_count(data, "cachedReadTokens")
+        if "cachedReadTokens" in data
+        else _count(data, "cachedInputTokens"),
+        cache_creation_input_tokens=_count(data, "cachedWriteTokens")
+        if "cachedWriteTokens" in data
+        else _count(data, "cacheWriteInputTokens"),
+        session_id=session_id,
+    )
+    return None if report == UsageReported(session_id=session_id) else report
+
+
+class _Session:
+    """Turn state of one session (ACP ``sessionId``, app-server ``threadId``)."""
+
+    __slots__ = ("first_token", "in_user_run", "loading", "prompt_key", "user_runs")
+
+    def __init__(self) -> None:
+        self.loading = False
+        self.user_runs = 0
+        self.in_user_run = False
+        self.prompt_key: _RequestKey | None = None
+        self.first_token = False
+
+    @property
+    def awaiting(self) -> bool:
+        """A line about this session may still hold a marker other than a turn end."""
+        return self.loading or (self.prompt_key is not None and not self.first_token)
+
+
+class AcpJsonRpcAdapter:
+    """Adapter for ACP agents and ``codex app-server`` (see the module table)."""
+
+    family: ClassVar[RuntimeFamily] = RuntimeFamily.ACP_JSON_RPC
+    framing: ClassVar[Literal["lines", "chunks"]] = "lines"
+    request_driven: ClassVar[bool] = True
+    tees_stdin: ClassVar[bool] = True
+
+    def __init__(self, options: AdapterOptions | None = None) -> None:
+        """Create an adapter; ``options`` are accepted for the protocol and unused."""
+        self._options = options or AdapterOptions()
+        self._cli_ready = False
+        # request id → (method, session id named in its params)
+        self._pending: dict[_RequestKey, tuple[str, str | None]] = {}
+        self._sessions: dict[str | None, _Session] = {}
+        self._awaiting = False
+
+    @property
+    def session_init_observable(self) -> bool:
+        """Always ``True``: the session result marks ``sessionInitDone``."""
+        return True
+
+    # --- stdin: the client's requests ------------------------------------------------
+
+    def feed_stdin(self, line: bytes, t_ns: int) -> list[Event]:
+        """Remember a request the client wrote; a prompt request marks ``promptSent``."""
+        msg = _decode(line)
+        if msg is None:
+            return []
+        method = msg.get("method")
+        key = _request_key(msg.get("id"))
+        if key is None or method not in _TRACKED_METHODS:
+            return []
+        session_id = _session_param(_dict(msg.get("params")))
+        self._remember(key, str(method), session_id)
+        events: list[Event] = []
+        if method in _RESUME_METHODS:
+            session = self._session(session_id)
+            session.loading = method == "session/load"
+            session.user_runs = 0
+            session.in_user_run = False
+        elif method in {_ACP_PROMPT, _APP_SERVER_PROMPT}:
+            session = self._session(session_id)
+            session.prompt_key = key
+            session.first_token = False
+            events.append(MarkerObserved(Marker.PROMPT_SENT, t_ns, session_id=session_id))
+        self._refresh()
+        return events
+
+    # --- stdout: the agent's responses and notifications -----------------------------
+
+    def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
+        """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
+        if self._cli_ready and not self._awaiting and not any(n in data for n in _LATE_NEEDLES):
+            return []
+        msg = _decode(data)
+        if msg is None:
+            return []
+        method = msg.get("method")
+        is_response = "id" in msg and ("result" in msg or "error" in msg)
+        if not (msg.get("jsonrpc") == "2.0" or isinstance(method, str) or is_response):
+            return []
+        events: list[Event] = []
+        if not self._cli_ready:
+            self._cli_ready = True
+            events.append(MarkerObserved(Marker.CLI_READY, t_ns))
+        if isinstance(method, str):
+            if "id" not in msg:  # a request from the agent (permission, fs, …) is ignored
+                self._on_notification(method, _dict(msg.get("params")), t_ns, events)
+        elif is_response:
+            self._on_response(msg, t_ns, events)
+        self._refresh()
+        return events
+
+    def close(self, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
+        """EOF: turns still in flight stay open; the run sees the process exit."""
+        return []
+
+    # --- responses -------------------------------------------------------------------
+
+    def _on_response(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
+        key = _request_key(msg.get("id"))
+        pending = self._pending.pop(key, None) if key is not None else None
+        if pending is None:
+            return
+        method, session_id = pending
+        failed = "error" in msg
+        result = _dict(msg.get("result"))
+        if method == "initialize":
+            self._on_initialize(result, events)
+        elif method in _CREATE_METHODS or method in _RESUME_METHODS:
+            self._on_session_result(method, session_id, result, t_ns, events, failed=failed)
+        elif method == _ACP_PROMPT or (method == _APP_SERVER_PROMPT and failed):
+            session = self._sessions.get(session_id)
+            if session is None or session.prompt_key != key:
+                return  # superseded by a later prompt on the same session
+            stop = result.get("stopReason")
+            usage = _usage(result.get("usage"), session_id)
+            if usage is not None:
+                events.append(usage)
+            self._end_turn(
+                session, session_id, t_ns, events, failed=failed, cancelled=stop == "cancelled"
+            )
+
+    def _on_initialize(self, result: dict[str, Any], events: list[Event]) -> None:
+        version = _text(_dict(result.get("agentInfo")).get("version"))
+        if version is None:
+            match = _USER_AGENT_VERSION.match(_text(result.get("userAgent")) or "")
+            version = match.group(1) if match else None
+        if version is not None:
+            events.append(AgentInfo(agent_version=version))
+
+    def _on_session_result(
+        self,
+        method: str,
+        requested_id: str | None,
+        result: dict[str, Any],
+        t_ns: int,
+        events: list[Event],
+        *,
+        failed: bool,
+    ) -> None:
+        resumed = method in _RESUME_METHODS
+        thread = _dict(result.get("thread"))
+        found_id = _text(result.get("sessionId")) or _text(thread.get("id"))
+        session_id = (requested_id or found_id) if resumed else (found_id or requested_id)
+        session = self._sessions.get(requested_id) if resumed else None
+        prior = None
+        if session is not None:
+            session.loading = False
+            prior = session.user_runs or None
+        if failed or session_id is None:
+            return
+        turns = thread.get("turns")
+        if prior is None and resumed and isinstance(turns, list) and turns:
+            prior = len(turns)
+        self._session(session_id)
+        events.append(
+            MarkerObserved(
+                Marker.SESSION_INIT_DONE,
+                t_ns,
+                session_id=session_id,
+                session_init_source=SessionInitSource.SESSION_RESULT,
+            )
+        )
+        events.append(SessionObserved(session_id, resumed=resumed, prior_turns=prior))
+        model = _text(_dict(result.get("models")).get("currentModelId")) or _text(
+            result.get("model")
+        )
+        if model is not None:
+            events.append(AgentInfo(model=model))
+
+    # --- notifications ---------------------------------------------------------------
+
+    def _on_notification(
+        self, method: str, params: dict[str, Any], t_ns: int, events: list[Event]
+    ) -> None:
+        session_id = _session_param(params)
+        if method == "session/update":
+            self._on_session_update(session_id, _dict(params.get("update")), t_ns, events)
+        elif method in _APP_SERVER_DELTAS:
+            if _text(params.get("delta")) is not None:
+                self._mark_token(session_id, _APP_SERVER_DELTAS[method], t_ns, events)
+        elif method == "turn/completed":
+            session_id, session = self._in_flight(session_id)
+            if session is not None:
+                status = _dict(params.get("turn")).get("status")
+                self._end_turn(
+                    session,
+                    session_id,
+                    t_ns,
+                    events,
+                    failed=status == "failed",
+                    cancelled=status == "interrupted",
+                )
+        elif method == "thread/tokenUsage/updated":
+            usage = _usage(_dict(params.get("tokenUsage")).get("last"), session_id)
+            if usage is not None:
+                events.append(usage)
+
+    def _on_session_update(
+        self, session_id: str | None, update: dict[str, Any], t_ns: int, events: list[Event]
+    ) -> None:
+        kind = update.get("sessionUpdate")
+        session = self._sessions.get(session_id)
+        if session is not None and session.loading:
+            # History replayed by session/load: counted, never a token.
+            if kind == "user_message_chunk":
+                if not session.in_user_run:
+                    session.user_runs += 1
+                    session.in_user_run = True
+            elif kind in _RUN_BREAKERS:
+                session.in_user_run = False
+            return
+        token_kind = _CHUNK_KINDS.get(str(kind))
+        if token_kind is not None:
+            if _text(_dict(update.get("content")).get("text")) is not None:
+                self._mark_token(session_id, token_kind, t_ns, events)
+        elif kind == "usage_update":
+            usage = _usage(update, session_id)
+            if usage is not None:
+                events.append(usage)
+
+    # --- turn state ------------------------------------------------------------------
+
+    def _mark_token(
+        self, session_id: str | None, kind: FirstTokenKind, t_ns: int, events: list[Event]
+    ) -> None:
+        session_id, session = self._in_flight(session_id)
+        if session is None or session.first_token:
+            return
+        session.first_token = True
+        events.append(
+            MarkerObserved(
+                Marker.FIRST_TOKEN,
+                t_ns,
+                session_id=session_id,
+                granularity=FirstTokenGranularity.DELTA,
+                kind=kind,
+            )
+        )
+
+    def _end_turn(
+        self,
+        session: _Session,
+        session_id: str | None,
+        t_ns: int,
+        events: list[Event],
+        *,
+        failed: bool,
+        cancelled: bool,
+    ) -> None:
+        session.prompt_key = None
+        session.first_token = False
+        events.append(TurnEnded(t_ns, session_id=session_id, failed=failed, cancelled=cancelled))
+
+    def _in_flight(self, session_id: str | None) -> tuple[str | None, _Session | None]:
+        """The session named (or, when none is named, the only one) with a prompt in flight."""
+        if session_id is None:
+            flying = [(sid, s) for sid, s in self._sessions.items() if s.prompt_key is not None]
+            return flying[0] if len(flying) == 1 else (None, None)
+        session = self._sessions.get(session_id)
+        if session is None or session.prompt_key is None:
+            return session_id, None
+        return session_id, session
+
+    def _session(self, session_id: str | None) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            if len(self._sessions) >= _MAX_SESSIONS:
+                idle = next(
+                    (sid for sid, s in self._sessions.items() if s.prompt_key is None),
+                    next(iter(self._sessions)),
+                )
+                del self._sessions[idle]
+            session = self._sessions[session_id] = _Session()
+        return session
+
+    def _remember(self, key: _RequestKey, method: str, session_id: str | None) -> None:
+        self._pending.pop(key, None)
+        if len(self._pending) >= _MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
+        self._pending[key] = (method, session_id)
+
+    def _refresh(self) -> None:
+        self._awaiting = any(s.awaiting for s in self._sessions.values())

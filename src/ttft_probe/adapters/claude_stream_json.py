@@ -1,0 +1,261 @@
+"""Marker rules of the ``claude-stream-json`` family (DESIGN §3).
+
+Claude Code run as ``claude -p PROMPT --output-format stream-json --verbose
+[--include-partial-messages]`` prints one JSON object per stdout line (the SDK message
+types ``system``, ``stream_event``, ``assistant``, ``user``, ``result``).
+
+========================  =============================================================
+marker / event            protocol message and field
+========================  =============================================================
+``cliReady``              the first stdout line that decodes to a JSON object
+``sessionInitDone``       ``{"type":"system","subtype":"init"}``
+                          (``session_init_source="init_message"``; the provider observer,
+                          when used, supersedes it outside this adapter)
+``SessionObserved``       ``init.session_id`` (``resumed`` is left to the command line)
+``AgentInfo``             ``init.model``, ``init.claude_code_version``
+``firstToken`` (delta)    the first ``{"type":"stream_event"}`` whose ``event`` is a
+                          ``content_block_delta`` with a ``text_delta`` carrying non-empty
+                          ``delta.text`` (kind ``text``) or a ``thinking_delta`` carrying
+                          non-empty ``delta.thinking`` (kind ``thinking``)
+``firstToken`` (message)  only when the turn has no ``stream_event`` at all (run without
+                          ``--include-partial-messages``): the first
+                          ``{"type":"assistant"}`` whose ``message.content`` holds a
+                          ``text`` block with non-empty ``text`` or a ``thinking`` block
+                          with non-empty ``thinking``; messages Claude Code makes up
+                          itself (``message.model == "<synthetic>"``, e.g. an API error
+                          text) are not model output and never a token
+``TurnEnded``             ``{"type":"result"}``; failed when ``is_error`` is true or
+                          ``subtype`` is not ``"success"``
+``UsageReported``         ``result.usage``: ``input_tokens``, ``output_tokens``,
+                          ``cache_read_input_tokens``, ``cache_creation_input_tokens``
+``AgentReportedTimings``  ``result.ttft_ms``, ``result.time_to_request_ms``,
+                          ``result.duration_api_ms`` (Claude's own clock; never a marker)
+========================  =============================================================
+
+``cliReady`` is marked once per process; the other markers once per turn (a ``result``
+line ends the turn, so ``--input-format stream-json`` sessions yield one turn per
+message). Lines that are not JSON objects, or objects of an unknown shape, are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Final, Literal
+
+from ttft_probe.adapters._base import (
+    AdapterOptions,
+    AgentInfo,
+    AgentReportedTimings,
+    Event,
+    MarkerObserved,
+    SessionObserved,
+    TurnEnded,
+    UsageReported,
+)
+from ttft_probe.record import (
+    FirstTokenGranularity,
+    FirstTokenKind,
+    Marker,
+    RuntimeFamily,
+    SessionInitSource,
+)
+
+__all__ = ["ClaudeStreamJsonAdapter"]
+
+# Once the turn's first token is seen, only the ``result`` line still matters; a line
+# without this substring cannot be it (inside JSON strings the quotes are escaped).
+_RESULT_NEEDLE: Final = b'"result"'
+# Claude Code's own messages (e.g. "API Error: …") carry this model name: not model output.
+_SYNTHETIC_MODEL: Final = "<synthetic>"
+_DELTA_KINDS: Final = {
+    "text_delta": ("text", FirstTokenKind.TEXT),
+    "thinking_delta": ("thinking", FirstTokenKind.THINKING),
+}
+_BLOCK_KINDS: Final = {
+    "text": ("text", FirstTokenKind.TEXT),
+    "thinking": ("thinking", FirstTokenKind.THINKING),
+}
+_TIMING_KEYS: Final = ("ttft_ms", "time_to_request_ms", "duration_api_ms")
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+class ClaudeStreamJsonAdapter:
+    """Adapter for Claude Code's ``--output-format stream-json`` (see the module table)."""
+
+    family: ClassVar[RuntimeFamily] = RuntimeFamily.CLAUDE_STREAM_JSON
+    framing: ClassVar[Literal["lines", "chunks"]] = "lines"
+    request_driven: ClassVar[bool] = False
+    tees_stdin: ClassVar[bool] = False
+
+    def __init__(self, options: AdapterOptions | None = None) -> None:
+        """Create an adapter; ``options`` are accepted for the protocol and unused."""
+        self._options = options or AdapterOptions()
+        self._cli_ready = False
+        self._new_turn()
+
+    def _new_turn(self) -> None:
+        self._init_seen = False
+        self._first_token = False
+        self._saw_stream_event = False
+
+    @property
+    def session_init_observable(self) -> bool:
+        """Always ``True``: the ``system``/``init`` message marks ``sessionInitDone``."""
+        return True
+
+    def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
+        """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
+        if self._first_token and self._init_seen and _RESULT_NEEDLE not in data:
+            return []
+        msg = _decode(data)
+        if msg is None:
+            return []
+        events: list[Event] = []
+        if not self._cli_ready:
+            self._cli_ready = True
+            events.append(MarkerObserved(Marker.CLI_READY, t_ns))
+        kind = msg.get("type")
+        if kind == "system" and msg.get("subtype") == "init":
+            self._on_init(msg, t_ns, events)
+        elif kind == "stream_event":
+            self._saw_stream_event = True
+            self._on_stream_event(msg, t_ns, events)
+        elif kind == "assistant":
+            self._on_assistant(msg, t_ns, events)
+        elif kind == "result":
+            self._on_result(msg, t_ns, events)
+        return events
+
+    def feed_stdin(self, line: bytes, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
+        """Stdin is not teed for this family; nothing to parse."""
+        return []
+
+    def close(self, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
+        """EOF: the turn ends at its ``result`` line, not at EOF; nothing to add."""
+        return []
+
+    def _on_init(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
+        if self._init_seen:
+            return
+        self._init_seen = True
+        events.append(
+            MarkerObserved(
+                Marker.SESSION_INIT_DONE,
+                t_ns,
+                session_init_source=SessionInitSource.INIT_MESSAGE,
+            )
+        )
+        session_id = msg.get("session_id")
+        if isinstance(session_id, str) and session_id:
+            events.append(SessionObserved(session_id))
+        model = msg.get("model")
+        version = msg.get("claude_code_version")
+        model = model if isinstance(model, str) and model else None
+        version = version if isinstance(version, str) and version else None
+        if model is not None or version is not None:
+            events.append(AgentInfo(model=model, agent_version=version))
+
+    def _on_stream_event(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
+        if self._first_token:
+            return
+        event = msg.get("event")
+        if not isinstance(event, dict) or event.get("type") != "content_block_delta":
+            return
+        delta = event.get("delta")
+        if not isinstance(delta, dict):
+            return
+        rule = _DELTA_KINDS.get(str(delta.get("type")))
+        if rule is None:
+            return
+        field, token_kind = rule
+        text = delta.get(field)
+        if isinstance(text, str) and text:
+            self._first_token = True
+            events.append(
+                MarkerObserved(
+                    Marker.FIRST_TOKEN,
+                    t_ns,
+                    granularity=FirstTokenGranularity.DELTA,
+                    kind=token_kind,
+                )
+            )
+
+    def _on_assistant(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
+        # With --include-partial-messages the deltas came first; the whole message that
+        # follows them is never a token.
+        if self._first_token or self._saw_stream_event:
+            return
+        message = msg.get("message")
+        if not isinstance(message, dict) or message.get("model") == _SYNTHETIC_MODEL:
+            return
+        content = message.get("content")
+        if not isinstance(content, list):
+            return
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            rule = _BLOCK_KINDS.get(str(block.get("type")))
+            if rule is None:
+                continue
+            field, token_kind = rule
+            text = block.get(field)
+            if isinstance(text, str) and text:
+                self._first_token = True
+                events.append(
+                    MarkerObserved(
+                        Marker.FIRST_TOKEN,
+                        t_ns,
+                        granularity=FirstTokenGranularity.MESSAGE,
+                        kind=token_kind,
+                    )
+                )
+                return
+
+    def _on_result(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
+        usage = msg.get("usage")
+        if isinstance(usage, dict):
+            report = UsageReported(
+                input_tokens=_count(usage.get("input_tokens")),
+                output_tokens=_count(usage.get("output_tokens")),
+                cache_read_input_tokens=_count(usage.get("cache_read_input_tokens")),
+                cache_creation_input_tokens=_count(usage.get("cache_creation_input_tokens")),
+            )
+            if report != UsageReported():
+                events.append(report)
+        timings = _find_timings(msg)
+        if timings is not None:
+            events.append(timings)
+        failed = msg.get("is_error") is True or msg.get("subtype") != "success"
+        events.append(TurnEnded(t_ns, failed=failed))
+        self._new_turn()
+
+
+def _find_timings(msg: dict[str, Any]) -> AgentReportedTimings | None:
+    """Claude's self-reported timings: top-level fields (2.1.x), else one level down."""
+    candidates = [msg, *(v for v in msg.values() if isinstance(v, dict))]
+    for obj in candidates:
+        values = {key: _number(obj.get(key)) for key in _TIMING_KEYS}
+        if any(v is not None for v in values.values()):
+            return AgentReportedTimings(**values)
+    return None
