@@ -1,0 +1,769 @@
+"""OpenTelemetry for one run: the ``invoke_agent`` root span, phase spans, marker events, metrics.
+
+How the spawn wrapper uses it::
+
+    tel = Telemetry.from_environment()   # cheap: imports no OpenTelemetry module yet
+    tel.prepare()                        # optional: import the SDK, build providers now
+    anchor, start_ns = WallAnchor.now(), monotonic_ns()
+    run = tel.start_run(agent="claude_code", start_ns=start_ns, anchor=anchor)
+    if run.traceparent is not None:
+        child_env["TRACEPARENT"] = run.traceparent      # before the child starts
+    ...                                                  # spawn, pump, adapter
+    record = RunRecord(..., trace_id=run.trace_id_hex, span_id=run.span_id_hex)
+    run.finish(record, times)                            # spans, events, metrics; ends the root
+    tel.shutdown(timeout_ms=2000)                        # private providers only, bounded
+
+API:
+
+- :meth:`Telemetry.from_environment` / ``Telemetry(tracer_provider=…, meter_provider=…)``.
+  Explicit providers belong to the caller (tests, embedding applications); they are used
+  as they are and never shut down.
+- :meth:`Telemetry.prepare` imports the SDK and builds the providers and instruments
+  (idempotent; :meth:`Telemetry.start_run` calls it). Call it before reading ``start_ns``
+  so the first run's ``cli_ready_ms`` does not include the SDK import (tens of ms).
+- :meth:`Telemetry.start_run` starts the root span at ``anchor.wall_ns_at(start_ns)`` and
+  returns a :class:`RunSpan` with ``traceparent``, ``trace_id_hex``, ``span_id_hex`` and
+  ``context`` (all ``None`` when the provider in use records nothing: ``OTEL_SDK_DISABLED``,
+  a no-op provider, or an internal fault).
+- :meth:`RunSpan.finish` adds the record's attributes, the marker events and the phase
+  spans, sets the status, ends the root span at ``times.end_ns`` (or now) and records
+  the histograms. Idempotent.
+- :meth:`Telemetry.shutdown` flushes and shuts down the *private* providers within
+  ``timeout_ms`` and returns whether that finished in time. ``Telemetry`` is also a
+  context manager that calls it.
+
+What is emitted (names in :mod:`ttft_probe._semconv`):
+
+- Root span ``invoke_agent {agent}``, kind ``CLIENT``: the GenAI "invoke agent client
+  span" (the agent runs in another process; ``INTERNAL`` is for agents in the same
+  process). ``gen_ai.operation.name``, ``gen_ai.agent.name``, ``gen_ai.provider.name``
+  (claude*→``anthropic``, codex*→``openai``, gemini*→``gcp.gemini``; omitted otherwise)
+  are set at creation for samplers; at finish ``gen_ai.request.model``,
+  ``gen_ai.agent.version``, ``gen_ai.conversation.id`` (conversation id, else the agent's
+  session id), ``gen_ai.usage.*``, ``process.exit_code``, and every non-``None`` record
+  field as ``ttft_probe.<field>``. Status ``ERROR`` with ``error.type`` = the status for
+  ``failed`` and ``timed_out``; unset otherwise.
+- Child spans ``cli_ready``, ``session_init``, ``client_wait`` (only when
+  ``client_wait_ms`` is non-zero) and ``model_first_token``, each only when both of its
+  markers exist and are in order, with explicit start and end times.
+- Root span events ``processSpawned`` (not for a reused process), ``cliReady``,
+  ``sessionInitDone``, ``promptSent``, ``firstToken`` and ``processExited`` (at
+  ``times.end_ns``, only when the record has an exit code or signal), explicit times.
+- Histograms in seconds: ``ttft_probe.spawn_to_first_token``, ``ttft_probe.cli_ready``,
+  ``ttft_probe.session_init``, ``ttft_probe.client_wait``, ``ttft_probe.model_first_token``
+  and ``gen_ai.client.operation.time_to_first_chunk`` (= ``model_first_token_ms`` only:
+  its definition starts at the request, not at spawn). Attributes:
+  ``gen_ai.operation.name``, ``gen_ai.agent.name``, ``gen_ai.provider.name``,
+  ``gen_ai.request.model``, ``ttft_probe.turn_cohort`` (``turn_1``/``turn_2+``),
+  ``ttft_probe.session_resumed``, ``ttft_probe.process_reused``, ``ttft_probe.status``,
+  ``error.type``. ``None`` values are not recorded.
+
+Every wall-clock time is ``anchor.wall_ns_at(monotonic ns)``: the wall clock is read once,
+in the anchor (DESIGN §3).
+
+Providers (DESIGN §5), decided once, at the first :meth:`Telemetry.prepare`: a global
+``TracerProvider`` / ``MeterProvider`` the application has set is used as it is.
+Otherwise a *private* SDK provider is made (``set_tracer_provider`` is never called) with
+resource ``service.name`` = ``OTEL_SERVICE_NAME`` or ``ttft-probe``. The private tracer
+provider always exists, so records carry real trace and span ids; it gets a
+``BatchSpanProcessor`` with an OTLP exporter only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (metrics: ``…_METRICS_ENDPOINT``; a private
+meter provider exists only then) and ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``
+does not exclude ``otlp``. ``OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL`` picks
+``http/protobuf`` (default) or ``grpc``; the exporters read the rest of the ``OTEL_*``
+variables themselves. Exporter modules are imported only then. Private providers do not
+register ``atexit`` handlers of their own (the SDK's would wait up to 30 s for an
+unreachable collector); a bounded one (:data:`ATEXIT_TIMEOUT_MS`) stands in until
+:meth:`Telemetry.shutdown` is called.
+
+Faults: nothing here raises into the caller after construction. Faults are logged once
+per kind on the ``ttft_probe.sinks.otel`` logger and the run goes on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Final, Self
+
+import attrs
+
+from ttft_probe import _semconv as sc
+from ttft_probe._clock import WallAnchor, monotonic_ns
+from ttft_probe._version import VERSION
+from ttft_probe.record import Marker, MarkerTimes, RunRecord, Status
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import Histogram, MeterProvider
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer, TracerProvider
+    from opentelemetry.util.types import AttributeValue
+
+__all__ = ["ATEXIT_TIMEOUT_MS", "RunSpan", "Telemetry", "provider_name"]
+
+_log = logging.getLogger(__name__)
+
+ATEXIT_TIMEOUT_MS: Final = 2000
+"""Bound (ms) of the flush at interpreter exit when :meth:`Telemetry.shutdown` was not called."""
+
+_SCOPE: Final = "ttft_probe"
+_NS_PER_MS: Final = 1_000_000
+_MS_PER_S: Final = 1000.0
+_ERROR_STATUSES: Final = frozenset({Status.FAILED, Status.TIMED_OUT})
+_OTLP: Final = "otlp"
+_HTTP_PROTOBUF: Final = "http/protobuf"
+_GRPC: Final = "grpc"
+
+_PROVIDER_BY_PREFIX: Final = (
+    ("claude", "anthropic"),
+    ("codex", "openai"),
+    ("gemini", "gcp.gemini"),
+)
+
+_HISTOGRAMS: Final = (
+    (sc.METRIC_SPAWN_TO_FIRST_TOKEN, "Spawn (or prompt, on a reused process) to first token."),
+    (sc.METRIC_CLI_READY, "Spawn to the CLI's first protocol output (processSpawned → cliReady)."),
+    (sc.METRIC_SESSION_INIT, "Session created or resumed (cliReady → sessionInitDone)."),
+    (sc.METRIC_CLIENT_WAIT, "Client's wait for the prompt (sessionInitDone → promptSent)."),
+    (sc.METRIC_MODEL_FIRST_TOKEN, "Prompt to first token (promptSent → firstToken)."),
+    (
+        sc.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK,
+        "Time to receive the first chunk, from when the prompt was sent to the agent.",
+    ),
+)
+
+
+def provider_name(agent: str) -> str | None:
+    """``gen_ai.provider.name`` for an agent name, or ``None`` when it cannot be told.
+
+    ``claude*`` → ``anthropic``, ``codex*`` → ``openai``, ``gemini*`` → ``gcp.gemini``
+    (well-known values of the GenAI conventions); anything else (``opencode_acp``, a
+    plain CLI) → ``None``, since its provider depends on its configuration.
+    """
+    name = agent.lower()
+    for prefix, provider in _PROVIDER_BY_PREFIX:
+        if name.startswith(prefix):
+            return provider
+    return None
+
+
+@attrs.frozen
+class _Setup:
+    """Providers and instruments in use, decided once per :class:`Telemetry`."""
+
+    tracer: Tracer
+    histograms: dict[str, Histogram] | None
+    private_tracer_provider: SdkTracerProvider | None
+    private_meter_provider: SdkMeterProvider | None
+
+
+class Telemetry:
+    """The OpenTelemetry side of the runs of one process (or one wrapper).
+
+    Args:
+        tracer_provider: Use this provider instead of the global or a private one. The
+            caller owns it: :meth:`shutdown` leaves it alone.
+        meter_provider: Likewise for metrics.
+
+    Thread-safe: runs may start and finish concurrently from several threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        """Remember explicit providers; nothing is imported or built yet."""
+        self._given_tracer_provider = tracer_provider
+        self._given_meter_provider = meter_provider
+        self._lock = threading.Lock()
+        self._setup: _Setup | None = None
+        self._setup_failed = False
+        self._warned: set[str] = set()
+        self._atexit_registered = False
+        self._shut_down = False
+
+    @classmethod
+    def from_environment(cls) -> Self:
+        """A ``Telemetry`` configured by the global providers and the ``OTEL_*`` variables.
+
+        Cheap: the environment is read and providers are chosen at :meth:`prepare`.
+        """
+        return cls()
+
+    def __enter__(self) -> Self:
+        """Return ``self``; leaving the block calls :meth:`shutdown`."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Shut down the private providers (default bound)."""
+        self.shutdown()
+
+    def prepare(self) -> None:
+        """Import the SDK and choose or build the providers and instruments; idempotent.
+
+        Never raises: a fault is logged once and later runs get a non-recording span.
+        """
+        self._get_setup()
+
+    def start_run(
+        self,
+        *,
+        agent: str,
+        start_ns: int,
+        anchor: WallAnchor,
+        parent: Context | None = None,
+        model: str | None = None,
+        conversation_id: str | None = None,
+    ) -> RunSpan:
+        """Start the root span ``invoke_agent {agent}`` of one run, before the child starts.
+
+        Args:
+            agent: The agent name (``claude_code``, …): the span name and
+                ``gen_ai.agent.name``.
+            start_ns: Monotonic ns of the run's start (``processSpawned``, or
+                ``promptSent`` on a reused process); the span starts at its wall time.
+            anchor: The run's wall-clock anchor.
+            parent: Context holding the parent span; ``None`` uses the current context.
+            model: ``gen_ai.request.model`` when already known at spawn (for samplers).
+            conversation_id: ``gen_ai.conversation.id`` when already known at spawn.
+
+        Returns:
+            The run's span handle. Never raises.
+        """
+        try:
+            setup = self._get_setup()
+            if setup is None:
+                return RunSpan(self, None, None, anchor, start_ns)
+            from opentelemetry.trace import SpanKind  # noqa: PLC0415 - lazy by design
+
+            attributes: dict[str, AttributeValue] = {
+                sc.GEN_AI_OPERATION_NAME: sc.INVOKE_AGENT,
+                sc.GEN_AI_AGENT_NAME: agent,
+            }
+            provider = provider_name(agent)
+            if provider is not None:
+                attributes[sc.GEN_AI_PROVIDER_NAME] = provider
+            if model is not None:
+                attributes[sc.GEN_AI_REQUEST_MODEL] = model
+            if conversation_id is not None:
+                attributes[sc.GEN_AI_CONVERSATION_ID] = conversation_id
+            span = setup.tracer.start_span(
+                f"{sc.INVOKE_AGENT} {agent}",
+                context=parent,
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                start_time=anchor.wall_ns_at(start_ns),
+            )
+        except Exception:  # noqa: BLE001 - instrumentation must not reach the run
+            self._warn_once("start_run", "ttft_probe: could not start the run span", exc_info=True)
+            return RunSpan(self, None, None, anchor, start_ns)
+        return RunSpan(self, setup, span, anchor, start_ns)
+
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        """Flush and shut down the private providers, waiting at most ``timeout_ms``.
+
+        Providers the application owns (global or passed in) are left alone. What is not
+        delivered in time is dropped; the exporters' threads are daemons and do not hold
+        up interpreter exit. Final: spans of later runs still get ids but are not
+        exported; a second call returns ``True`` at once. Never raises.
+
+        Returns:
+            ``True`` when everything finished within ``timeout_ms``.
+        """
+        with self._lock:
+            setup = None if self._shut_down else self._setup
+            self._shut_down = True
+            if self._atexit_registered:
+                atexit.unregister(self._shutdown_at_exit)
+                self._atexit_registered = False
+        if setup is None:
+            return True
+        jobs: list[tuple[str, Callable[[], object]]] = []
+        tracer_provider = setup.private_tracer_provider
+        meter_provider = setup.private_meter_provider
+        if tracer_provider is not None:
+            jobs.append(("traces", lambda: _close_tracer_provider(tracer_provider, timeout_ms)))
+        if meter_provider is not None:
+            jobs.append(("metrics", lambda: meter_provider.shutdown(timeout_millis=timeout_ms)))
+        threads = [
+            threading.Thread(
+                target=self._guarded,
+                args=(f"shutdown_{signal}", job),
+                name=f"ttft_probe-otel-shutdown-{signal}",
+                daemon=True,
+            )
+            for signal, job in jobs
+        ]
+        deadline = monotonic_ns() + timeout_ms * _NS_PER_MS
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0, deadline - monotonic_ns()) / 1e9)
+        late = [t.name for t in threads if t.is_alive()]
+        if late:
+            self._warn_once(
+                "shutdown_timeout",
+                "ttft_probe: OpenTelemetry shutdown did not finish within %d ms (%s); "
+                "undelivered telemetry is dropped",
+                timeout_ms,
+                ", ".join(late),
+            )
+        return not late
+
+    # --- internals ---
+
+    def _shutdown_at_exit(self) -> None:
+        self.shutdown(ATEXIT_TIMEOUT_MS)
+
+    def _guarded(self, key: str, job: Callable[[], object]) -> None:
+        try:
+            job()
+        except Exception:  # noqa: BLE001 - exporter faults never reach the caller
+            self._warn_once(key, "ttft_probe: OpenTelemetry %s failed", key, exc_info=True)
+
+    def _warn_once(self, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        _log.warning(msg, *args, exc_info=exc_info)
+
+    def _get_setup(self) -> _Setup | None:
+        with self._lock:
+            if self._setup is None and not self._setup_failed:
+                try:
+                    self._setup = self._build()
+                except Exception:  # noqa: BLE001 - run without telemetry rather than fail
+                    self._setup_failed = True
+                    self._warn_once(
+                        "setup", "ttft_probe: OpenTelemetry setup failed", exc_info=True
+                    )
+                else:
+                    uses_private = (
+                        self._setup.private_tracer_provider is not None
+                        or self._setup.private_meter_provider is not None
+                    )
+                    if uses_private and not self._atexit_registered:
+                        atexit.register(self._shutdown_at_exit)
+                        self._atexit_registered = True
+            return self._setup
+
+    def _build(self) -> _Setup:
+        version = VERSION
+        resource: Resource | None = None
+
+        tracer_provider = self._given_tracer_provider or _global_tracer_provider()
+        private_tp: SdkTracerProvider | None = None
+        if tracer_provider is None:
+            resource = _resource()
+            private_tp = self._private_tracer_provider(resource)
+            tracer_provider = private_tp
+
+        meter_provider = self._given_meter_provider or _global_meter_provider()
+        private_mp: SdkMeterProvider | None = None
+        if meter_provider is None:
+            private_mp = self._private_meter_provider(resource or _resource())
+            meter_provider = private_mp
+
+        histograms: dict[str, Histogram] | None = None
+        if meter_provider is not None:
+            meter = meter_provider.get_meter(_SCOPE, version)
+            histograms = {
+                name: meter.create_histogram(
+                    name,
+                    unit="s",
+                    description=description,
+                    explicit_bucket_boundaries_advisory=sc.SECONDS_BUCKETS,
+                )
+                for name, description in _HISTOGRAMS
+            }
+        return _Setup(
+            tracer=tracer_provider.get_tracer(_SCOPE, version),
+            histograms=histograms,
+            private_tracer_provider=private_tp,
+            private_meter_provider=private_mp,
+        )
+
+    def _private_tracer_provider(self, resource: Resource) -> SdkTracerProvider:
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider  # noqa: PLC0415
+
+        provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)
+        if _otlp_wanted("TRACES"):
+            try:
+                exporter = _span_exporter(self._otlp_protocol("TRACES"))
+            except Exception:  # noqa: BLE001 - keep the ids, lose the export
+                self._warn_once(
+                    "span_exporter", "ttft_probe: OTLP span exporter unavailable", exc_info=True
+                )
+            else:
+                from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+                provider.add_span_processor(BatchSpanProcessor(exporter))
+        return provider
+
+    def _private_meter_provider(self, resource: Resource) -> SdkMeterProvider | None:
+        if not _otlp_wanted("METRICS"):
+            return None
+        try:
+            exporter = _metric_exporter(self._otlp_protocol("METRICS"))
+        except Exception:  # noqa: BLE001
+            self._warn_once(
+                "metric_exporter", "ttft_probe: OTLP metric exporter unavailable", exc_info=True
+            )
+            return None
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
+
+        reader = PeriodicExportingMetricReader(exporter)
+        return SdkMeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+
+    def _otlp_protocol(self, signal: str) -> str:
+        env = os.environ
+        protocol = (
+            (
+                env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or _HTTP_PROTOBUF
+            )
+            .strip()
+            .lower()
+        )
+        if protocol not in {_HTTP_PROTOBUF, _GRPC}:
+            self._warn_once(
+                f"protocol_{signal}",
+                "ttft_probe: OTLP protocol %r is not supported; using http/protobuf",
+                protocol,
+            )
+            protocol = _HTTP_PROTOBUF
+        return protocol
+
+
+class RunSpan:
+    """The root span of one run, from :meth:`Telemetry.start_run` until :meth:`finish`.
+
+    Not thread-safe by itself: one run is finished by one caller.
+    """
+
+    __slots__ = ("_anchor", "_finished", "_setup", "_span", "_start_ns", "_telemetry")
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        setup: _Setup | None,
+        span: Span | None,
+        anchor: WallAnchor,
+        start_ns: int,
+    ) -> None:
+        """Wrap a started root span (``None`` for a run without telemetry)."""
+        self._telemetry = telemetry
+        self._setup = setup
+        self._span = span
+        self._anchor = anchor
+        self._start_ns = start_ns
+        self._finished = False
+
+    @property
+    def recording(self) -> bool:
+        """Whether the root span records (sampled, real provider, no fault)."""
+        return self._span is not None and self._span.is_recording()
+
+    @property
+    def trace_id_hex(self) -> str | None:
+        """The trace id, 32 lowercase hex digits; ``None`` without a valid span context."""
+        ctx = self._valid_context()
+        return None if ctx is None else f"{ctx.trace_id:032x}"
+
+    @property
+    def span_id_hex(self) -> str | None:
+        """The root span's id, 16 lowercase hex digits; ``None`` without a valid context."""
+        ctx = self._valid_context()
+        return None if ctx is None else f"{ctx.span_id:016x}"
+
+    @property
+    def traceparent(self) -> str | None:
+        """W3C ``traceparent`` of the root span (``00-<trace>-<span>-<flags>``) or ``None``.
+
+        Hand it to the child as the ``TRACEPARENT`` environment variable.
+        """
+        ctx = self._valid_context()
+        if ctx is None:
+            return None
+        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+    @property
+    def context(self) -> Context | None:
+        """An OpenTelemetry context holding the root span, to parent other spans on it."""
+        if self._span is None:
+            return None
+        from opentelemetry.trace import set_span_in_context  # noqa: PLC0415
+
+        return set_span_in_context(self._span)
+
+    def finish(self, record: RunRecord, times: MarkerTimes) -> None:
+        """Emit the run: attributes, events, phase spans, status, end, histograms.
+
+        Args:
+            record: The run's ``run_finished`` record.
+            times: The run's markers (monotonic ns); the same ones the record came from.
+
+        Idempotent, never raises; a fault is logged once and the rest still runs.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        span, setup = self._span, self._setup
+        if span is None or setup is None:
+            return
+        try:
+            self._emit_spans(span, setup.tracer, record, times)
+        except Exception:  # noqa: BLE001 - instrumentation must not reach the run
+            self._telemetry._warn_once(  # noqa: SLF001 - one logger-once per Telemetry
+                "finish_spans", "ttft_probe: could not emit the run's spans", exc_info=True
+            )
+            if span.is_recording():  # never leave the root span open
+                with contextlib.suppress(Exception):  # the fault is logged once, above
+                    self._end_root(span, times)
+        if setup.histograms is not None:
+            try:
+                _record_histograms(setup.histograms, record)
+            except Exception:  # noqa: BLE001
+                self._telemetry._warn_once(  # noqa: SLF001
+                    "finish_metrics",
+                    "ttft_probe: could not record the run's metrics",
+                    exc_info=True,
+                )
+
+    def _valid_context(self) -> _SpanIds | None:
+        if self._span is None:
+            return None
+        ctx = self._span.get_span_context()
+        if not ctx.is_valid:
+            return None
+        return _SpanIds(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+
+    def _emit_spans(
+        self, span: Span, tracer: Tracer, record: RunRecord, times: MarkerTimes
+    ) -> None:
+        from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context  # noqa: PLC0415
+
+        wall = self._anchor.wall_ns_at
+        span.set_attributes(_span_attributes(record))
+        for name, t_ns in _events(record, times):
+            span.add_event(name, timestamp=wall(t_ns))
+        parent = set_span_in_context(span)
+        for name, begin_ns, end_ns in _phases(record, times):
+            child = tracer.start_span(
+                name, context=parent, kind=SpanKind.INTERNAL, start_time=wall(begin_ns)
+            )
+            child.end(end_time=wall(end_ns))
+        if record.status in _ERROR_STATUSES:
+            span.set_attribute(sc.ERROR_TYPE, record.status.value)
+            span.set_status(StatusCode.ERROR, f"run {record.status.value}")
+        self._end_root(span, times)
+
+    def _end_root(self, span: Span, times: MarkerTimes) -> None:
+        """End the root span at ``times.end_ns``, or now when the run has no end marker."""
+        end_ns = times.end_ns if times.end_ns is not None else monotonic_ns()
+        span.end(end_time=self._anchor.wall_ns_at(max(end_ns, self._start_ns)))
+
+
+@attrs.frozen
+class _SpanIds:
+    trace_id: int
+    span_id: int
+    trace_flags: int
+
+
+# --- what a run emits (pure functions of the record and markers) ---
+
+
+def _span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {
+        sc.record_key(field): value
+        for field, value in record.to_dict().items()
+        if value is not None
+    }
+    attributes[sc.GEN_AI_OPERATION_NAME] = sc.INVOKE_AGENT
+    attributes[sc.GEN_AI_AGENT_NAME] = record.agent
+    optional: tuple[tuple[str, str | int | None], ...] = (
+        (sc.GEN_AI_PROVIDER_NAME, provider_name(record.agent)),
+        (sc.GEN_AI_REQUEST_MODEL, record.model),
+        (sc.GEN_AI_AGENT_VERSION, record.agent_version),
+        (sc.GEN_AI_CONVERSATION_ID, record.conversation_id or record.session_id),
+        (sc.GEN_AI_USAGE_INPUT_TOKENS, record.input_tokens),
+        (sc.GEN_AI_USAGE_OUTPUT_TOKENS, record.output_tokens),
+        (sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, record.cache_read_input_tokens),
+        (sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, record.cache_creation_input_tokens),
+        (sc.PROCESS_EXIT_CODE, record.exit_code),
+    )
+    attributes.update({key: value for key, value in optional if value is not None})
+    return attributes
+
+
+def _events(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int]]:
+    """Marker events (name, monotonic ns) in contract order, observed markers only."""
+    reused = record.process_reused
+    prompt = times.prompt_sent_ns
+    if prompt is None and reused:
+        prompt = times.start_ns  # a reused process's run starts at its prompt
+    exited = record.exit_code is not None or record.signal is not None
+    candidates: tuple[tuple[Marker, int | None], ...] = (
+        (Marker.PROCESS_SPAWNED, None if reused else times.start_ns),
+        (Marker.CLI_READY, times.cli_ready_ns),
+        (Marker.SESSION_INIT_DONE, times.session_init_done_ns),
+        (Marker.PROMPT_SENT, prompt),
+        (Marker.FIRST_TOKEN, times.first_token_ns),
+        (Marker.PROCESS_EXITED, times.end_ns if exited else None),
+    )
+    return [(marker.value, t) for marker, t in candidates if t is not None]
+
+
+def _phases(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int, int]]:
+    """Phase spans (name, begin ns, end ns): both markers present and in order."""
+    candidates: list[tuple[str, int | None, int | None]] = []
+    prompt = times.prompt_sent_ns
+    if record.process_reused:
+        if prompt is None:
+            prompt = times.start_ns  # a reused process's run starts at its prompt
+    else:
+        if prompt is None and record.model_first_token_ms is not None:
+            # Stream agents: the prompt is on the command line, promptSent = sessionInitDone.
+            prompt = times.session_init_done_ns
+        candidates += [
+            (sc.SPAN_CLI_READY, times.start_ns, times.cli_ready_ns),
+            (sc.SPAN_SESSION_INIT, times.cli_ready_ns, times.session_init_done_ns),
+        ]
+        if record.client_wait_ms:
+            candidates.append(
+                (sc.SPAN_CLIENT_WAIT, times.session_init_done_ns, times.prompt_sent_ns)
+            )
+    candidates.append((sc.SPAN_MODEL_FIRST_TOKEN, prompt, times.first_token_ns))
+    return [
+        (name, begin, end)
+        for name, begin, end in candidates
+        if begin is not None and end is not None and end >= begin
+    ]
+
+
+def _metric_attributes(record: RunRecord) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {
+        sc.GEN_AI_OPERATION_NAME: sc.INVOKE_AGENT,
+        sc.GEN_AI_AGENT_NAME: record.agent,
+        sc.TTFT_SESSION_RESUMED: record.session_resumed,
+        sc.TTFT_PROCESS_REUSED: record.process_reused,
+        sc.TTFT_STATUS: record.status.value,
+    }
+    provider = provider_name(record.agent)
+    if provider is not None:
+        attributes[sc.GEN_AI_PROVIDER_NAME] = provider
+    if record.model is not None:
+        attributes[sc.GEN_AI_REQUEST_MODEL] = record.model
+    if record.turn_ordinal is not None:
+        attributes[sc.TTFT_TURN_COHORT] = "turn_1" if record.turn_ordinal == 1 else "turn_2+"
+    if record.status in _ERROR_STATUSES:
+        attributes[sc.ERROR_TYPE] = record.status.value
+    return attributes
+
+
+def _record_histograms(histograms: dict[str, Histogram], record: RunRecord) -> None:
+    attributes = _metric_attributes(record)
+    values_ms = (
+        (sc.METRIC_SPAWN_TO_FIRST_TOKEN, record.spawn_to_first_token_ms),
+        (sc.METRIC_CLI_READY, record.cli_ready_ms),
+        (sc.METRIC_SESSION_INIT, record.session_init_ms),
+        (sc.METRIC_CLIENT_WAIT, record.client_wait_ms),
+        (sc.METRIC_MODEL_FIRST_TOKEN, record.model_first_token_ms),
+        (sc.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK, record.model_first_token_ms),
+    )
+    for name, value_ms in values_ms:
+        if value_ms is not None:
+            histograms[name].record(value_ms / _MS_PER_S, attributes)
+
+
+# --- providers and exporters (imported lazily) ---
+
+
+def _resource() -> Resource:
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+
+    # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME.
+    name = os.environ.get("OTEL_SERVICE_NAME") or sc.SERVICE_NAME_DEFAULT
+    return Resource.create({sc.SERVICE_NAME: name})
+
+
+def _global_tracer_provider() -> TracerProvider | None:
+    """The application's global tracer provider, or ``None`` when only the proxy is set."""
+    from opentelemetry import trace  # noqa: PLC0415
+
+    provider = trace.get_tracer_provider()
+    return None if isinstance(provider, trace.ProxyTracerProvider) else provider
+
+
+def _global_meter_provider() -> MeterProvider | None:
+    """The application's global meter provider, or ``None`` when only the proxy is set."""
+    from opentelemetry import metrics  # noqa: PLC0415
+    from opentelemetry.metrics._internal import _ProxyMeterProvider  # noqa: PLC0415
+
+    provider = metrics.get_meter_provider()
+    return None if isinstance(provider, _ProxyMeterProvider) else provider
+
+
+def _otlp_wanted(signal: str) -> bool:
+    """An OTLP endpoint is configured for ``signal`` and ``OTEL_<signal>_EXPORTER`` allows it."""
+    env = os.environ
+    chosen = {s.strip().lower() for s in env.get(f"OTEL_{signal}_EXPORTER", _OTLP).split(",")}
+    if _OTLP not in chosen:
+        return False
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+    )
+
+
+def _span_exporter(protocol: str) -> SpanExporter:
+    if protocol == _GRPC:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter()
+
+
+def _metric_exporter(protocol: str) -> MetricExporter:
+    if protocol == _GRPC:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        return GrpcMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter()
+
+
+def _close_tracer_provider(provider: SdkTracerProvider, timeout_ms: int) -> None:
+    provider.force_flush(timeout_ms)
+    provider.shutdown()
