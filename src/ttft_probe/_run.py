@@ -9,15 +9,17 @@ them, and hands each finished run to ``emit`` (the recorder thread).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from ttft_probe._clock import monotonic_ns
 from ttft_probe.adapters._base import (
     Adapter,
     AgentInfo,
@@ -103,6 +105,16 @@ class _Turn:
     span: RunSpan | None = None
 
 
+@attrs.define
+class Arrival:
+    """A chunk read from the agent's stdout or the client's stdin, at ``t_ns`` (monotonic)."""
+
+    stream: Literal["stdout", "stdin"]
+    data: bytes
+    t_ns: int
+    forwarded: bool = False
+
+
 @attrs.frozen
 class _Identity:
     conversation_id: str | None
@@ -162,7 +174,7 @@ class ProcessTracker:
         self._telemetry = telemetry
         self._history = history
         self._lock = threading.Lock()
-        self._stdin_pending: list[tuple[bytes, int]] = []
+        self._arrivals: collections.deque[Arrival] = collections.deque()
         self._out_split = LineSplitter()
         self._in_split = LineSplitter()
         self._adapter_error: str | None = None
@@ -203,47 +215,59 @@ class ProcessTracker:
 
     # --- feeding -------------------------------------------------------------------
 
-    def on_stdout(self, data: bytes, t_ns: int) -> None:
-        """Bytes the agent wrote to stdout, read at ``t_ns`` (already passed through)."""
-        with self._lock:
-            self._parse_stdin()
-            adapter = self._adapter
-            if adapter is None:
-                return
-            if self._lines:
-                for line in self._out_split.feed(data):
-                    self._guarded(adapter.feed_stdout, line, t_ns)
-            else:
-                self._guarded(adapter.feed_stdout, data, t_ns)
-        self._flush_done()
+    def arrive(self, stream: Literal["stdout", "stdin"], data: bytes) -> Arrival:
+        """Timestamp a chunk just read from ``stream``, before it is forwarded.
 
-    def note_stdin(self, data: bytes, t_ns: int) -> None:
-        """Queue bytes the client wrote to stdin, read at ``t_ns``, BEFORE forwarding them.
-
-        A request-driven agent can answer before the stdin thread gets to parse the
-        request it forwarded; queueing first lets whichever thread parses next (see
-        :meth:`on_stdout`) handle the request before the answer, with no I/O under the
-        lock. Call :meth:`on_stdin` after forwarding.
+        The monotonic reading is taken under the tracker's lock and queued in the same
+        step, so the queue holds stdout and stdin chunks in the order they truly arrived
+        (a client's ``session/prompt`` sent after it read the ``session/load`` result is
+        parsed after that result). Call :meth:`passed` once the chunk was forwarded.
         """
         with self._lock:
-            self._stdin_pending.append((data, t_ns))
+            arrival = Arrival(stream, data, monotonic_ns())
+            self._arrivals.append(arrival)
+        return arrival
 
-    def on_stdin(self, data: bytes | None = None, t_ns: int = 0) -> None:
-        """Parse client stdin: ``data`` read at ``t_ns``, after anything already queued."""
+    def passed(self, arrival: Arrival) -> None:
+        """``arrival`` reached its consumer: parse every forwarded chunk, in arrival order.
+
+        A chunk is parsed only after it was forwarded (bytes pass through first); one
+        that is still being forwarded holds back the chunks behind it.
+        """
         with self._lock:
-            if data is not None:
-                self._stdin_pending.append((data, t_ns))
-            self._parse_stdin()
+            arrival.forwarded = True
+            self._parse_forwarded()
         self._flush_done()
 
-    def _parse_stdin(self) -> None:
-        pending, self._stdin_pending = self._stdin_pending, []
-        adapter = self._adapter
-        if adapter is None:
-            return
-        for data, t_ns in pending:
-            for line in self._in_split.feed(data):
-                self._guarded(adapter.feed_stdin, line, t_ns)
+    def on_stdout(self, data: bytes, t_ns: int) -> None:
+        """Parse stdout bytes read at ``t_ns`` (single-threaded callers, e.g. asyncio)."""
+        with self._lock:
+            self._arrivals.append(Arrival("stdout", data, t_ns, forwarded=True))
+            self._parse_forwarded()
+        self._flush_done()
+
+    def on_stdin(self, data: bytes, t_ns: int) -> None:
+        """Parse stdin bytes forwarded at ``t_ns`` (single-threaded callers, e.g. asyncio)."""
+        with self._lock:
+            self._arrivals.append(Arrival("stdin", data, t_ns, forwarded=True))
+            self._parse_forwarded()
+        self._flush_done()
+
+    def _parse_forwarded(self) -> None:
+        queue = self._arrivals
+        while queue and queue[0].forwarded:
+            item = queue.popleft()
+            adapter = self._adapter
+            if adapter is None:
+                continue
+            if item.stream == "stdin":
+                for line in self._in_split.feed(item.data):
+                    self._guarded(adapter.feed_stdin, line, item.t_ns)
+            elif self._lines:
+                for line in self._out_split.feed(item.data):
+                    self._guarded(adapter.feed_stdout, line, item.t_ns)
+            else:
+                self._guarded(adapter.feed_stdout, item.data, item.t_ns)
 
     def on_stderr(self, t_ns: int) -> None:
         """The agent wrote to stderr at ``t_ns`` (only the first write is recorded)."""

@@ -214,6 +214,9 @@ def _hint(record: RunRecord) -> str | None:
                 "the first token is a whole message, late by its generation time; add "
                 "--include-partial-messages to the claude command for deltas"
             )
+        if record.agent == "codex":
+            return ("the first token is a whole message (codex exec prints no deltas), late by "
+                    "its generation time; `codex app-server` streams deltas")
         return "the first token is a whole message (this agent prints no deltas), so it is late"
     return None
 

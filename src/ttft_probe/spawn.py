@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import inspect
 import io
@@ -37,7 +36,18 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar, cast, overload
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    ParamSpec,
+    Self,
+    TypeVar,
+    cast,
+    overload,
+)
 
 import attrs
 
@@ -69,11 +79,29 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _read(fd: int) -> bytes:
+    """One read of up to 64 KiB; b"" at EOF or when the pipe broke."""
+    try:
+        return os.read(fd, _CHUNK)
+    except OSError:
+        return b""
+
+
+def _forward(fd: int | None, data: bytes) -> bool:
+    """Write all of ``data`` to ``fd`` (``None`` discards); ``False`` once the reader is gone.
+
+    When the reader went away (EPIPE), the caller stops reading the agent's pipe and
+    closes it, so the agent meets the same broken pipe it would have met without us.
+    """
+    if fd is None:
+        return True
     view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        return False
+    return True
 
 
 class TrackedProcess:
@@ -124,40 +152,20 @@ class TrackedProcess:
         thread.start()
         return thread
 
-    def _parser_for(self, kind: str) -> Callable[[bytes, int], None]:
-        tracker = self.tracker
-        if kind == "stdout":
-            return tracker.on_stdout
-        if kind == "stdin":
-            # The chunk was queued by note_stdin before it was forwarded.
-            return lambda _data, _t: tracker.on_stdin()
-        return lambda _data, t: tracker.on_stderr(t)
-
     def _copy(self, src: int, dst: int | None, kind: str, close_dst: bool) -> None:  # noqa: FBT001
         tracker = self.tracker
-        on_data = self._parser_for(kind)
-        stdin = kind == "stdin"
-        forwarding = dst is not None
         try:
-            while True:
-                try:
-                    data = os.read(src, _CHUNK)
-                except OSError:
-                    data = b""
-                t = monotonic_ns()
-                if not data:
+            while data := _read(src):
+                if kind == "stderr":
+                    tracker.on_stderr(monotonic_ns())
+                    if not _forward(dst, data):
+                        break
+                    continue
+                arrival = tracker.arrive(cast("Literal['stdout', 'stdin']", kind), data)
+                delivered = _forward(dst, data)
+                tracker.passed(arrival)
+                if not delivered:
                     break
-                if stdin:
-                    tracker.note_stdin(data, t)
-                if forwarding and dst is not None:
-                    try:
-                        _write_all(dst, data)
-                    except OSError as exc:
-                        forwarding = False
-                        if exc.errno in {errno.EPIPE, errno.EBADF}:
-                            # The reader went away: let the writer find out, as it would.
-                            break
-                on_data(data, t)
         finally:
             t_end = monotonic_ns()
             with contextlib.suppress(OSError):

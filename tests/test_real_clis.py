@@ -1,0 +1,294 @@
+"""The real agent CLIs from the npm registry, probed end to end against the fake provider.
+
+Each test runs `ttft-probe run -- <real CLI>` with the CLI pointed at a FakeProvider that
+injects a known first-token delay and logs (CLOCK_MONOTONIC, shared across processes)
+when it sent the first token. The probe's markers, read back from the store, are
+compared with that ground truth. These tests need `agents/node_modules` (scripts/setup.sh
+installs it); they are never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PROBE, assert_valid
+from ttft_probe.record import MarkerTimes, RunRecord
+from ttft_probe.sinks.store import Store
+from ttft_probe.testing.agent_env import (
+    acp_command,
+    agent_environment,
+    find_session_id,
+    one_shot_command,
+)
+from ttft_probe.testing.fake_provider import FakeProvider
+
+pytestmark = pytest.mark.realcli
+
+DELAY_MS = 400
+DELTA_TOLERANCE_NS = 25_000_000  # the probe's firstToken lies within 25 ms after the send
+MS = 1_000_000
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[FakeProvider]:
+    with FakeProvider(first_token_delay_ms=DELAY_MS) as fp:
+        yield fp
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    # Codex refuses to install its helper binaries under /tmp, so keep scratch homes here.
+    path = REPO / ".scratch" / "pytest" / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Agent:
+    """One agent's scratch home, environment and store."""
+
+    def __init__(self, name: str, provider: FakeProvider, scratch: Path) -> None:
+        self.name = name
+        self.provider = provider
+        self.work = scratch / "work"
+        self.work.mkdir()
+        self.store_path = scratch / "probe" / "runs.sqlite3"
+        self.env = agent_environment(name, provider.url, scratch / "home")
+        self.env["TTFT_PROBE_HOME"] = str(self.store_path.parent)
+
+    def run(self, argv: list[str], *extra: str) -> tuple[subprocess.CompletedProcess[bytes], RunRecord]:
+        before = len(Store(self.store_path).last()) if self.store_path.exists() else 0
+        done = subprocess.run([*PROBE, "run", *extra, "--", *argv], capture_output=True,
+                              env=self.env, cwd=self.work, timeout=180, check=False)
+        records = Store(self.store_path).last()
+        assert len(records) == before + 1, done.stderr.decode(errors="replace")[-2000:]
+        return done, records[-1]
+
+    def times(self, record: RunRecord) -> MarkerTimes:
+        times = Store(self.store_path).marker_times(record.run_id)
+        assert times is not None
+        return times
+
+
+def assert_complete(record: RunRecord) -> None:
+    """All markers present and ordered, the segments add up exactly."""
+    assert_valid(record)
+    assert record.status.value == "succeeded", record
+    assert record.timing_unavailable_reason is None, record
+    for name in ("spawn_to_first_token_ms", "cli_ready_ms", "session_init_ms",
+                 "client_wait_ms", "model_first_token_ms"):
+        value = getattr(record, name)
+        assert value is not None, name
+        assert value >= 0, name
+    assert record.remainder_ms == 0
+
+
+def ground_truth(provider: FakeProvider, probe_first_token_ns: int) -> dict[str, Any]:
+    """The generation call whose first token the agent printed: the last one sent before
+    the probe saw a token (side calls whose answers are never printed come earlier)."""
+    sent = [e for e in provider.generations()
+            if e["first_token_ns"] is not None and e["first_token_ns"] <= probe_first_token_ns]
+    assert sent, "the probe saw a first token before the provider sent any"
+    return max(sent, key=lambda e: e["first_token_ns"])
+
+
+def assert_first_token_matches(provider: FakeProvider, times: MarkerTimes, record: RunRecord) -> None:
+    assert times.first_token_ns is not None
+    truth = ground_truth(provider, times.first_token_ns)
+    lag = times.first_token_ns - truth["first_token_ns"]
+    if record.first_token_granularity is not None and record.first_token_granularity.value == "delta":
+        assert 0 <= lag <= DELTA_TOLERANCE_NS, f"firstToken {lag / MS:.3f} ms after the send"
+    else:
+        # A whole message arrives after the first token was sent: late, never early.
+        assert lag >= 0
+    # The model segment holds at least the injected delay (the provider waited that long).
+    assert record.model_first_token_ms is not None
+    assert truth["first_token_ns"] - truth["arrival_ns"] >= DELAY_MS * MS
+
+
+# --- one-shot CLIs: fresh, then resumed ---------------------------------------------
+
+
+@pytest.mark.parametrize(("agent", "granularity"), [
+    ("claude_code", "delta"), ("codex", "message"), ("gemini", "delta")])
+def test_one_shot_fresh_then_resumed(
+    agent: str, granularity: str, provider: FakeProvider, scratch: Path
+) -> None:
+    a = Agent(agent, provider, scratch)
+    done, fresh = a.run(one_shot_command(agent, "Say hello"))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert_complete(fresh)
+    assert fresh.agent == agent
+    assert fresh.turn_ordinal == 1
+    assert not fresh.session_resumed
+    assert fresh.first_token_granularity is not None
+    assert fresh.first_token_granularity.value == granularity
+    assert fresh.session_init_source is not None
+    assert fresh.session_init_source.value == "init_message"
+    assert_first_token_matches(provider, a.times(fresh), fresh)
+    # The probe printed its breakdown line at the end of stderr.
+    probe_lines = [x for x in done.stderr.decode().splitlines() if x.startswith("ttft-probe: ")]
+    assert probe_lines[0].startswith(f"ttft-probe: {agent} turn 1 fresh: first token ")
+
+    session = find_session_id(agent, done.stdout.decode().splitlines())
+    assert session is not None
+    assert fresh.session_id == session
+    done, resumed = a.run(one_shot_command(agent, "Say it again", resume_id=session))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert_complete(resumed)
+    assert resumed.session_resumed
+    assert resumed.turn_ordinal == 2
+    assert resumed.conversation_id == fresh.conversation_id
+    assert_first_token_matches(provider, a.times(resumed), resumed)
+
+
+def test_claude_without_partial_messages_is_message_granular(
+    provider: FakeProvider, scratch: Path
+) -> None:
+    a = Agent("claude_code", provider, scratch)
+    argv = [x for x in one_shot_command("claude_code", "Say hello")
+            if x != "--include-partial-messages"]
+    done, record = a.run(argv)
+    assert done.returncode == 0
+    assert_complete(record)
+    assert record.first_token_granularity is not None
+    assert record.first_token_granularity.value == "message"
+    assert b"hint: the first token is a whole message" in done.stderr
+    assert_first_token_matches(provider, a.times(record), record)
+    # Claude's self-reported timings are kept apart, not mixed into the segments.
+    assert record.agent_reported_duration_api_ms is not None
+
+
+# --- ACP agents: two turns in one process, then session/load in a new one ------------
+
+
+class AcpClient:
+    """Drives `ttft-probe run -- <ACP agent>` over its stdin/stdout, as a product would."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.proc = subprocess.Popen(
+            [*PROBE, "run", "--", *acp_command(agent.name)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent.env, cwd=agent.work)
+        self.next_id = 0
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        rid = self.next_id
+        self.next_id += 1
+        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method,
+                                          "params": params}).encode() + b"\n")
+        self.proc.stdin.flush()
+        while True:
+            raw = self.proc.stdout.readline()
+            assert raw, f"agent closed stdout; stderr: {self.stderr_tail()}"
+            msg = json.loads(raw)
+            if "method" in msg and "id" in msg:  # the agent asks us something
+                self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                    "outcome": {"outcome": "cancelled"}}}).encode() + b"\n")
+                self.proc.stdin.flush()
+            elif msg.get("id") == rid:
+                assert "error" not in msg, msg
+                result: dict[str, Any] = msg["result"]
+                return result
+
+    def start(self) -> None:
+        self.request("initialize", {"protocolVersion": 1, "clientCapabilities": {
+            "fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}})
+
+    def prompt(self, session: str, text: str) -> None:
+        self.request("session/prompt", {"sessionId": session,
+                                        "prompt": [{"type": "text", "text": text}]})
+
+    def stderr_tail(self) -> str:
+        return "(see the test's captured output)"
+
+    def end(self) -> None:
+        # ACP agents do not exit when stdin closes: the probe forwards our SIGTERM.
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate(timeout=30)
+
+
+def _records(a: Agent) -> list[RunRecord]:
+    return Store(a.store_path).last() if a.store_path.exists() else []
+
+
+@pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp", "gemini_acp"])
+def test_acp_two_turns_in_one_process(agent: str, provider: FakeProvider, scratch: Path) -> None:
+    a = Agent(agent, provider, scratch)
+    client = AcpClient(a)
+    try:
+        client.start()
+        session = client.request("session/new", {"cwd": str(a.work), "mcpServers": []})["sessionId"]
+        client.prompt(session, "Say hello")
+        client.prompt(session, "Say it again")
+    finally:
+        client.end()
+    first, second = _records(a)
+    assert_complete(first)
+    assert (first.turn_ordinal, first.process_reused, first.session_resumed) == (1, False, False)
+    assert first.session_id == session
+    assert first.session_init_source is not None
+    assert first.session_init_source.value == "session_result"
+    assert_first_token_matches(provider, a.times(first), first)
+    assert_complete(second)
+    assert (second.turn_ordinal, second.process_reused) == (2, True)
+    assert second.cli_ready_ms == second.session_init_ms == second.client_wait_ms == 0
+    assert second.spawn_to_first_token_ms == second.model_first_token_ms
+    assert_first_token_matches(provider, a.times(second), second)
+
+
+@pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp"])
+def test_acp_session_load_never_yields_a_pre_prompt_first_token(
+    agent: str, provider: FakeProvider, scratch: Path
+) -> None:
+    a = Agent(agent, provider, scratch)
+    client = AcpClient(a)
+    try:
+        client.start()
+        session = client.request("session/new", {"cwd": str(a.work), "mcpServers": []})["sessionId"]
+        client.prompt(session, "Say hello")
+    finally:
+        client.end()
+    client = AcpClient(a)
+    try:
+        client.start()
+        client.request("session/load", {"sessionId": session, "cwd": str(a.work), "mcpServers": []})
+        client.prompt(session, "Say it again")
+    finally:
+        client.end()
+    _, loaded = _records(a)
+    assert_complete(loaded)
+    assert loaded.session_resumed
+    assert not loaded.process_reused
+    assert loaded.turn_ordinal is not None
+    assert loaded.turn_ordinal >= 2
+    times = a.times(loaded)
+    assert times.prompt_sent_ns is not None
+    assert times.first_token_ns is not None
+    assert times.first_token_ns > times.prompt_sent_ns
+    assert_first_token_matches(provider, times, loaded)
+
+
+def test_ci_has_the_agent_clis() -> None:
+    # The real-CLI tests must run in CI, never be skipped for a missing install.
+    from ttft_probe.testing.agent_env import agent_bin_dir
+
+    for exe in ("claude", "codex", "gemini", "claude-code-acp", "codex-acp"):
+        assert os.access(agent_bin_dir() / exe, os.X_OK), exe
