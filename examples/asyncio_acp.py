@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -44,8 +45,12 @@ async def main() -> None:
     agent = sys.argv[1] if len(sys.argv) > 1 else "claude-code-acp"
     exe = os.path.join(os.environ.get("AGENT_BIN", ""), agent)
     async with Probe() as probe:
+        # Its own process group: npm launchers leave the native agent running behind them.
         proc = await probe.create_subprocess_exec(
-            exe, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            exe,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         await request(proc, "initialize", {"protocolVersion": 1, "clientCapabilities": {}})
         session = await request(proc, "session/new", {"cwd": os.getcwd(), "mcpServers": []})
@@ -55,7 +60,8 @@ async def main() -> None:
                 "session/prompt",
                 {"sessionId": session["sessionId"], "prompt": [{"type": "text", "text": text}]},
             )
-        proc.terminate()  # ACP agents do not exit when stdin closes
+        # ACP agents do not exit when stdin closes: end the whole group.
+        os.killpg(proc.pid, signal.SIGTERM)
         await proc.wait()
     for r in probe.records:
         print(

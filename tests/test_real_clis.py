@@ -9,6 +9,7 @@ installs it); they are never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -180,7 +181,8 @@ class AcpClient:
         self.agent = agent
         self.proc = subprocess.Popen(
             [*PROBE, "run", "--", *acp_command(agent.name)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent.env, cwd=agent.work)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent.env, cwd=agent.work,
+            start_new_session=True)
         self.next_id = 0
 
     def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -216,12 +218,20 @@ class AcpClient:
         return "(see the test's captured output)"
 
     def end(self) -> None:
-        # ACP agents do not exit when stdin closes: the probe forwards our SIGTERM.
-        self.proc.send_signal(signal.SIGTERM)
+        """Close stdin; agents that ignore that (claude-code-acp, codex-acp) get SIGTERM
+        through the probe, which forwards it."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.stdin = None  # communicate() below must not flush it
         try:
-            self.proc.communicate(timeout=30)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        finally:
+            # npm launchers leave the native agent behind: end the whole group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.communicate(timeout=30)
 
 

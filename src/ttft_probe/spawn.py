@@ -654,10 +654,10 @@ class Probe:
 
         async def watch() -> None:
             try:
-                returncode: int | None = await proc.wait()
+                t_exit = await _exited(proc)
             except Exception:  # noqa: BLE001 - the watcher must always finish the run
-                returncode = proc.returncode
-            t_exit = monotonic_ns()
+                t_exit = monotonic_ns()
+            returncode = proc.returncode
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks[:1])), drain)
             tracked.finish(returncode, t_exit, 0)
@@ -769,6 +769,42 @@ async def _apump(
         if kind == "stdout":
             tracker.on_stdout_eof(monotonic_ns())
             tracked.stdout_closed()
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """Wait for the process to exit; return the monotonic ns at which it did.
+
+    ``Process.wait()`` on Python 3.11 also waits for every pipe to close, which never
+    happens while a grandchild holds one (npm launchers leave the native agent running
+    behind them), so the exit is watched on a pidfd (Linux), else by polling.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        fd: int | None = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):
+        fd = None
+    if fd is not None:
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, ready)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+    else:
+        while proc.returncode is None:  # noqa: ASYNC110 - no pidfd: nothing to wait on
+            await asyncio.sleep(0.01)
+    t_exit = monotonic_ns()
+    for _ in range(400):  # asyncio's child watcher reaps it and sets returncode
+        if proc.returncode is not None:
+            break
+        await asyncio.sleep(0.005)
+    return t_exit
 
 
 class _TeeStreamWriter:
