@@ -23,6 +23,7 @@ DELAY_MS = 500
 
 
 def say(text: str) -> None:
+    """Print a section heading."""
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
@@ -44,6 +45,7 @@ def turn(env: dict[str, str], work: Path, argv: list[str]) -> list[str]:
 
 
 def main() -> int:
+    """Run the demo; returns the exit status."""
     scratch = REPO / ".scratch" / "demo"
     shutil.rmtree(scratch, ignore_errors=True)
     work = scratch / "work"
