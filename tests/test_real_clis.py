@@ -109,7 +109,11 @@ def assert_first_token_matches(provider: FakeProvider, times: MarkerTimes, recor
     truth = ground_truth(provider, times.first_token_ns)
     lag = times.first_token_ns - truth["first_token_ns"]
     if record.first_token_granularity is not None and record.first_token_granularity.value == "delta":
-        assert 0 <= lag <= DELTA_TOLERANCE_NS, f"firstToken {lag / MS:.3f} ms after the send"
+        log = [{k: (v - times.start_ns) / MS if k.endswith("_ns") and v else v for k, v in e.items()}
+               for e in provider.log if e["arrival_ns"] >= times.start_ns - 60_000 * MS]
+        assert 0 <= lag <= DELTA_TOLERANCE_NS, (
+            f"firstToken {lag / MS:.3f} ms after the send; markers {times.as_offsets_ms()}; "
+            f"provider log (ms from run start): {log}")
     else:
         # A whole message arrives after the first token was sent: late, never early.
         assert lag >= 0

@@ -36,10 +36,12 @@ from ttft_probe.record import (
     FirstTokenKind,
     Marker,
     MarkerTimes,
+    ObserverStatus,
     RunRecord,
     SessionInitSource,
     Status,
     compute_segments,
+    ns_to_ms,
 )
 
 if TYPE_CHECKING:
@@ -103,6 +105,8 @@ class _Turn:
     usage: UsageReported | None = None
     reported: AgentReportedTimings | None = None
     span: RunSpan | None = None
+    # Provider observer: generation request id -> (arrival ns, first content ns | None).
+    provider: dict[int, tuple[int, int | None]] = attrs.Factory(dict)
 
 
 @attrs.define
@@ -187,6 +191,9 @@ class ProcessTracker:
         self._turns: dict[str | None, _Turn] = {}
         self._runs_started = 0
         self._finished = False
+        self._observer = ObserverStatus.OFF
+        self._observer_error: str | None = None
+        self._provider_turn: dict[int, _Turn] = {}
         self._done: list[RunResult] = []
         self.results: list[RunResult] = []
         self._first = _Turn(start_ns=spawn_ns, process_reused=False)
@@ -268,6 +275,48 @@ class ProcessTracker:
                     self._guarded(adapter.feed_stdout, line, item.t_ns)
             else:
                 self._guarded(adapter.feed_stdout, item.data, item.t_ns)
+
+    def set_observer(self, status: ObserverStatus, error: str | None = None) -> None:
+        """Record whether the provider observer runs for this process (and why not)."""
+        self._observer = status
+        self._observer_error = error
+
+    def provider_request(self, request_id: int, t_ns: int, *, generation: bool) -> None:
+        """The observer saw a request reach the provider at ``t_ns`` (monotonic ns).
+
+        Generation requests belong to the turn in flight (a long-lived agent's requests
+        between turns, e.g. while loading a session, belong to none). For stream agents
+        the first one is ``sessionInitDone`` (DESIGN §3: "first model-bound request").
+        """
+        if not generation:
+            return
+        with self._lock:
+            turn = self._turn_in_flight()
+            if turn is None:
+                return
+            first = not turn.provider
+            turn.provider[request_id] = (t_ns, None)
+            self._provider_turn[request_id] = turn
+            if first and not self._request_driven:
+                turn.session_init_done_ns = t_ns
+                turn.session_init_source = SessionInitSource.MODEL_REQUEST
+                adapter = self._adapter
+                if adapter is not None:
+                    self._guarded(adapter.model_request, t_ns)
+        self._flush_done()
+
+    def provider_first_content(self, request_id: int, t_ns: int) -> None:
+        """The upstream's first content byte for ``request_id`` arrived at ``t_ns``."""
+        with self._lock:
+            turn = self._provider_turn.pop(request_id, None)
+            if turn is not None and request_id in turn.provider:
+                turn.provider[request_id] = (turn.provider[request_id][0], t_ns)
+
+    def _turn_in_flight(self) -> _Turn | None:
+        if not self._request_driven:
+            return self._turns.get(None)
+        waiting = [t for t in self._turns.values() if t.first_token_ns is None]
+        return max(waiting, key=lambda t: t.prompt_sent_ns or 0, default=None)
 
     def on_stderr(self, t_ns: int) -> None:
         """The agent wrote to stderr at ``t_ns`` (only the first write is recorded)."""
@@ -369,7 +418,8 @@ class ProcessTracker:
         if ev.marker is Marker.SESSION_INIT_DONE:
             if not self._request_driven:
                 turn = self._turns.get(None)
-                if turn is not None and turn.session_init_done_ns is None:
+                # The observer's model request, when there is one, wins over init lines.
+                if turn is not None and turn.session_init_done_ns is None and not turn.provider:
                     turn.session_init_done_ns = ev.t_ns
                     turn.session_init_source = ev.session_init_source
                 return
@@ -459,6 +509,7 @@ class ProcessTracker:
         )
         who = self._identity(turn)
         usage = turn.usage or UsageReported()
+        provider_ms, forward_ms = _provider_timings(turn)
         record = RunRecord(
             run_id=str(uuid.uuid4()),
             conversation_id=who.conversation_id,
@@ -491,6 +542,10 @@ class ProcessTracker:
             else None,
             agent_reported_duration_api_ms=turn.reported.duration_api_ms if turn.reported else None,
             adapter_error=self._adapter_error,
+            observer_status=self._observer,
+            observer_error=self._observer_error,
+            provider_first_byte_ms=provider_ms,
+            cli_forward_ms=forward_ms,
             trace_id=turn.span.trace_id_hex if turn.span else None,
             span_id=turn.span.span_id_hex if turn.span else None,
             probe_version=self._version,
@@ -559,6 +614,27 @@ def _status(turn: _Turn, info: ExitInfo | None) -> Status:
         # A request-driven turn still open when the process ended did not finish.
         return Status.FAILED
     return Status.SUCCEEDED if info.returncode == 0 else Status.FAILED
+
+
+def _provider_timings(turn: _Turn) -> tuple[float | None, float | None]:
+    """provider_first_byte_ms and cli_forward_ms of a turn (observer only).
+
+    The response that produced the first token is the one whose first content byte came
+    last before it (side calls, such as a title or quota request, answer earlier and are
+    never printed). provider_first_byte_ms is that request's arrival to that byte;
+    cli_forward_ms is that byte to the first token on stdout.
+    """
+    token = turn.first_token_ns
+    answered = [
+        (arrival, first)
+        for arrival, first in turn.provider.values()
+        if first is not None and (token is None or first <= token)
+    ]
+    if not answered:
+        return None, None
+    arrival, first = max(answered, key=lambda pair: pair[1] or 0)
+    assert first is not None  # noqa: S101 - filtered above
+    return ns_to_ms(first - arrival), None if token is None else ns_to_ms(token - first)
 
 
 def _iso(wall_ns: int) -> str:

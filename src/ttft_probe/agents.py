@@ -16,7 +16,7 @@ import attrs
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RuntimeFamily
 
-__all__ = ["AGENTS", "AgentSpec", "ResolvedAgent", "resolve_agent"]
+__all__ = ["AGENTS", "AgentSpec", "ResolvedAgent", "find_executable", "resolve_agent"]
 
 _F = RuntimeFamily
 
@@ -177,7 +177,7 @@ class ResolvedAgent:
     resume_session_id: str | None
 
 
-def _find_executable(argv: Sequence[str]) -> tuple[int, str]:
+def find_executable(argv: Sequence[str]) -> tuple[int, str]:
     """Index and name of the agent executable, looking past launchers such as ``npx``."""
     known = {s.executable for s in AGENTS}
     for i, arg in enumerate(argv):
@@ -219,7 +219,7 @@ def resolve_agent(
             raise ConfigError(f"unknown runtime family {family!r}; use one of: {known}") from None
     else:
         fam = None
-    idx, exe = _find_executable(argv)
+    idx, exe = find_executable(argv)
     rest = argv[idx + 1 :]
     candidates = [
         c

@@ -103,6 +103,14 @@ def main() -> None:
     "--session-regex", metavar="REGEX", help="plain family: the line marking sessionInitDone."
 )
 @click.option("--token-regex", metavar="REGEX", help="plain family: the line marking firstToken.")
+@click.option("--observe-provider", is_flag=True,
+              help="Put a local pass-through proxy between the agent and its provider to time "
+              "the first model request (sessionInitDone for one-shot CLIs) and the provider's "
+              "first content byte. Points the agent's base-URL variable (or codex's provider "
+              "base_url) at 127.0.0.1; bodies, headers and keys are never logged.")
+@click.option("--upstream", metavar="URL",
+              help="With --observe-provider: the provider to forward to (default: what the "
+              "agent would use — its base-URL variable, codex's config, or the public API).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the breakdown to stderr.")
 @_store_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -116,6 +124,8 @@ def run(
     ready_regex: str | None,
     session_regex: str | None,
     token_regex: str | None,
+    observe_provider: bool,
+    upstream: str | None,
     quiet: bool,
     store: str | None,
     command: tuple[str, ...],
@@ -147,6 +157,7 @@ def run(
             session_resumed=session_resumed,
             store=store,
             adapter_options=options,
+            observe_provider=upstream or observe_provider,
         )
         outcome = probe.run(list(command), timeout=timeout)
     except TtftProbeError as exc:
@@ -162,6 +173,9 @@ def run(
             hint = _hint(result.record)
             if hint:
                 click.echo(f"ttft-probe: hint: {hint}", err=True)
+            granular = _granularity_hint(result.record)
+            if granular:
+                click.echo(f"ttft-probe: hint: {granular}", err=True)
     sys.exit(outcome.exit_status)
 
 
@@ -207,6 +221,17 @@ def breakdown_line(record: RunRecord) -> str:
 
 
 def _hint(record: RunRecord) -> str | None:
+    if record.observer_error is not None:
+        return f"the provider observer was off: {record.observer_error}"
+    if record.session_init_source is not None and record.session_init_source.value == (
+        "init_message"
+    ) and not record.process_reused:
+        return ("session_init_ms is from the agent's init line, so the session set-up is "
+                "inside cli_ready_ms; add --observe-provider to time the first model request")
+    return None
+
+
+def _granularity_hint(record: RunRecord) -> str | None:
     granularity = record.first_token_granularity
     if granularity is not None and granularity.value == "message":
         if record.agent == "claude_code":

@@ -30,6 +30,7 @@ __all__ = [
     "FirstTokenKind",
     "Marker",
     "MarkerTimes",
+    "ObserverStatus",
     "RunRecord",
     "RuntimeFamily",
     "Segments",
@@ -37,10 +38,11 @@ __all__ = [
     "Status",
     "TimingUnavailableReason",
     "compute_segments",
+    "ns_to_ms",
     "record_schema",
 ]
 
-CONTRACT_VERSION: Final = "1.0"
+CONTRACT_VERSION: Final = "1.1"
 """Version of the ``run_finished`` contract; the JSON Schema's ``$id`` carries it too."""
 
 _NS_PER_MS: Final = 1_000_000
@@ -102,6 +104,18 @@ class SessionInitSource(enum.StrEnum):
     INIT_MESSAGE = "init_message"
     SESSION_RESULT = "session_result"
     USER_REGEX = "user_regex"
+
+
+class ObserverStatus(enum.StrEnum):
+    """The provider observer (DESIGN §6) for the run: not asked for, running, or failed.
+
+    ``failed``: it was asked for but could not start (``observer_error`` says why); the
+    agent then talked to its provider directly and the run has no provider timings.
+    """
+
+    OFF = "off"
+    ON = "on"
+    FAILED = "failed"
 
 
 class FirstTokenGranularity(enum.StrEnum):
@@ -170,9 +184,12 @@ class Segments:
     timing_unavailable_reason: TimingUnavailableReason | None
 
 
-def _ms(delta_ns: int) -> float:
-    # µs resolution: the contract's floats carry no more than the clock pipeline can.
+def ns_to_ms(delta_ns: int) -> float:
+    """A monotonic difference in ns as the contract's ms: float, rounded to 1 µs."""
     return round(delta_ns / _NS_PER_MS, 3)
+
+
+_ms = ns_to_ms
 
 
 def compute_segments(
@@ -306,6 +323,10 @@ def _kind_or_none(v: str | None) -> FirstTokenKind | None:
     return None if v is None else FirstTokenKind(v)
 
 
+def _observer(v: str) -> ObserverStatus:
+    return ObserverStatus(v)
+
+
 @attrs.frozen(kw_only=True)
 class RunRecord:
     """The ``run_finished`` record: one per run, the same fields in every sink (DESIGN §4).
@@ -315,6 +336,9 @@ class RunRecord:
     self-reported timings (Claude Code's ``result`` line), on the agent's clock: they are
     never mixed into the segments. ``adapter_error`` names a parser fault (the exception
     type and the marker rule it broke), never the content of the line.
+    ``provider_first_byte_ms`` and ``cli_forward_ms`` exist only with the provider
+    observer: the provider's own latency for the request whose answer produced the first
+    token, and the time the agent took to print it after the first content byte arrived.
     """
 
     run_id: str
@@ -364,6 +388,8 @@ class RunRecord:
     )
     agent_reported_duration_api_ms: float | None = attrs.field(default=None, converter=_opt_float)
     adapter_error: str | None = None
+    observer_status: ObserverStatus = attrs.field(default=ObserverStatus.OFF, converter=_observer)
+    observer_error: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
     probe_version: str

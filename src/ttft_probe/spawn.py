@@ -34,7 +34,7 @@ import signal
 import subprocess
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import (
     IO,
@@ -54,14 +54,17 @@ import attrs
 from ttft_probe import _version
 from ttft_probe._clock import WallAnchor, monotonic_ns
 from ttft_probe._recorder import Recorder
+from ttft_probe._routing import Route, route_for
 from ttft_probe._run import CallerContext, ExitInfo, ProcessTracker, RunResult
 from ttft_probe.adapters._base import AdapterOptions, adapter_for
 from ttft_probe.agents import ResolvedAgent, resolve_agent
 from ttft_probe.errors import ConfigError
+from ttft_probe.record import ObserverStatus
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from ttft_probe.observer import ProviderObserver
     from ttft_probe.record import RunRecord
     from ttft_probe.sinks.otel import Telemetry
     from ttft_probe.sinks.store import Store
@@ -121,6 +124,7 @@ class TrackedProcess:
         self.cancelled = False
         self.timed_out = False
         self._poll: Callable[[], int | None] = lambda: None
+        self._observation: _Observation | None = None
 
     @property
     def results(self) -> list[RunResult]:
@@ -185,7 +189,14 @@ class TrackedProcess:
         )
         self.exit_info = info
         self.tracker.on_exit(info)
+        if self._observation is not None:
+            self._observation.stop()
         self.done.set()
+
+    def attach_observer(self, observation: _Observation) -> None:
+        """Route the provider observer's events of this process to its tracker."""
+        self._observation = observation
+        observation.deliver_to(self.tracker)
 
     def stdout_closed(self) -> None:
         """Stdout is done (or not observed): :meth:`finish` need not wait for its EOF."""
@@ -266,6 +277,12 @@ class Probe:
         adapter_options: Per-marker regexes for the ``plain`` family.
         on_record: Called with each finished ``RunRecord`` (from a background thread).
         drain_timeout: After the child exits, seconds to wait for its stdout EOF.
+        observe_provider: Put the provider observer (DESIGN §6) between the agent and its
+            provider: ``True`` for the upstream the agent would use (its base-URL
+            variable, codex's config, or the public default), or an upstream URL. It
+            times the first model request (``sessionInitDone`` for stream agents) and
+            the provider's first content byte (``provider_first_byte_ms``,
+            ``cli_forward_ms``). Needs the probe to spawn the agent.
 
     Raises:
         ConfigError: An unknown family or agent/family mismatch (before any spawn).
@@ -284,6 +301,7 @@ class Probe:
         adapter_options: AdapterOptions | None = None,
         on_record: Callable[[RunRecord], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+        observe_provider: bool | str = False,
     ) -> None:
         """See the class docstring."""
         if turn_ordinal is not None and turn_ordinal < 1:
@@ -302,6 +320,7 @@ class Probe:
             "adapter_options": adapter_options,
             "on_record": on_record,
             "drain_timeout": drain_timeout,
+            "observe_provider": observe_provider,
         }
         self.processes: list[TrackedProcess] = []
         self._recorder = Recorder(self._store_opener(store), on_record)
@@ -354,10 +373,17 @@ class Probe:
         self._recorder.flush(2.0)
         return opener().session_history(session_id)
 
-    def _track(self, argv: Sequence[str], spawn_ns: int | None = None) -> TrackedProcess:
+    def _track(
+        self,
+        argv: Sequence[str],
+        spawn_ns: int | None = None,
+        observer: _Observation | None = None,
+    ) -> TrackedProcess:
         """Build the tracker of one process; ``spawn_ns`` default: now, after all set-up."""
         resolved = self._resolve(argv)
-        adapter = adapter_for(resolved.family, self._options["adapter_options"])
+        options = self._options["adapter_options"] or AdapterOptions()
+        observed = observer is not None and observer.status is ObserverStatus.ON
+        adapter = adapter_for(resolved.family, attrs.evolve(options, provider_observed=observed))
         telemetry = self._get_telemetry()
         o = self._options
         anchor = WallAnchor.now()
@@ -375,8 +401,42 @@ class Probe:
             history=self._history,
         )
         tracked = TrackedProcess(tracker)
+        if observer is not None:
+            tracker.set_observer(observer.status, observer.error)
+            tracked.attach_observer(observer)
+        elif o["observe_provider"]:
+            tracker.set_observer(
+                ObserverStatus.FAILED,
+                "the provider observer needs the probe to start the agent "
+                "(Probe.popen, Probe.create_subprocess_exec or ttft-probe run)",
+            )
         self.processes.append(tracked)
         return tracked
+
+    def _launch(
+        self, argv: Sequence[str], env: Mapping[str, str] | None
+    ) -> tuple[TrackedProcess, list[str], dict[str, str]]:
+        """Track a process about to be spawned: (tracker, argv, env) to spawn it with.
+
+        With ``observe_provider``, the provider observer is started first and the agent
+        pointed at it; if it cannot start, the agent goes to its provider directly and
+        the runs say why (``observer_status="failed"``, ``observer_error``).
+        """
+        argv = list(argv)
+        child_env = dict(os.environ if env is None else env)
+        observation = None
+        if self._options["observe_provider"]:
+            resolved = self._resolve(argv)
+            observation = _Observation.start(
+                resolved, child_env, option=self._options["observe_provider"]
+            )
+            if observation.route is not None and observation.url is not None:
+                argv, child_env = observation.route.apply(argv, child_env, observation.url)
+        tracked = self._track(argv, observer=observation)
+        traceparent = tracked.tracker.traceparent
+        if traceparent:
+            child_env["TRACEPARENT"] = traceparent
+        return tracked, argv, child_env
 
     # --- results -----------------------------------------------------------------
 
@@ -412,14 +472,6 @@ class Probe:
             except Exception:  # noqa: BLE001 - telemetry never reaches the application
                 _log.warning("telemetry shutdown failed", exc_info=True)
 
-    def child_env(self, tracked: TrackedProcess, env: dict[str, str] | None) -> dict[str, str]:
-        """``env`` (default: ``os.environ``) plus ``TRACEPARENT`` of the run's root span."""
-        out = dict(os.environ if env is None else env)
-        traceparent = tracked.tracker.traceparent
-        if traceparent:
-            out["TRACEPARENT"] = traceparent
-        return out
-
     # --- sync --------------------------------------------------------------------
 
     def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -436,11 +488,9 @@ class Probe:
         """
         if isinstance(args, str | bytes) or kwargs.get("shell"):
             raise ConfigError("pass the agent command as a list of arguments, without shell=True")
-        argv = [os.fspath(a) for a in args]
-        tracked = self._track(argv)
+        tracked, argv, kwargs["env"] = self._launch([os.fspath(a) for a in args], kwargs.get("env"))
         want_out = kwargs.pop("stdout", None)
         want_err = kwargs.pop("stderr", None)
-        kwargs["env"] = self.child_env(tracked, kwargs.get("env"))
         merged = want_err == subprocess.STDOUT
         try:
             proc = subprocess.Popen(
@@ -561,8 +611,7 @@ class Probe:
             and the finished runs. Exceptions from spawning (a missing executable) are
             recorded as a failed run and re-raised unchanged.
         """
-        argv = [os.fspath(a) for a in args]
-        tracked = self._track(argv)
+        tracked, argv, env = self._launch([os.fspath(a) for a in args], None)
         tee = tracked.tracker.tees_stdin
         with _forwarding_signals(tracked) as forward:
             try:
@@ -571,7 +620,7 @@ class Probe:
                     stdin=subprocess.PIPE if tee else None,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    env=self.child_env(tracked, None),
+                    env=env,
                 )
             except BaseException:
                 tracked.finish(None, monotonic_ns(), 0)
@@ -604,8 +653,7 @@ class Probe:
         process's streams are pass-through. The child gets ``TRACEPARENT``.
         """
         argv = [os.fspath(program), *(os.fspath(a) for a in args)]
-        tracked = self._track(argv)
-        kwargs["env"] = self.child_env(tracked, kwargs.get("env"))
+        tracked, argv, kwargs["env"] = self._launch(argv, kwargs.get("env"))
         if kwargs.get("stdout") is None:
             kwargs["stdout"] = asyncio.subprocess.PIPE
         proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
@@ -908,3 +956,79 @@ def _terminal_delivers_to_child(proc: subprocess.Popen[Any]) -> bool:
         return False
     finally:
         os.close(tty)
+
+
+class _Observation:
+    """One process's provider observer: its route, proxy URL and event delivery."""
+
+    def __init__(
+        self,
+        status: ObserverStatus,
+        error: str | None = None,
+        route: Route | None = None,
+        observer: ProviderObserver | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.status = status
+        self.error = error
+        self.route = route
+        self.url = url
+        self._observer = observer
+        self._tracker: ProcessTracker | None = None
+        self._early: list[object] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(
+        cls, agent: ResolvedAgent, env: Mapping[str, str], *, option: bool | str
+    ) -> _Observation:
+        route = route_for(agent, env)
+        if route is None:
+            return cls(
+                ObserverStatus.FAILED,
+                f"no known provider base URL for agent {agent.name!r}; "
+                "pass --agent for a known agent",
+            )
+        upstream = option if isinstance(option, str) else route.upstream
+        self = cls(ObserverStatus.ON, route=route)
+        try:
+            from ttft_probe.observer import ProviderObserver  # noqa: PLC0415 - only when asked
+
+            observer = ProviderObserver(upstream, self._on_event)
+            self.url = observer.start()
+        except Exception as exc:  # noqa: BLE001 - the agent then goes to its provider directly
+            _log.warning("the provider observer could not start (%s); running without it", exc)
+            return cls(ObserverStatus.FAILED, f"{type(exc).__name__}: {exc}"[:200])
+        self._observer = observer
+        return self
+
+    def deliver_to(self, tracker: ProcessTracker) -> None:
+        with self._lock:
+            self._tracker = tracker
+            early, self._early = self._early, []
+        for event in early:
+            self._dispatch(tracker, event)
+
+    def _on_event(self, event: object) -> None:
+        with self._lock:
+            tracker = self._tracker
+            if tracker is None:
+                self._early.append(event)
+                return
+        self._dispatch(tracker, event)
+
+    @staticmethod
+    def _dispatch(tracker: ProcessTracker, event: object) -> None:
+        from ttft_probe.observer import ProviderFirstContent, ProviderRequest  # noqa: PLC0415
+
+        if isinstance(event, ProviderRequest):
+            tracker.provider_request(event.request_id, event.t_ns, generation=event.generation)
+        elif isinstance(event, ProviderFirstContent):
+            tracker.provider_first_content(event.request_id, event.t_ns)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+            except Exception:  # noqa: BLE001 - shutting the proxy down never reaches the run
+                _log.warning("the provider observer did not stop cleanly", exc_info=True)

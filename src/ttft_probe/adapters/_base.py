@@ -139,11 +139,14 @@ class AdapterOptions:
     ``cli_ready_regex`` / ``session_init_regex`` / ``first_token_regex`` override each
     marker of the ``plain`` family: the marker is the arrival of the chunk in which the
     pattern first matches (searched in decoded stdout text, line by line).
+    ``provider_observed``: the provider observer (DESIGN §6) reports the first model
+    request through :meth:`Adapter.model_request`.
     """
 
     cli_ready_regex: re.Pattern[str] | None = None
     session_init_regex: re.Pattern[str] | None = None
     first_token_regex: re.Pattern[str] | None = None
+    provider_observed: bool = False
 
 
 @runtime_checkable
@@ -178,6 +181,14 @@ class Adapter(Protocol):
 
     def close(self, t_ns: int) -> Sequence[Event]:
         """Stdout reached EOF at ``t_ns``; return any final events."""
+        ...
+
+    def model_request(self, t_ns: int) -> Sequence[Event]:
+        """The provider observer saw the turn's first generation request arrive at ``t_ns``.
+
+        For stream families that request *is* ``sessionInitDone`` (the run state applies
+        that); an adapter returns only what its own family's rules derive from it.
+        """
         ...
 
 

@@ -275,6 +275,10 @@ class AcpJsonRpcAdapter:
         """EOF: turns still in flight stay open; the run sees the process exit."""
         return []
 
+    def model_request(self, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
+        """The observer's model request adds nothing to this family's own rules."""
+        return []
+
     # --- responses -------------------------------------------------------------------
 
     def _on_response(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:

@@ -155,6 +155,10 @@ class ClaudeStreamJsonAdapter:
         """EOF: the turn ends at its ``result`` line, not at EOF; nothing to add."""
         return []
 
+    def model_request(self, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
+        """The observer's model request adds nothing to this family's own rules."""
+        return []
+
     def _on_init(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
         if self._init_seen:
             return

@@ -208,6 +208,10 @@ class JsonEventStreamAdapter:
             return [TurnEnded(t_ns, failed=True)]
         return []
 
+    def model_request(self, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
+        """The observer's model request adds nothing to this family's own rules."""
+        return []
+
     # --- markers ---------------------------------------------------------------------
 
     def _mark_init(self, t_ns: int, events: list[Event]) -> None:

@@ -22,6 +22,12 @@ marker / event       rule
 ``TurnEnded``        :meth:`PlainAdapter.close` (stdout EOF)
 ===================  ===================================================================
 
+With the provider observer (``AdapterOptions.provider_observed``) and no
+``session_init_regex``, ``sessionInitDone`` is the first generation request (marked by the
+run state) and the default ``firstToken`` is the first non-empty stdout chunk *after*
+it (:meth:`PlainAdapter.model_request` arms it). If the CLI printed nothing before that
+request, ``cliReady`` is the request itself: a CLI that calls the model is up.
+
 Patterns are searched line by line in the stdout text decoded as UTF-8 (undecodable
 bytes replaced), with the ``CR`` of ``CRLF`` line ends stripped. The unterminated last line is
 searched too, as it grows, because a streaming answer need not end its line; a pattern
@@ -67,9 +73,10 @@ class PlainAdapter:
         self._init_re = opts.session_init_regex
         self._token_re = opts.first_token_regex
         # The marker whose line arms the default firstToken rule (None: armed at start).
+        self._observed = opts.provider_observed and opts.session_init_regex is None
         self._arming: Marker | None = (
             Marker.SESSION_INIT_DONE
-            if self._init_re is not None
+            if self._init_re is not None or self._observed
             else Marker.CLI_READY
             if self._cli_re is not None
             else None
@@ -83,8 +90,21 @@ class PlainAdapter:
 
     @property
     def session_init_observable(self) -> bool:
-        """``True`` only when ``session_init_regex`` is set."""
-        return self._init_re is not None
+        """``True`` with ``session_init_regex`` or the provider observer."""
+        return self._init_re is not None or self._observed
+
+    def model_request(self, t_ns: int) -> list[Event]:
+        """First model request (observer): arm ``firstToken`` for the next output."""
+        if not self._observed or Marker.SESSION_INIT_DONE in self._seen:
+            return []
+        events: list[Event] = []
+        if self._cli_re is None:
+            self._mark(Marker.CLI_READY, t_ns, events)
+        # Recorded by the run state with source model_request; here it only arms the token.
+        self._seen.add(Marker.SESSION_INIT_DONE)
+        if self._token_re is None:
+            self._armed = True
+        return events
 
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
         """Take one raw stdout chunk that arrived at ``t_ns``."""

@@ -18,8 +18,8 @@ the request's history already holds an assistant turn (a resumed conversation).
 Every request is logged as one JSON-serialisable dict: ``api``, ``method``, ``path``
 (without the query), ``generation``, ``stream``, ``model`` (the model asked for, generation
 calls only), ``resumed``, ``status`` and the monotonic
-readings ``arrival_ns`` (request head read), ``first_token_ns`` (just after the first
-text delta was written and flushed; ``None`` if none) and ``end_ns``. The monotonic clock
+readings ``arrival_ns`` (request head read), ``first_token_ns`` (just before the first
+text delta was written; ``None`` if none) and ``end_ns``. The monotonic clock
 (``CLOCK_MONOTONIC``) is shared by every process on Linux, so these readings are the
 ground truth a probe's markers are compared against. Bodies, headers and keys are never
 logged.
@@ -152,11 +152,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if token:
+            self._entry["first_token_ns"] = time.monotonic_ns()  # just before the write
         self.wfile.write(data)
         self.wfile.flush()
         self._entry["status"] = status
-        if token:
-            self._entry["first_token_ns"] = time.monotonic_ns()
 
     def _send_empty(self, status: int) -> None:
         self.send_response(status)
@@ -186,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Send an SSE body: ``preamble`` at once, ``answer`` after the injected delay.
 
         Events carrying answer text are ``delta_interval_ms`` apart; ``first_token_ns`` is
-        read just after the first of them was flushed. A ``close_after_events`` fault drops
+        read just before the first of them is written. A ``close_after_events`` fault drops
         the connection once that many events were sent.
         """
         provider = self.server.provider
@@ -208,10 +208,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if has_text and self._entry["first_token_ns"] is not None:
                     time.sleep(provider.delta_interval_ms / 1000)
                 head = f"event: {name}\n" if name else ""
-                self._write_chunk(f"{head}data: {json.dumps(payload)}\n\n".encode())
-                sent += 1
+                chunk = f"{head}data: {json.dumps(payload)}\n\n".encode()
                 if has_text and self._entry["first_token_ns"] is None:
+                    # Read just BEFORE the write: a reading after it could land after the
+                    # agent already printed the token when this thread is descheduled.
                     self._entry["first_token_ns"] = time.monotonic_ns()
+                self._write_chunk(chunk)
+                sent += 1
         self._write_chunk(b"")
 
     def _fault(self) -> bool:
