@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +16,30 @@ import jsonschema
 import pytest
 
 from ttft_probe.record import RunRecord, record_schema
+from ttft_probe.testing.fake_provider import FakeProvider
 
 TESTS = Path(__file__).parent
 CHILDREN = TESTS / "children"
 PROBE = [sys.executable, "-m", "ttft_probe"]
+REPO = TESTS.parent
+DELAY_MS = 400
+"""The fake provider's injected first-token delay in the real-CLI tests (ms)."""
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[FakeProvider]:
+    """The fake provider, first token after DELAY_MS (400 ms), shared by a test module."""
+    with FakeProvider(first_token_delay_ms=DELAY_MS) as fp:
+        yield fp
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A scratch directory inside the repository (codex refuses helper binaries in /tmp)."""
+    path = REPO / ".scratch" / "pytest" / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def assert_valid(record: RunRecord | dict[str, Any]) -> None:

@@ -123,7 +123,10 @@ def transcript_cases() -> list[Any]:
 def options_from(meta: dict[str, Any]) -> AdapterOptions:
     raw = meta.get("adapter_options") or meta.get("options") or {}
     names = ("cli_ready_regex", "session_init_regex", "first_token_regex")
-    return AdapterOptions(**{n: re.compile(raw[n]) for n in names if raw.get(n) is not None})
+    p = {n: re.compile(raw[n]) for n in names if raw.get(n) is not None}
+    return AdapterOptions(cli_ready_regex=p.get("cli_ready_regex"),
+                          session_init_regex=p.get("session_init_regex"),
+                          first_token_regex=p.get("first_token_regex"))
 
 
 def replay(tr: Transcript) -> tuple[Adapter, list[tuple[int, Event, bool]]]:
@@ -527,7 +530,10 @@ def test_acp_prompt_result_reports_usage() -> None:
 
 
 def _plain(**regexes: str) -> PlainAdapter:
-    return PlainAdapter(AdapterOptions(**{k: re.compile(v) for k, v in regexes.items()}))
+    p = {k: re.compile(v) for k, v in regexes.items()}
+    return PlainAdapter(AdapterOptions(cli_ready_regex=p.get("cli_ready_regex"),
+                                       session_init_regex=p.get("session_init_regex"),
+                                       first_token_regex=p.get("first_token_regex")))
 
 
 def test_plain_regex_matches_across_chunk_boundary() -> None:

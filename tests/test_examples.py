@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_real_clis import REPO
+from conftest import REPO
 from ttft_probe.sinks.store import Store
 from ttft_probe.testing.agent_env import agent_bin_dir, agent_environment
 from ttft_probe.testing.fake_provider import FakeProvider

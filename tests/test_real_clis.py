@@ -12,17 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import PROBE, assert_valid
+from conftest import DELAY_MS, PROBE, assert_valid
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks.store import Store
 from ttft_probe.testing.agent_env import (
@@ -35,25 +32,8 @@ from ttft_probe.testing.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.realcli
 
-DELAY_MS = 400
 DELTA_TOLERANCE_NS = 25_000_000  # the probe's firstToken lies within 25 ms after the send
 MS = 1_000_000
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[FakeProvider]:
-    with FakeProvider(first_token_delay_ms=DELAY_MS) as fp:
-        yield fp
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    # Codex refuses to install its helper binaries under /tmp, so keep scratch homes here.
-    path = REPO / ".scratch" / "pytest" / uuid.uuid4().hex[:12]
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Agent:
@@ -181,10 +161,10 @@ def test_claude_without_partial_messages_is_message_granular(
 class AcpClient:
     """Drives `ttft-probe run -- <ACP agent>` over its stdin/stdout, as a product would."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, *options: str) -> None:
         self.agent = agent
         self.proc = subprocess.Popen(
-            [*PROBE, "run", "--", *acp_command(agent.name)], stdin=subprocess.PIPE,
+            [*PROBE, "run", *options, "--", *acp_command(agent.name)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent.env, cwd=agent.work,
             start_new_session=True)
         self.next_id = 0

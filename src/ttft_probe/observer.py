@@ -1,0 +1,1193 @@
+"""The provider observer: a local pass-through reverse proxy that time-stamps model calls.
+
+DESIGN §6. One-shot agent CLIs make their model-bound request invisibly; pointing the
+agent's base-URL variable (``ANTHROPIC_BASE_URL``, ``OPENAI_BASE_URL`` or a codex provider
+``base_url``, ``GOOGLE_GEMINI_BASE_URL``) at the URL :meth:`ProviderObserver.start` returns
+makes every request pass through this proxy, which forwards it unchanged to the real
+upstream and reports three kinds of event to an ``on_event`` callback:
+
+- :class:`ProviderRequest` when a request's head has been read from the agent (for a Gemini
+  generate call: once its body has shown whether it is a JSON utility call, but still
+  time-stamped at the head);
+- :class:`ProviderFirstContent` once per generation response, when the bytes carrying the
+  first model output arrived from the upstream;
+- :class:`ProviderResponseEnd` exactly once per request: when the upstream's response was
+  complete, when it failed (``status`` is ``None`` if it failed before a status line), or
+  when the agent went away first (not for a request cut off by :meth:`~ProviderObserver.stop`).
+
+All ``t_ns`` are :func:`ttft_probe._clock.monotonic_ns` readings (``CLOCK_MONOTONIC``, ns),
+taken when the bytes were read from the socket, before anything else was done with them.
+``on_event`` runs on the proxy's thread; it must be cheap. An exception it raises is logged
+once and otherwise ignored.
+
+API: ``ProviderObserver(upstream, on_event, *, ssl_context=None, connect_timeout_s=30.0)``;
+``start(timeout=5.0) -> str`` (the base URL for the agent, also :attr:`ProviderObserver.url`),
+``stop(timeout=2.0)`` (idempotent, bounded), or use it as a context manager. The event
+classes are frozen ``attrs`` classes; ``ObserverEvent`` is their union. The two rules a
+caller may want on their own are public too: :func:`classify_request` and
+:func:`is_loopback_peer`. Raises :class:`ObserverError` (a ``TtftProbeError`` and an
+``OSError``) when it cannot start, :class:`~ttft_probe.errors.ConfigError` for a bad
+``upstream``.
+
+Classification (method and path only, plus the body of Gemini generate calls); ``api`` is
+the path's shape, ``generation`` is true only for ``POST`` to:
+
+- anthropic: ``…/v1/messages`` (not ``…/v1/messages/count_tokens`` or other sub-paths);
+- openai: ``…/responses``, ``…/chat/completions``, ``…/completions`` (not ``…/models``,
+  ``…/models/{id}``, ``…/embeddings``, ``…/responses/{id}``); Anthropic's model list has
+  the same shape as OpenAI's and is reported as ``openai`` (nothing is timed from it);
+- gemini: ``…/models/{m}:streamGenerateContent`` and ``…:generateContent``, unless the body
+  asks for JSON (``generationConfig.responseMimeType == "application/json"``: Gemini CLI's
+  routing and next-speaker checks); ``:countTokens`` and the rest are not;
+- other (``HEAD /``, ``GET /``, anything else): never.
+
+First content (of a 2xx response to a generation call; error bodies are never content):
+
+- ``text/event-stream`` bodies are decoded for observation only (chunked framing by h11,
+  ``gzip``/``deflate`` ``Content-Encoding`` by :mod:`zlib`, incrementally) and split into SSE
+  events; the first event carrying non-empty model output is the first content:
+  Anthropic ``content_block_delta`` with a non-empty ``text_delta.text`` or
+  ``thinking_delta.thinking``; OpenAI Responses ``response.output_text.delta``,
+  ``response.reasoning_text.delta``, ``response.reasoning_summary_text.delta`` or
+  ``response.refusal.delta`` with a non-empty ``delta``; chat-completions chunks with a
+  non-empty ``choices[].delta.content`` (or ``reasoning_content``/``reasoning``/``refusal``);
+  Gemini chunks with a non-empty ``candidates[].content.parts[].text``. Preamble events
+  (``message_start``, ``response.created``, pings, tool-call argument deltas) are not content.
+- Any other body (a non-streaming JSON answer): its first body byte.
+
+The time stamp is that of the upstream read that carried the completing bytes of the event.
+
+Faithfulness: response bytes are forwarded raw, read by read, before they are parsed, so
+the agent receives exactly the upstream's status line, headers (order and case), framing
+and body. The request head is re-serialised by h11 with the ``Host`` value replaced (h11
+writes ``Host`` first); the target and every other header are kept; the request body is
+streamed (``Content-Length`` or chunked, as the agent framed it). One upstream connection
+per agent connection, opened when the agent connects; when the upstream closes (idle or
+mid-response) the agent's connection is closed at the same point; an upstream that cannot
+be reached is answered with ``502`` and a short text body. ``Expect: 100-continue`` and
+``101 Switching Protocols`` (then a raw tunnel) pass through. HTTP/1.1 only (an HTTP/1.0
+request is answered with ``505``). Only loopback peers are served.
+
+Nothing here logs or stores a body, a header value, a header name, a key or a path: log
+lines carry request ids, api names, statuses and exception type names only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal, Self, cast
+from urllib.parse import urlsplit
+
+import attrs
+import h11
+
+from ttft_probe._clock import monotonic_ns
+from ttft_probe.errors import ConfigError, TtftProbeError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "Api",
+    "ObserverError",
+    "ObserverEvent",
+    "ProviderFirstContent",
+    "ProviderObserver",
+    "ProviderRequest",
+    "ProviderResponseEnd",
+    "classify_request",
+    "is_loopback_peer",
+]
+
+logger = logging.getLogger(__name__)
+
+Api = Literal["anthropic", "openai", "gemini", "other"]
+"""The provider API a request belongs to, by the shape of its path."""
+
+_APIS: frozenset[str] = frozenset({"anthropic", "openai", "gemini", "other"})
+
+
+class ObserverError(TtftProbeError, OSError):
+    """The observer cannot start (no free port, thread did not come up in time, …)."""
+
+
+@attrs.frozen
+class ProviderRequest:
+    """A request's head has been read from the agent.
+
+    Attributes:
+        request_id: 1, 2, … in order of arrival, per observer.
+        t_ns: Monotonic ns (``CLOCK_MONOTONIC``) when the request head was complete.
+        api: The provider API, by path shape.
+        generation: Whether this is a model generation call (module docstring).
+    """
+
+    request_id: int = attrs.field(validator=attrs.validators.gt(0))
+    t_ns: int
+    api: Api = attrs.field(validator=attrs.validators.in_(_APIS))
+    generation: bool
+
+
+@attrs.frozen
+class ProviderFirstContent:
+    """The first bytes carrying model output arrived from the upstream (once per response).
+
+    Attributes:
+        request_id: The :class:`ProviderRequest` this answers.
+        t_ns: Monotonic ns when the upstream read carrying the completing bytes of the
+            first content event returned (before it was forwarded).
+    """
+
+    request_id: int = attrs.field(validator=attrs.validators.gt(0))
+    t_ns: int
+
+
+@attrs.frozen
+class ProviderResponseEnd:
+    """The exchange is over (exactly once per request).
+
+    Attributes:
+        request_id: The :class:`ProviderRequest` this ends.
+        t_ns: Monotonic ns when the end was read (or the failure noticed).
+        status: The upstream's HTTP status; ``None`` if the upstream failed (or could not
+            be reached) before sending one.
+    """
+
+    request_id: int = attrs.field(validator=attrs.validators.gt(0))
+    t_ns: int
+    status: int | None
+
+
+ObserverEvent = ProviderRequest | ProviderFirstContent | ProviderResponseEnd
+"""Everything ``on_event`` is called with."""
+
+# --- classification -------------------------------------------------------------------
+
+_GEMINI_PATH = re.compile(r"/models/[^/:]+:(?P<method>[A-Za-z]+)$")
+_GEMINI_GENERATE = frozenset({"generateContent", "streamGenerateContent"})
+_OPENAI_GENERATE = ("/responses", "/chat/completions", "/completions")
+_OPENAI_OTHER = re.compile(r"/(?:models(?:/[^/:]+)?|embeddings|responses/[^/]+)$")
+_ANTHROPIC = re.compile(r"/v1/messages(?P<rest>/.*)?$")
+
+
+def classify_request(method: str, path: str) -> tuple[Api, bool | None]:
+    """The API and whether a request is a generation call, by method and path.
+
+    Args:
+        method: The HTTP method, e.g. ``"POST"``.
+        path: The request target; a query string is ignored.
+
+    Returns:
+        ``(api, generation)``; ``generation`` is ``None`` for a Gemini generate call,
+        whose body decides (a JSON utility call is not a generation).
+    """
+    path = path.split("?", 1)[0].rstrip("/") or "/"
+    post = method.upper() == "POST"
+    gemini = _GEMINI_PATH.search(path)
+    if gemini is not None:
+        if post and gemini["method"] in _GEMINI_GENERATE:
+            return "gemini", None
+        return "gemini", False
+    anthropic = _ANTHROPIC.search(path)
+    if anthropic is not None:
+        return "anthropic", post and anthropic["rest"] is None
+    if path.endswith(_OPENAI_GENERATE):
+        return "openai", post
+    if _OPENAI_OTHER.search(path):
+        return "openai", False
+    return "other", False
+
+
+# A JSON key can only appear unescaped as a key: inside a JSON string a quote is escaped.
+_JSON_MIME = re.compile(rb'"response_?mime_?type"\s*:\s*"application/json"', re.IGNORECASE)
+_SNIFF_KEEP = 1 << 20  # bytes of a Gemini body kept to confirm a regex hit with json
+_SNIFF_OVERLAP = 128
+
+
+class _GeminiSniffer:
+    """Decides from a Gemini generate call's body whether it is a JSON utility call."""
+
+    __slots__ = ("_buf", "_decoder", "_hit", "_kept", "_tail")
+
+    def __init__(self, content_encoding: bytes) -> None:
+        self._decoder = _Decoder.for_encoding(content_encoding)
+        self._buf = bytearray()
+        self._kept = True
+        self._tail = b""
+        self._hit = False
+
+    def feed(self, data: bytes) -> None:
+        if self._decoder is not None:
+            data = self._decoder.decode(data)
+        if not data:
+            return
+        if not self._hit:
+            window = self._tail + data
+            self._hit = _JSON_MIME.search(window) is not None
+            self._tail = window[-_SNIFF_OVERLAP:]
+        if self._kept:
+            self._buf += data
+            if len(self._buf) > _SNIFF_KEEP:
+                self._kept = False
+                self._buf = bytearray()
+
+    def is_utility(self) -> bool:
+        """Whether the body (so far) asks for a JSON answer."""
+        if not self._hit:
+            return False
+        if not self._kept:
+            return True
+        try:
+            body = json.loads(self._buf)
+        except ValueError:
+            return True  # incomplete or odd: the unescaped key says enough
+        if not isinstance(body, dict):
+            return True
+        for key in ("generationConfig", "generation_config"):
+            config = body.get(key)
+            if isinstance(config, dict):
+                mime = config.get("responseMimeType", config.get("response_mime_type"))
+                return bool(mime == "application/json")
+        return False
+
+
+# --- first content ----------------------------------------------------------------------
+
+
+class _Decoder:
+    """Incremental ``gzip``/``deflate`` decoding (zlib or raw deflate) for observation."""
+
+    __slots__ = ("_raw_fallback", "_started", "_z")
+
+    def __init__(self, *, raw_fallback: bool) -> None:
+        self._z = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header
+        self._raw_fallback = raw_fallback
+        self._started = False
+
+    @classmethod
+    def for_encoding(cls, encoding: bytes) -> _Decoder | None:
+        """A decoder for a ``Content-Encoding`` value, ``None`` for identity.
+
+        Raises:
+            ValueError: An encoding zlib cannot decode (``br``, ``zstd``, …).
+        """
+        value = encoding.strip().lower()
+        if value in {b"", b"identity"}:
+            return None
+        if value in {b"gzip", b"x-gzip"}:
+            return cls(raw_fallback=False)
+        if value == b"deflate":
+            return cls(raw_fallback=True)  # servers often send raw deflate for "deflate"
+        raise ValueError("unsupported content encoding")
+
+    def decode(self, data: bytes) -> bytes:
+        try:
+            out = self._z.decompress(data)
+        except zlib.error:
+            if self._started or not self._raw_fallback:
+                raise
+            self._z = zlib.decompressobj(wbits=-15)
+            out = self._z.decompress(data)
+        self._started = self._started or bool(out)
+        while self._z.eof and self._z.unused_data:  # concatenated gzip members
+            rest = self._z.unused_data
+            self._z = zlib.decompressobj(wbits=47)
+            out += self._z.decompress(rest)
+        return out
+
+
+_SSE_BOUNDARY = re.compile(rb"\r?\n\r?\n|\r\r")
+_SSE_PREFILTER = re.compile(rb'text_delta|thinking_delta|\.delta"|"choices"|"candidates"')
+_MAX_SSE_EVENT = 16 << 20
+_OPENAI_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.refusal.delta",
+    }
+)
+_CHAT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+def _nonempty_str(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _payload_has_content(obj: object) -> bool:  # noqa: C901, PLR0911 - one branch per API
+    """Whether one decoded SSE ``data`` payload carries non-empty model output."""
+    if not isinstance(obj, dict):
+        return False
+    kind = obj.get("type")
+    if kind == "content_block_delta":
+        delta = obj.get("delta")
+        if not isinstance(delta, dict):
+            return False
+        if delta.get("type") == "text_delta":
+            return _nonempty_str(delta.get("text"))
+        if delta.get("type") == "thinking_delta":
+            return _nonempty_str(delta.get("thinking"))
+        return False
+    if kind in _OPENAI_DELTAS:
+        return _nonempty_str(obj.get("delta"))
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and any(_nonempty_str(delta.get(f)) for f in _CHAT_FIELDS):
+                return True
+    candidates = obj.get("candidates")
+    if isinstance(candidates, list):
+        for candidate in candidates:
+            content = candidate.get("content") if isinstance(candidate, dict) else None
+            parts = content.get("parts") if isinstance(content, dict) else None
+            if isinstance(parts, list) and any(
+                isinstance(p, dict) and _nonempty_str(p.get("text")) for p in parts
+            ):
+                return True
+    return False
+
+
+def _event_has_content(block: bytes) -> bool:
+    """Whether one complete SSE event block carries non-empty model output."""
+    if _SSE_PREFILTER.search(block) is None:
+        return False
+    data = [line[5:].removeprefix(b" ") for line in block.splitlines() if line.startswith(b"data:")]
+    if not data:
+        return False
+    try:
+        payload = json.loads(b"\n".join(data))
+    except ValueError:
+        return False
+    return _payload_has_content(payload)
+
+
+class _ContentDetector:
+    """Sans-I/O: fed a response body (de-chunked), says when the first content completed."""
+
+    __slots__ = ("_buf", "_decoder", "_disabled", "_sse")
+
+    def __init__(self, *, sse: bool, content_encoding: bytes) -> None:
+        self._sse = sse
+        self._buf = bytearray()
+        self._disabled = False
+        self._decoder: _Decoder | None = None
+        if sse:
+            try:
+                self._decoder = _Decoder.for_encoding(content_encoding)
+            except ValueError:
+                self._disabled = True
+                _log_once(
+                    "sse_encoding",
+                    "an SSE body's content encoding is not decodable; "
+                    "its first content is not observed",
+                )
+
+    def feed(self, data: bytes) -> bool:
+        """Feed body bytes; ``True`` when they complete the first content."""
+        if self._disabled or not data:
+            return False
+        if not self._sse:
+            return True
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decode(data)
+            except zlib.error:
+                self._disabled = True
+                return False
+        buf = self._buf
+        start = max(0, len(buf) - 3)  # a boundary may straddle two reads
+        buf += data
+        end = 0
+        while True:
+            boundary = _SSE_BOUNDARY.search(buf, start)
+            if boundary is None:
+                break
+            if _event_has_content(bytes(buf[end : boundary.start()])):
+                self._disabled = True  # found: nothing more to do for this response
+                self._buf = bytearray()
+                return True
+            end = start = boundary.end()
+        del buf[:end]
+        if len(buf) > _MAX_SSE_EVENT:
+            self._disabled = True
+            self._buf = bytearray()
+        return False
+
+
+# --- peers and logging ------------------------------------------------------------------
+
+
+def is_loopback_peer(peername: object) -> bool:
+    """Whether a socket peer name (``(host, port, …)``) is a loopback address.
+
+    IPv4-mapped IPv6 loopback (``::ffff:127.0.0.1``) counts; anything unparsable does not.
+    """
+    if not isinstance(peername, tuple) or not peername or not isinstance(peername[0], str):
+        return False
+    try:
+        address = ipaddress.ip_address(peername[0].split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+_logged_once: set[str] = set()
+_logged_lock = threading.Lock()
+
+
+def _log_once(key: str, message: str, *args: object, exc_info: bool = False) -> None:
+    """Log a warning the first time ``key`` is seen in this process (never data)."""
+    with _logged_lock:
+        if key in _logged_once:
+            return
+        _logged_once.add(key)
+    logger.warning(message, *args, exc_info=exc_info)
+
+
+# --- the proxy ------------------------------------------------------------------------
+
+_MAX_HEAD = 1 << 20  # bytes of a request or response head
+_MAX_PENDING = 1 << 20  # request bytes buffered while the upstream connection opens
+
+
+def _plain_response(status: bytes, text: bytes) -> bytes:
+    """A complete ``Connection: close`` response with a short text body."""
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (status, len(text), text)
+    )
+
+
+_BAD_GATEWAY = _plain_response(b"502 Bad Gateway", b"ttft-probe observer: upstream unreachable\n")
+_BAD_REQUEST = _plain_response(b"400 Bad Request", b"ttft-probe observer: malformed request\n")
+_HTTP_VERSION = _plain_response(
+    b"505 HTTP Version Not Supported", b"ttft-probe observer: HTTP/1.1 only\n"
+)
+_LINGER_AFTER_ERROR_S = 2.0
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for key, value in headers:
+        if key == name:
+            return value
+    return b""
+
+
+class _Exchange:
+    """One request/response on a link (mutable, loop thread only)."""
+
+    __slots__ = (
+        "api",
+        "detector",
+        "ended",
+        "generation",
+        "reported",
+        "request_id",
+        "sniffer",
+        "status",
+        "t_ns",
+    )
+
+    def __init__(self, request_id: int, t_ns: int, api: Api, *, generation: bool | None) -> None:
+        self.request_id = request_id
+        self.t_ns = t_ns
+        self.api: Api = api
+        self.generation = generation
+        self.sniffer: _GeminiSniffer | None = None
+        self.reported = False
+        self.status: int | None = None
+        self.detector: _ContentDetector | None = None
+        self.ended = False
+
+
+class _Upstream(asyncio.Protocol):
+    """The upstream side of a link; everything is delegated to the link."""
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast("asyncio.Transport", transport)  # TCP or TLS (uvloop's too)
+        self._link.upstream_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._link.upstream_data(data, monotonic_ns())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._link.pause_agent("upstream_full")
+
+    def resume_writing(self) -> None:
+        self._link.resume_agent("upstream_full")
+
+
+_FINISHED = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
+
+class _Link(asyncio.Protocol):
+    """One agent connection and its upstream connection (the agent-side protocol).
+
+    Runs on the proxy's loop only. Upstream bytes are written to the agent as they arrive
+    and parsed afterwards by an h11 client connection that also frames the forwarded
+    request; agent bytes are parsed by an h11 server connection (one per cycle).
+    """
+
+    def __init__(self, observer: ProviderObserver) -> None:
+        self._obs = observer
+        self._agent: asyncio.Transport | None = None
+        self._up: asyncio.Transport | None = None
+        self._pending: list[bytes] | None = []  # request bytes while connecting
+        self._pending_size = 0
+        self._up_failed = False
+        self._up_h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+        self._agent_h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        self._exchange: _Exchange | None = None
+        self._agent_paused: set[str] = set()
+        self._up_paused = False
+        self._tunnel = False
+        self._closing = False  # an error answer was sent; close once the request is read
+        self._closed = False
+        self._batch: list[bytes] | None = None  # upstream writes of one agent read
+        self._deferred: list[ObserverEvent] | None = None  # reports held until they are sent
+        self._connect_task: asyncio.Task[None] | None = None
+
+    # --- agent side -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast("asyncio.Transport", transport)  # a TCP server (uvloop's too)
+        if not is_loopback_peer(transport.get_extra_info("peername")):
+            _log_once("peer", "observer: refused a connection from a non-loopback peer")
+            self._closed = True
+            transport.abort()
+            return
+        self._agent = transport
+        _nodelay(transport)
+        self._obs._links.add(self)  # noqa: SLF001
+        # Connect now, as the agent would have: the handshake overlaps the request.
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect())
+
+    def data_received(self, data: bytes) -> None:
+        t_ns = monotonic_ns()
+        if self._tunnel:
+            self._up_write(data)
+            return
+        try:
+            self._agent_h11.receive_data(data)
+        except RuntimeError:
+            return  # data after the agent's EOF cannot happen; be safe
+        self._agent_events(t_ns)
+
+    def eof_received(self) -> bool:
+        if self._tunnel:
+            if self._up is not None and self._up.can_write_eof():
+                self._up.write_eof()
+            return True
+        with contextlib.suppress(RuntimeError):
+            self._agent_h11.receive_data(b"")
+        self._agent_events(monotonic_ns())
+        return True  # a half-closed agent still gets its response
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
+        self._close(abort_upstream=True)
+        self._obs._links.discard(self)  # noqa: SLF001
+
+    def pause_writing(self) -> None:
+        self._up_paused = True
+        if self._up is not None:
+            self._up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._up_paused = False
+        if self._up is not None and not self._up.is_closing():
+            self._up.resume_reading()
+
+    def pause_agent(self, reason: str) -> None:
+        """Stop reading from the agent until every pause reason is gone."""
+        if self._agent is not None and not self._agent_paused and not self._agent.is_closing():
+            self._agent.pause_reading()
+        self._agent_paused.add(reason)
+
+    def resume_agent(self, reason: str) -> None:
+        """Drop one pause reason; read from the agent again if none is left."""
+        if reason not in self._agent_paused:
+            return
+        self._agent_paused.discard(reason)
+        if self._agent is not None and not self._agent_paused and not self._agent.is_closing():
+            self._agent.resume_reading()
+
+    def _agent_events(self, t_ns: int) -> None:
+        """Handle what the agent sent; forward it upstream in one write, then report.
+
+        One write per agent read: a request's head and body in separate writes would cost
+        the upstream a second wake-up before it can answer.
+        """
+        if self._batch is not None:
+            return  # re-entered through a cycle: the running loop picks the events up
+        batch: list[bytes] = []
+        deferred: list[ObserverEvent] = []
+        self._batch, self._deferred = batch, deferred
+        try:
+            self._agent_event_loop(t_ns)
+        finally:
+            self._batch = None
+            self._deferred = None
+            if batch:
+                self._up_write(b"".join(batch))
+            for event in deferred:
+                self._obs._emit(event)  # noqa: SLF001
+
+    def _agent_event_loop(self, t_ns: int) -> None:  # noqa: C901 - one branch per event
+        while not self._closed and not self._tunnel:
+            try:
+                event = self._agent_h11.next_event()  # re-read: a cycle replaces it
+            except h11.RemoteProtocolError as exc:
+                self._agent_protocol_error(exc)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                self.pause_agent("cycle")
+                return
+            if isinstance(event, h11.Request):
+                self._request_head(event, t_ns)
+            elif isinstance(event, h11.Data):
+                exchange = self._exchange
+                if exchange is not None and exchange.sniffer is not None:
+                    self._sniff(exchange, event.data)
+                if not self._closing:
+                    self._up_send(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._request_end(event)
+            elif isinstance(event, h11.ConnectionClosed):
+                if self._exchange is None or self._closing:
+                    self._close(abort_upstream=False)
+                return
+
+    def _agent_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        logger.debug("observer: malformed request from the agent (%s)", type(exc).__name__)
+        if self._exchange is None and self._agent is not None:
+            self._agent.write(_BAD_REQUEST)
+        self._close(abort_upstream=True)
+
+    def _request_head(self, event: h11.Request, t_ns: int) -> None:
+        obs = self._obs
+        if event.http_version != b"1.1":
+            if self._agent is not None:
+                self._agent.write(_HTTP_VERSION)
+            self._close(abort_upstream=True)
+            return
+        obs._last_id += 1  # noqa: SLF001
+        api, generation = classify_request(
+            event.method.decode("ascii", "replace"), event.target.decode("ascii", "replace")
+        )
+        exchange = _Exchange(obs._last_id, t_ns, api, generation=generation)  # noqa: SLF001
+        self._exchange = exchange
+        if generation is None:
+            try:
+                exchange.sniffer = _GeminiSniffer(_header(event.headers, b"content-encoding"))
+            except ValueError:  # a body we cannot decode: count it as a generation
+                exchange.generation = True
+        if self._up_failed:
+            self._bad_gateway(exchange, t_ns)
+            return
+        host = obs._host  # noqa: SLF001
+        headers = [
+            (name, host if name.lower() == b"host" else value)
+            for name, value in event.headers.raw_items()
+        ]
+        self._up_send(h11.Request(method=event.method, target=event.target, headers=headers))
+        if exchange.sniffer is None:
+            self._report_request(exchange)  # after forwarding: the callback costs nothing
+
+    def _sniff(self, exchange: _Exchange, data: bytes) -> None:
+        assert exchange.sniffer is not None  # noqa: S101 - checked by the caller
+        try:
+            exchange.sniffer.feed(data)
+        except zlib.error:
+            exchange.sniffer = None
+            exchange.generation = True
+            self._report_request(exchange)
+
+    def _request_end(self, event: h11.EndOfMessage) -> None:
+        if self._closing:
+            self._close(abort_upstream=True)
+            return
+        self._up_send(h11.EndOfMessage(headers=event.headers))
+        exchange = self._exchange
+        if exchange is not None and not exchange.reported:
+            self._report_request(exchange)
+        self._maybe_cycle()
+
+    def _report_request(self, exchange: _Exchange) -> None:
+        if exchange.reported:
+            return
+        if exchange.sniffer is not None:
+            exchange.generation = not exchange.sniffer.is_utility()
+            exchange.sniffer = None
+        exchange.reported = True
+        self._emit(
+            ProviderRequest(
+                request_id=exchange.request_id,
+                t_ns=exchange.t_ns,
+                api=exchange.api,
+                generation=bool(exchange.generation),
+            )
+        )
+
+    def _bad_gateway(self, exchange: _Exchange, t_ns: int) -> None:
+        """Answer 502, end the exchange, close once the request was read (bounded wait)."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self._report_request(exchange)
+        self._end(exchange, t_ns)
+        agent = self._agent
+        if agent is None or agent.is_closing() or self._agent_h11.their_state is h11.DONE:
+            if agent is not None and not agent.is_closing():
+                agent.write(_BAD_GATEWAY)
+            self._close(abort_upstream=True)
+            return
+        agent.write(_BAD_GATEWAY)
+        # Read the rest of the request first: closing on unread data would reset the
+        # connection and could destroy the 502 before the agent reads it.
+        asyncio.get_running_loop().call_later(_LINGER_AFTER_ERROR_S, self.abort_both)
+
+    def _emit(self, event: ObserverEvent) -> None:
+        if self._deferred is not None:
+            self._deferred.append(event)  # reported once the agent's bytes were forwarded
+        else:
+            self._obs._emit(event)  # noqa: SLF001
+
+    # --- upstream side --------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        obs = self._obs
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(obs.connect_timeout_s):
+                await loop.create_connection(
+                    lambda: _Upstream(self),
+                    obs._up_host,  # noqa: SLF001
+                    obs._up_port,  # noqa: SLF001
+                    ssl=obs._ssl,  # noqa: SLF001
+                    server_hostname=obs._up_host if obs._ssl else None,  # noqa: SLF001
+                )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            self._upstream_unreachable(exc)
+
+    def _upstream_unreachable(self, exc: BaseException) -> None:
+        _log_once("connect", "observer: the upstream cannot be reached (%s)", type(exc).__name__)
+        logger.debug("observer: upstream connect failed (%s)", type(exc).__name__)
+        self._up_failed = True
+        self._pending = None
+        self.resume_agent("connecting")
+        exchange = self._exchange
+        if exchange is not None and not self._closed:
+            self._bad_gateway(exchange, monotonic_ns())
+
+    def upstream_made(self, transport: asyncio.Transport) -> None:
+        if self._closed:
+            transport.abort()
+            return
+        self._up = transport
+        _nodelay(transport)
+        pending, self._pending = self._pending, None
+        if pending:
+            transport.write(b"".join(pending))
+        if self._up_paused:
+            transport.pause_reading()
+        self.resume_agent("connecting")
+
+    def _up_send(self, event: h11.Request | h11.Data | h11.EndOfMessage) -> None:
+        try:
+            data = self._up_h11.send(event)
+        except h11.LocalProtocolError as exc:
+            logger.debug("observer: cannot forward a request (%s)", type(exc).__name__)
+            if self._exchange is not None:
+                self._bad_gateway(self._exchange, monotonic_ns())
+            return
+        if data:
+            self._up_write(data)
+
+    def _up_write(self, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.append(data)
+        elif self._up is not None:
+            if not self._up.is_closing():
+                self._up.write(data)
+        elif self._pending is not None:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > _MAX_PENDING:
+                self.pause_agent("connecting")
+
+    def upstream_data(self, data: bytes, t_ns: int) -> None:
+        agent = self._agent
+        if agent is not None and not agent.is_closing():
+            agent.write(data)  # forward first, look afterwards
+        if self._tunnel or self._closed:
+            return
+        try:
+            self._up_h11.receive_data(data)
+        except RuntimeError:
+            return
+        self._upstream_events(t_ns)
+
+    def _upstream_events(self, t_ns: int) -> None:  # noqa: C901 - one branch per event
+        conn = self._up_h11
+        while not self._closed:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                logger.debug("observer: upstream protocol error (%s)", type(exc).__name__)
+                self._upstream_broken(t_ns)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                if conn.their_state is h11.SWITCHED_PROTOCOL:
+                    self._start_tunnel(t_ns)
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                self._upstream_broken(t_ns)  # idle or not: the agent's connection goes too
+                return
+            exchange = self._exchange
+            if exchange is None:
+                continue  # not reached: h11 rejects a response nobody asked for
+            if isinstance(event, h11.Data):
+                detector = exchange.detector
+                if detector is not None and detector.feed(event.data):
+                    exchange.detector = None
+                    self._emit(ProviderFirstContent(request_id=exchange.request_id, t_ns=t_ns))
+            elif isinstance(event, h11.Response):
+                self._response_head(exchange, event)
+            elif isinstance(event, h11.EndOfMessage):
+                self._end(exchange, t_ns)
+                self._maybe_cycle()
+
+    def _response_head(self, exchange: _Exchange, event: h11.Response) -> None:
+        exchange.status = event.status_code
+        if not exchange.reported:
+            self._report_request(exchange)
+        if exchange.generation and 200 <= event.status_code < 300:
+            content_type = _header(event.headers, b"content-type").lower()
+            exchange.detector = _ContentDetector(
+                sse=content_type.startswith(b"text/event-stream"),
+                content_encoding=_header(event.headers, b"content-encoding"),
+            )
+
+    def _end(self, exchange: _Exchange, t_ns: int) -> None:
+        if exchange.ended:
+            return
+        exchange.ended = True
+        exchange.detector = None
+        if not exchange.reported:
+            self._report_request(exchange)
+        self._emit(
+            ProviderResponseEnd(request_id=exchange.request_id, t_ns=t_ns, status=exchange.status)
+        )
+
+    def _start_tunnel(self, t_ns: int) -> None:
+        """After ``101 Switching Protocols``: bytes flow raw both ways until either closes."""
+        self._tunnel = True
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.status = 101
+            self._end(exchange, t_ns)
+        rest, _closed = self._agent_h11.trailing_data
+        if rest:
+            self._up_write(rest)
+        self.resume_agent("cycle")
+
+    def _maybe_cycle(self) -> None:
+        """Start the next request/response cycle, or close both sides if one must close."""
+        up = self._up_h11
+        if up.our_state is not h11.DONE or up.their_state is not h11.DONE:
+            if up.our_state in _FINISHED and up.their_state in _FINISHED:
+                self._close(abort_upstream=False)  # e.g. ``Connection: close``
+            return
+        up.start_next_cycle()
+        self._exchange = None
+        rest, closed = self._agent_h11.trailing_data
+        self._agent_h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        if rest:
+            self._agent_h11.receive_data(rest)
+        if closed:
+            self._agent_h11.receive_data(b"")
+        self.resume_agent("cycle")
+        if rest or closed:
+            self._agent_events(monotonic_ns())
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        t_ns = monotonic_ns()
+        if exc is not None:
+            logger.debug("observer: upstream connection lost (%s)", type(exc).__name__)
+        if not self._tunnel and self._up_h11.their_state not in (h11.ERROR, h11.CLOSED):
+            with contextlib.suppress(RuntimeError):
+                self._up_h11.receive_data(b"")
+            self._upstream_events(t_ns)  # a close-delimited body ends here
+        self._upstream_broken(t_ns)
+
+    def _upstream_broken(self, t_ns: int) -> None:
+        """The upstream closed or misbehaved: end the exchange, close the agent there too."""
+        exchange = self._exchange
+        if exchange is not None:
+            self._end(exchange, t_ns)
+        self._close(abort_upstream=True)
+
+    # --- teardown -------------------------------------------------------------------
+
+    def abort_both(self) -> None:
+        """Close the agent's connection (after flushing) and drop the upstream's."""
+        self._close(abort_upstream=True)
+
+    def _close(self, *, abort_upstream: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        exchange = self._exchange
+        if exchange is not None and not exchange.ended:
+            self._end(exchange, monotonic_ns())
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        if self._agent is not None:
+            self._agent.close()  # sends what was forwarded, then FIN
+        if self._up is not None:
+            if abort_upstream:
+                self._up.abort()
+            else:
+                self._up.close()
+
+    def abort(self) -> None:
+        """Drop both connections now (observer shutdown)."""
+        self._closed = True
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        if self._agent is not None:
+            self._agent.abort()
+        if self._up is not None:
+            self._up.abort()
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ProviderObserver:
+    """A local pass-through reverse proxy in front of one provider base URL.
+
+    Use it as a context manager or call :meth:`start` / :meth:`stop`; give the agent the
+    URL :meth:`start` returns instead of ``upstream``.
+
+    Args:
+        upstream: The base URL the agent would otherwise use, ``http://`` or ``https://``,
+            e.g. ``"https://api.anthropic.com"`` or ``"http://127.0.0.1:8080/v1"``.
+        on_event: Called on the proxy thread with each :data:`ObserverEvent`; must be
+            cheap; an exception it raises is logged once and ignored.
+        ssl_context: TLS context for an ``https`` upstream (default:
+            :func:`ssl.create_default_context`, which verifies against the system CAs,
+            with SNI); tests pass one that trusts their own certificate.
+        connect_timeout_s: Give up connecting to the upstream after this many seconds
+            (the agent then gets ``502``).
+
+    Raises:
+        ConfigError: ``upstream`` is not an ``http``/``https`` URL with a host, or carries
+            credentials, a query or a fragment.
+    """
+
+    def __init__(  # noqa: D107 - documented on the class
+        self,
+        upstream: str,
+        on_event: Callable[[ObserverEvent], None],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
+        parts = urlsplit(upstream)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError("the observer's upstream must be an http:// or https:// URL")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError(
+                "the observer's upstream URL must not carry credentials, a query or a fragment"
+            )
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError("the observer's upstream URL has an invalid port") from exc
+        https = parts.scheme == "https"
+        default_port = 443 if https else 80
+        self._up_host = parts.hostname
+        self._up_port = port or default_port
+        name = parts.hostname
+        host = (f"[{name}]" if ":" in name else name).encode("idna")
+        if port is not None and port != default_port:
+            host += b":%d" % port
+        self._host = host
+        self._prefix = parts.path
+        self._ssl: ssl.SSLContext | None = None
+        if https:
+            self._ssl = ssl_context or ssl.create_default_context()
+        self._on_event = on_event
+        self.connect_timeout_s = connect_timeout_s
+        self._links: set[_Link] = set()
+        self._last_id = 0
+        self._callback_failed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL to give the agent (``http://127.0.0.1:PORT`` + upstream path).
+
+        Raises:
+            ObserverError: The observer is not running.
+        """
+        if self._url is None:
+            raise ObserverError("the observer is not running")
+        return self._url
+
+    def start(self, timeout: float = 5.0) -> str:
+        """Listen on a free port of 127.0.0.1 and serve on a daemon thread.
+
+        Args:
+            timeout: Seconds to wait for the listener to come up.
+
+        Returns:
+            The base URL to give the agent: ``http://127.0.0.1:PORT`` followed by the
+            upstream's path prefix (``https://api.openai.com/v1`` →
+            ``http://127.0.0.1:PORT/v1``).
+
+        Raises:
+            ObserverError: It is already running, or cannot bind or start in time.
+        """
+        if self._thread is not None:
+            raise ObserverError("the observer is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._serve, args=(ready, failure), name="ttft-probe-observer", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        if not ready.wait(timeout):
+            self.stop()
+            raise ObserverError(f"the observer did not start within {timeout} s")
+        if failure:
+            self.stop()
+            raise ObserverError(f"the observer cannot listen: {failure[0]}") from failure[0]
+        url = self._url
+        if url is None:  # the thread died without an OSError
+            self.stop()
+            raise ObserverError("the observer's thread failed to start")
+        return url
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Close the listener and every connection, and join the thread (bounded).
+
+        Idempotent; returns after at most about ``timeout`` seconds.
+        """
+        thread, self._thread = self._thread, None
+        loop = self._loop
+        self._url = None
+        if thread is None:
+            return
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._shutdown)
+        thread.join(timeout)
+        if thread.is_alive():
+            _log_once("stop", "observer: the proxy thread did not stop within %s s", timeout)
+
+    def __enter__(self) -> Self:
+        """Start (see :meth:`start`)."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop (see :meth:`stop`)."""
+        self.stop()
+
+    # --- the proxy thread -----------------------------------------------------------
+
+    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._server = None
+        try:
+            try:
+                server = loop.run_until_complete(
+                    loop.create_server(lambda: _Link(self), "127.0.0.1", 0)
+                )
+            except OSError as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            self._server = server
+            port = server.sockets[0].getsockname()[1]
+            self._url = f"http://127.0.0.1:{port}{self._prefix}"
+            logger.debug("observer: listening on 127.0.0.1:%d", port)
+            ready.set()
+            loop.run_forever()
+        finally:
+            ready.set()
+            self._finish_loop(loop)
+
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in list(self._links):
+            link.abort()
+        self._links.clear()
+        # Stop after the transports' connection_lost callbacks (scheduled by abort) ran,
+        # so every socket is closed before the loop is.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.stop)
+
+    def _finish_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+    def _emit(self, event: ObserverEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # a callback fault must never break forwarding
+            if not self._callback_failed:
+                self._callback_failed = True
+                logger.warning(
+                    "observer: the on_event callback raised; further errors are not logged",
+                    exc_info=True,
+                )
