@@ -521,14 +521,18 @@ class Probe:
             _log.warning("the agent was started without stdout=PIPE; ttft_probe cannot observe it")
             return proc
         argv = [os.fspath(a) for a in proc.args] if isinstance(proc.args, list | tuple) else []
+        tracked = self._track_attached(argv or _cmdline(proc.pid), t0)
+        return proc if tracked is None else self._attach_pipes(proc, tracked)
+
+    def _track_attached(self, argv: Sequence[str], spawn_ns: int) -> TrackedProcess | None:
+        """Track a process the caller started; ``None`` (logged) if that fails."""
         try:
-            tracked = self._track(argv or _cmdline(proc.pid), t0)
+            return self._track(argv, spawn_ns)
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - the caller's process must come back intact
             _log.warning("could not attach the probe", exc_info=True)
-            return proc
-        return self._attach_pipes(proc, tracked)
+            return None
 
     def _connect_sync(
         self, proc: subprocess.Popen[Any], tracked: TrackedProcess, want_out: Any, want_err: Any
@@ -671,14 +675,8 @@ class Probe:
         if proc.stdout is None:
             _log.warning("the agent was started without stdout=PIPE; ttft_probe cannot observe it")
             return proc
-        try:
-            tracked = self._track(_cmdline(proc.pid), t0)
-        except ConfigError:
-            raise
-        except Exception:  # noqa: BLE001 - the caller's process must come back intact
-            _log.warning("could not attach the probe", exc_info=True)
-            return proc
-        return self._attach_async(proc, tracked)
+        tracked = self._track_attached(_cmdline(proc.pid), t0)
+        return proc if tracked is None else self._attach_async(proc, tracked)
 
     def _attach_async(
         self, proc: asyncio.subprocess.Process, tracked: TrackedProcess

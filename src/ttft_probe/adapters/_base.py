@@ -10,10 +10,11 @@ Each runtime family's marker rules live in exactly one module of this package.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -41,6 +42,7 @@ __all__ = [
     "TurnEnded",
     "UsageReported",
     "adapter_for",
+    "decode_object",
     "registered_families",
 ]
 
@@ -193,6 +195,15 @@ class Adapter(Protocol):
 
 
 AdapterFactory = Callable[[AdapterOptions], Adapter]
+
+
+def decode_object(line: bytes) -> dict[str, Any] | None:
+    """One JSON line as an object, or ``None`` for anything else (never raises)."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 class LineSplitter:

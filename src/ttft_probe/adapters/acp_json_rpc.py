@@ -67,7 +67,6 @@ their own ``promptSent`` / ``firstToken`` / ``TurnEnded``.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, ClassVar, Final, Literal
 
@@ -79,6 +78,7 @@ from ttft_probe.adapters._base import (
     SessionObserved,
     TurnEnded,
     UsageReported,
+    decode_object,
 )
 from ttft_probe.record import (
     FirstTokenGranularity,
@@ -119,14 +119,6 @@ _MAX_PENDING: Final = 4096
 _MAX_SESSIONS: Final = 1024
 
 _RequestKey = tuple[bool, int | str]
-
-
-def _decode(line: bytes) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -223,7 +215,7 @@ class AcpJsonRpcAdapter:
 
     def feed_stdin(self, line: bytes, t_ns: int) -> list[Event]:
         """Remember a request the client wrote; a prompt request marks ``promptSent``."""
-        msg = _decode(line)
+        msg = decode_object(line)
         if msg is None:
             return []
         method = msg.get("method")
@@ -252,7 +244,7 @@ class AcpJsonRpcAdapter:
         """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
         if self._cli_ready and not self._awaiting and not any(n in data for n in _LATE_NEEDLES):
             return []
-        msg = _decode(data)
+        msg = decode_object(data)
         if msg is None:
             return []
         method = msg.get("method")

@@ -39,7 +39,6 @@ message). Lines that are not JSON objects, or objects of an unknown shape, are i
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar, Final, Literal
 
 from ttft_probe.adapters._base import (
@@ -51,6 +50,7 @@ from ttft_probe.adapters._base import (
     SessionObserved,
     TurnEnded,
     UsageReported,
+    decode_object,
 )
 from ttft_probe.record import (
     FirstTokenGranularity,
@@ -76,14 +76,6 @@ _BLOCK_KINDS: Final = {
     "thinking": ("thinking", FirstTokenKind.THINKING),
 }
 _TIMING_KEYS: Final = ("ttft_ms", "time_to_request_ms", "duration_api_ms")
-
-
-def _decode(line: bytes) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _count(value: object) -> int | None:
@@ -128,7 +120,7 @@ class ClaudeStreamJsonAdapter:
         """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
         if self._first_token and self._init_seen and _RESULT_NEEDLE not in data:
             return []
-        msg = _decode(data)
+        msg = decode_object(data)
         if msg is None:
             return []
         events: list[Event] = []

@@ -47,7 +47,6 @@ marker / event      protocol message and field
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar, Final, Literal
 
 from ttft_probe.adapters._base import (
@@ -58,6 +57,7 @@ from ttft_probe.adapters._base import (
     SessionObserved,
     TurnEnded,
     UsageReported,
+    decode_object,
 )
 from ttft_probe.record import (
     FirstTokenGranularity,
@@ -90,14 +90,6 @@ _CACHE_WRITE_KEYS: Final = (
     "cache_creation_input_tokens",
     "cacheWriteTokens",
 )
-
-
-def _decode(line: bytes) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _text(value: object) -> str | None:
@@ -155,7 +147,7 @@ class JsonEventStreamAdapter:
         """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
         if self._first_token and self._init_seen and not any(n in data for n in _LATE_NEEDLES):
             return []
-        msg = _decode(data)
+        msg = decode_object(data)
         if msg is None:
             return []
         events: list[Event] = []
