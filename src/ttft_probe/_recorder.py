@@ -1,7 +1,8 @@
 """The recorder: takes finished runs off the pump threads and writes them down.
 
 Runs are queued and written by one background thread, so a slow or failing disk never
-delays the bytes the agent prints. The store is written first; user callbacks after.
+delays the bytes the agent prints. The store is written first, with its outbox rows;
+then the deliverer is kicked (:mod:`ttft_probe.sinks.outbox`); user callbacks after.
 :meth:`Recorder.flush` waits (bounded) until everything queued so far is written.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ttft_probe._run import RunResult
     from ttft_probe.record import RunRecord
+    from ttft_probe.sinks.outbox import Deliverer, SinkSpec
     from ttft_probe.sinks.store import Store
 
 __all__ = ["Recorder"]
@@ -35,8 +37,16 @@ class Recorder:
         self,
         store: Callable[[], Store] | None,
         on_record: Callable[[RunRecord], None] | None = None,
+        sinks: Sequence[SinkSpec] = (),
     ) -> None:
         self._open_store = store
+        self._sink_names = [spec.name for spec in sinks]
+        self._deliverer: Deliverer | None = None
+        if sinks and store is not None:
+            from ttft_probe.sinks.outbox import Deliverer  # noqa: PLC0415 - only with sinks
+
+            # Starts importing the sinks' SDKs now, in its own thread, while the agent runs.
+            self._deliverer = Deliverer(sinks, store)
         self._store: Store | None = None
         self._on_record = on_record
         self._queue: queue.SimpleQueue[RunResult | None] = queue.SimpleQueue()
@@ -61,6 +71,16 @@ class Recorder:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout=timeout)
 
+    def deliver(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the delivery of what is stored; ``True`` if done.
+
+        Whatever is not confirmed by then stays in the outbox for the next process or
+        ``ttft-probe flush``.
+        """
+        if self._deliverer is None:
+            return True
+        return self._deliverer.wait_idle(timeout)
+
     def _work(self) -> None:
         while True:
             item = self._queue.get()
@@ -78,7 +98,9 @@ class Recorder:
             try:
                 if self._store is None:
                     self._store = self._open_store()
-                self._store.add(result.record, result.times)
+                self._store.add(result.record, result.times, self._sink_names)
+                if self._deliverer is not None:
+                    self._deliverer.kick()
             except Exception as exc:  # noqa: BLE001 - the disk never reaches the run
                 if not self._warned:
                     self._warned = True

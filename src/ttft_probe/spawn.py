@@ -60,6 +60,7 @@ from ttft_probe.adapters._base import AdapterOptions, adapter_for
 from ttft_probe.agents import ResolvedAgent, resolve_agent
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import ObserverStatus
+from ttft_probe.sinks.outbox import configured_sinks
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -283,6 +284,9 @@ class Probe:
             times the first model request (``sessionInitDone`` for stream agents) and
             the provider's first content byte (``provider_first_byte_ms``,
             ``cli_forward_ms``). Needs the probe to spawn the agent.
+        deliver: Send each stored run to the sinks the environment configures (OTLP,
+            PostHog, Langfuse; see :mod:`ttft_probe.sinks.outbox`), from a background
+            thread through the store's outbox. ``False``: store only.
 
     Raises:
         ConfigError: An unknown family or agent/family mismatch (before any spawn).
@@ -302,6 +306,7 @@ class Probe:
         on_record: Callable[[RunRecord], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
         observe_provider: bool | str = False,
+        deliver: bool = True,
     ) -> None:
         """See the class docstring."""
         if turn_ordinal is not None and turn_ordinal < 1:
@@ -321,9 +326,11 @@ class Probe:
             "on_record": on_record,
             "drain_timeout": drain_timeout,
             "observe_provider": observe_provider,
+            "deliver": deliver,
         }
         self.processes: list[TrackedProcess] = []
-        self._recorder = Recorder(self._store_opener(store), on_record)
+        specs = configured_sinks() if deliver and store is not False else []
+        self._recorder = Recorder(self._store_opener(store), on_record, specs)
         self._telemetry: Telemetry | None = None
         # At interpreter exit, runs of processes that already ended still get stored.
         weakref.finalize(self, _settle, self.processes, self._recorder)
@@ -463,9 +470,14 @@ class Probe:
         left = max(0.0, (deadline - monotonic_ns()) / 1e9)
         return self._recorder.flush(left)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Store every finished run (bounded by ``timeout`` s) and flush telemetry."""
+    def close(self, timeout: float = 5.0, delivery_wait: float = 5.0) -> None:
+        """Store every finished run and flush telemetry (bounded by ``timeout`` s).
+
+        Then wait up to ``delivery_wait`` s for the sinks to confirm; whatever they have
+        not confirmed by then stays in the outbox.
+        """
         self._recorder.flush(timeout)
+        self._recorder.deliver(delivery_wait)
         if self._telemetry is not None and self._options["telemetry"] is True:
             try:
                 self._telemetry.shutdown(int(timeout * 1000))

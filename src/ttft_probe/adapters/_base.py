@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -294,6 +293,8 @@ def registered_families() -> dict[str, str]:
     Plugins register under the ``ttft_probe.adapters`` entry-point group; a built-in
     family cannot be overridden by a plugin.
     """
+    from importlib.metadata import entry_points  # noqa: PLC0415 - ~20 ms, only for plugins
+
     found = {str(k): v for k, v in _BUILTIN.items()}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep.value)
@@ -308,7 +309,8 @@ def adapter_for(family: str, options: AdapterOptions | None = None) -> Adapter:
             lists the known ones). A plugin that fails to import is logged and treated
             as absent.
     """
-    targets = registered_families()
+    builtin = _BUILTIN.get(family)  # type: ignore[call-overload]
+    targets = {family: builtin} if builtin is not None else registered_families()
     target = targets.get(family)
     if target is None:
         known = ", ".join(sorted(targets))

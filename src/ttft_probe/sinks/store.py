@@ -11,6 +11,7 @@ queries the CLI makes, and the run's marker times (monotonic ns) for audit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -45,8 +46,37 @@ MIGRATIONS: Final[Sequence[str]] = (
     CREATE INDEX runs_agent_started_at ON runs (agent, started_at);
     CREATE INDEX runs_session_id ON runs (session_id);
     """,
+    # 2: the outbox — one row per run and configured sink until that sink confirmed it.
+    """
+    CREATE TABLE deliveries (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        sink TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        lease_until REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered_at REAL,
+        PRIMARY KEY (run_id, sink)
+    );
+    CREATE INDEX deliveries_pending ON deliveries (sink, delivered_at, next_attempt_at);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _times(markers_json: str | None) -> MarkerTimes | None:
+    return None if markers_json is None else MarkerTimes(**json.loads(markers_json))
 
 
 def default_store_path() -> Path:
@@ -119,10 +149,12 @@ class Store:
             conn.execute("ROLLBACK")
             raise
 
-    def add(self, record: RunRecord, times: MarkerTimes | None = None) -> None:
-        """Insert one run (idempotent by ``run_id``).
+    def add(
+        self, record: RunRecord, times: MarkerTimes | None = None, sinks: Sequence[str] = ()
+    ) -> None:
+        """Insert one run, and an outbox row per sink in ``sinks``, in one transaction.
 
-        ``times`` are the run's marker times (monotonic ns), kept for audit.
+        Idempotent by ``run_id``. ``times`` are the run's marker times (monotonic ns).
         """
         conn = self._connect()
         markers = None
@@ -138,21 +170,92 @@ class Store:
                     "first_stderr_ns": times.first_stderr_ns,
                 }
             )
-        conn.execute(
-            "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id, conversation_id,"
-            " turn_ordinal, status, record_json, markers_json) VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                record.run_id,
-                record.started_at,
-                record.agent,
-                record.session_id,
-                record.conversation_id,
-                record.turn_ordinal,
-                record.status.value,
-                record.to_json(),
-                markers,
-            ),
-        )
+        with _transaction(conn):
+            conn.execute(
+                "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id,"
+                " conversation_id, turn_ordinal, status, record_json, markers_json)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    record.run_id,
+                    record.started_at,
+                    record.agent,
+                    record.session_id,
+                    record.conversation_id,
+                    record.turn_ordinal,
+                    record.status.value,
+                    record.to_json(),
+                    markers,
+                ),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO deliveries (run_id, sink) VALUES (?, ?)",
+                [(record.run_id, sink) for sink in sinks],
+            )
+
+    # --- the outbox ------------------------------------------------------------------
+
+    def claim(
+        self, sink: str, limit: int, *, lease_s: float, now: float, due_only: bool = True
+    ) -> list[tuple[RunRecord, MarkerTimes | None]]:
+        """Lease up to ``limit`` undelivered runs of ``sink`` for ``lease_s`` seconds.
+
+        A leased row is invisible to other claims (another probe process delivering at
+        the same time) until it is settled or its lease runs out (a process killed
+        mid-delivery). ``due_only``: skip rows whose backoff has not expired. ``now`` is
+        Unix time in seconds (wall clock: leases outlive the process).
+        """
+        conn = self._connect()
+        # Backoff applies unless the caller delivers everything now (`ttft-probe flush`).
+        not_before = now if due_only else float("inf")
+        with _transaction(conn):
+            rows = conn.execute(
+                "SELECT d.run_id, r.record_json, r.markers_json FROM deliveries d"
+                " JOIN runs r ON r.run_id = d.run_id"
+                " WHERE d.sink = ? AND d.delivered_at IS NULL AND d.lease_until <= ?"
+                " AND d.next_attempt_at <= ? ORDER BY r.started_at, d.rowid LIMIT ?",
+                (sink, now, not_before, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE deliveries SET lease_until = ? WHERE run_id = ? AND sink = ?",
+                [(now + lease_s, run_id, sink) for run_id, _, _ in rows],
+            )
+        return [
+            (RunRecord.from_dict(json.loads(rec)), _times(markers)) for _, rec, markers in rows
+        ]
+
+    def settle(
+        self,
+        sink: str,
+        delivered: Sequence[str],
+        failed: Sequence[str],
+        *,
+        now: float,
+        error: str | None = None,
+    ) -> None:
+        """Mark runs delivered (confirmed by ``sink``) or failed (retried after backoff).
+
+        The backoff after the n-th failed attempt is min(2**n, 300) seconds.
+        """
+        conn = self._connect()
+        with _transaction(conn):
+            conn.executemany(
+                "UPDATE deliveries SET delivered_at = ?, lease_until = 0, last_error = NULL"
+                " WHERE run_id = ? AND sink = ?",
+                [(now, run_id, sink) for run_id in delivered],
+            )
+            conn.executemany(
+                "UPDATE deliveries SET attempts = attempts + 1, lease_until = 0, last_error = ?,"
+                " next_attempt_at = ? + MIN(300, 1 << MIN(attempts + 1, 9))"
+                " WHERE run_id = ? AND sink = ?",
+                [(error, now, run_id, sink) for run_id in failed],
+            )
+
+    def pending(self) -> dict[str, int]:
+        """Undelivered runs per sink."""
+        rows = self._connect().execute(
+            "SELECT sink, COUNT(*) FROM deliveries WHERE delivered_at IS NULL GROUP BY sink"
+        ).fetchall()
+        return dict(rows)
 
     def last(self, n: int | None = None) -> list[RunRecord]:
         """The ``n`` most recent runs (all when ``None``), oldest first."""

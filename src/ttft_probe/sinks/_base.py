@@ -1,0 +1,66 @@
+"""The contract every delivery sink (OTLP, PostHog, Langfuse) implements.
+
+The outbox (``sinks/outbox.py``) hands a sink a batch of stored runs and marks each run
+delivered only when :meth:`Sink.deliver` returned ``True`` for it — a confirmation from
+the backend itself (an HTTP 2xx the SDK call reported synchronously), never "queued".
+Backends retry on their own schedule; the outbox retries with backoff. A sink therefore
+must be idempotent per run (PostHog: the event ``uuid`` is the ``run_id``; OTLP and
+Langfuse: span ids are fixed by the record) so that a retried delivery is not counted
+twice downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Protocol, runtime_checkable
+
+import attrs
+
+from ttft_probe.record import MarkerTimes, RunRecord
+
+__all__ = ["Delivery", "Sink"]
+
+
+@attrs.frozen
+class Delivery:
+    """One stored run to deliver: its record and its marker times (monotonic ns).
+
+    ``started_wall_ns`` is the run's start as Unix ns (wall clock), so sinks can place
+    every marker in wall time: ``started_wall_ns + (marker_ns - times.start_ns)``.
+    """
+
+    record: RunRecord
+    times: MarkerTimes | None
+    started_wall_ns: int
+
+    def wall_ns(self, mono_ns: int | None) -> int | None:
+        """Unix ns (wall) of a marker's monotonic reading, ``None`` if it is ``None``."""
+        if mono_ns is None or self.times is None:
+            return None
+        return self.started_wall_ns + (mono_ns - self.times.start_ns)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Protocol: one delivery destination.
+
+    ``name`` is the outbox key (``"otlp"``, ``"posthog"``, ``"langfuse"``). Implementations
+    import their SDK lazily, never raise from :meth:`deliver` (a failure is ``False``,
+    logged once per kind), and bound each call by ``timeout_s`` seconds.
+    """
+
+    name: ClassVar[str]
+
+    def deliver(self, batch: Sequence[Delivery], timeout_s: float) -> Sequence[bool]:
+        """Send ``batch``; one ``True`` per run the backend confirmed, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and SDK resources (bounded, never raises)."""
+        ...
+
+
+SinkFactory = type[Sink]
+"""A sink class with ``from_environment(env: Mapping[str, str]) -> Sink | None``."""
+
+EnvMapping = Mapping[str, str]
