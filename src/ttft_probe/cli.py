@@ -111,6 +111,11 @@ def main() -> None:
 @click.option("--upstream", metavar="URL",
               help="With --observe-provider: the provider to forward to (default: what the "
               "agent would use — its base-URL variable, codex's config, or the public API).")
+@click.option("--delivery-wait", type=click.FloatRange(min=0), default=0.25, show_default=True,
+              metavar="SECONDS",
+              help="After the agent exits, wait at most this long for the configured sinks "
+              "(OTLP, PostHog, Langfuse) to confirm; the rest stays queued for the next run "
+              "or `ttft-probe flush`.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the breakdown to stderr.")
 @_store_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -126,6 +131,7 @@ def run(
     token_regex: str | None,
     observe_provider: bool,
     upstream: str | None,
+    delivery_wait: float,
     quiet: bool,
     store: str | None,
     command: tuple[str, ...],
@@ -166,16 +172,13 @@ def run(
         _fail(f"command not found: {command[0]}")
     except PermissionError:
         _fail(f"command not executable: {command[0]}")
-    probe.close(timeout=2.0)
     if not quiet:
         for result in outcome.results:
             click.echo(breakdown_line(result.record), err=True)
-            hint = _hint(result.record)
-            if hint:
-                click.echo(f"ttft-probe: hint: {hint}", err=True)
-            granular = _granularity_hint(result.record)
-            if granular:
-                click.echo(f"ttft-probe: hint: {granular}", err=True)
+            for hint in (_hint(result.record), _granularity_hint(result.record)):
+                if hint:
+                    click.echo(f"ttft-probe: hint: {hint}", err=True)
+    probe.close(timeout=2.0, delivery_wait=delivery_wait)
     sys.exit(outcome.exit_status)
 
 
@@ -277,6 +280,62 @@ def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:
             click.echo(record.to_json())
         return
     _print_table(records)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS", help="Per-batch bound for each sink.")
+@_store_option
+def flush(timeout: float, store: str | None) -> None:
+    """Deliver every run still in the outbox to the configured sinks, now.
+
+    Runs are sent to OTLP (OTEL_EXPORTER_OTLP_ENDPOINT), PostHog (POSTHOG_API_KEY,
+    POSTHOG_HOST) and Langfuse (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_HOST)
+    as those variables configure them; a run leaves the outbox only when its sink
+    confirmed it. Exits 0 when nothing is left for a configured sink, 1 otherwise.
+    """
+    from rich.console import Console  # noqa: PLC0415 - only for flush
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
+
+    from ttft_probe.sinks.outbox import Outbox, configured_sinks  # noqa: PLC0415
+    from ttft_probe.sinks.store import Store  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    try:
+        db = Store(store)
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    specs = configured_sinks()
+    pending = db.pending()
+    if not specs:
+        queued = ", ".join(f"{n} for {sink}" for sink, n in pending.items()) or "nothing"
+        console.print("No sink is configured (set OTEL_EXPORTER_OTLP_ENDPOINT, POSTHOG_API_KEY, "
+                      f"or LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY). Pending: {queued}.")
+        sys.exit(1 if pending else 0)
+    sinks = []
+    for spec in specs:
+        try:
+            sink = spec.build()
+        except TtftProbeError as exc:
+            _fail(f"{spec.name}: {exc}")
+        if sink is not None:
+            sinks.append(sink)
+    total = sum(pending.get(s.name, 0) for s in sinks)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task("delivering", total=total)
+        results = Outbox(db, sinks).deliver_pending(
+            due_only=False, timeout_s=timeout,
+            progress=lambda _sink, n: bar.advance(task, n))
+    for sink in sinks:
+        sink.close()
+    left = {name: n for name, n in db.pending().items() if name in {s.name for s in sinks}}
+    for name, result in results.items():
+        line = f"{name}: {result.delivered} delivered"
+        if left.get(name):
+            line += f", {left[name]} still queued ({result.error or 'not confirmed'})"
+        console.print(line)
+    sys.exit(1 if any(left.values()) else 0)
 
 
 def _print_table(records: Sequence[RunRecord]) -> None:
