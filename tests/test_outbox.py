@@ -142,3 +142,19 @@ def test_sinks_are_switched_on_by_their_own_variables() -> None:
 
 def test_started_wall_ns_keeps_microseconds() -> None:
     assert started_wall_ns("1970-01-01T00:00:01.000002+00:00") == 1_000_002_000
+
+
+def test_a_lease_held_by_a_killed_process_is_taken_over_at_once(tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    path = tmp_path / "s.sqlite3"
+    _runs(Store(path), 2)
+    # Another process claims both rows, then is SIGKILLed before it can settle them.
+    code = ("import sys, time, os, signal\n"
+            "from ttft_probe.sinks.store import Store\n"
+            "Store(sys.argv[1]).claim('recording', 10, lease_s=600, now=time.time())\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60, check=False)
+    assert done.returncode == -9
+    assert Outbox(Store(path), [RecordingSink()]).deliver_pending()["recording"].delivered == 2

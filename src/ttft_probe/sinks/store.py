@@ -54,6 +54,7 @@ MIGRATIONS: Final[Sequence[str]] = (
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at REAL NOT NULL DEFAULT 0,
         lease_until REAL NOT NULL DEFAULT 0,
+        lease_owner TEXT,
         last_error TEXT,
         delivered_at REAL,
         PRIMARY KEY (run_id, sink)
@@ -73,6 +74,35 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text("ascii").strip()
+    except OSError:
+        return "unknown-boot"
+
+
+_BOOT: Final = _boot_id()
+
+
+def _owner() -> str:
+    """Who holds a lease: this boot of this machine, this process."""
+    return f"{_BOOT}:{os.getpid()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the process that holds a lease still runs (unknown owners count as alive)."""
+    boot, _, pid = owner.rpartition(":")
+    if boot != _BOOT or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _times(markers_json: str | None) -> MarkerTimes | None:
@@ -208,16 +238,26 @@ class Store:
         # Backoff applies unless the caller delivers everything now (`ttft-probe flush`).
         not_before = now if due_only else float("inf")
         with _transaction(conn):
+            # Leases held by processes that died (SIGKILL mid-delivery) are free at once.
+            holders = conn.execute(
+                "SELECT DISTINCT lease_owner FROM deliveries WHERE sink = ?"
+                " AND delivered_at IS NULL AND lease_until > ?",
+                (sink, now),
+            ).fetchall()
+            dead = [h for (h,) in holders if h is not None and not _owner_alive(h)]
             rows = conn.execute(
                 "SELECT d.run_id, r.record_json, r.markers_json FROM deliveries d"
                 " JOIN runs r ON r.run_id = d.run_id"
-                " WHERE d.sink = ? AND d.delivered_at IS NULL AND d.lease_until <= ?"
-                " AND d.next_attempt_at <= ? ORDER BY r.started_at, d.rowid LIMIT ?",
-                (sink, now, not_before, limit),
+                " WHERE d.sink = ? AND d.delivered_at IS NULL AND d.next_attempt_at <= ?"
+                " AND (d.lease_until <= ? OR d.lease_owner IN (SELECT value FROM json_each(?)))"
+                " ORDER BY r.started_at, d.rowid LIMIT ?",
+                (sink, not_before, now, json.dumps(dead), limit),
             ).fetchall()
+            owner = _owner()
             conn.executemany(
-                "UPDATE deliveries SET lease_until = ? WHERE run_id = ? AND sink = ?",
-                [(now + lease_s, run_id, sink) for run_id, _, _ in rows],
+                "UPDATE deliveries SET lease_until = ?, lease_owner = ?"
+                " WHERE run_id = ? AND sink = ?",
+                [(now + lease_s, owner, run_id, sink) for run_id, _, _ in rows],
             )
         return [
             (RunRecord.from_dict(json.loads(rec)), _times(markers)) for _, rec, markers in rows
