@@ -145,8 +145,8 @@ def test_started_wall_ns_keeps_microseconds() -> None:
 
 
 def test_a_lease_held_by_a_killed_process_is_taken_over_at_once(tmp_path: Path) -> None:
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import subprocess
+    import sys
 
     path = tmp_path / "s.sqlite3"
     _runs(Store(path), 2)
