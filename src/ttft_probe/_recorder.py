@@ -31,6 +31,9 @@ class Recorder:
     Args:
         store: Opens the store lazily in the writer thread (``None``: no store).
         on_record: Called with each record after it is stored; exceptions are logged.
+        sinks: The configured sinks: each run gets an outbox row per sink.
+        deliver: Deliver from a thread of this process; ``False`` leaves the outbox to
+            another process (``ttft-probe run`` starts a detached ``ttft-probe flush``).
     """
 
     def __init__(
@@ -38,15 +41,15 @@ class Recorder:
         store: Callable[[], Store] | None,
         on_record: Callable[[RunRecord], None] | None = None,
         sinks: Sequence[SinkSpec] = (),
+        *,
+        deliver: bool = True,
     ) -> None:
         self._open_store = store
-        self._sink_names = [spec.name for spec in sinks]
+        self._specs = list(sinks) if store is not None else []
+        self._deliver_here = deliver
+        self._sink_names = [spec.name for spec in self._specs]
         self._deliverer: Deliverer | None = None
-        if sinks and store is not None:
-            from ttft_probe.sinks.outbox import Deliverer  # noqa: PLC0415 - only with sinks
-
-            # Starts importing the sinks' SDKs now, in its own thread, while the agent runs.
-            self._deliverer = Deliverer(sinks, store)
+        self._start_lock = threading.Lock()
         self._store: Store | None = None
         self._on_record = on_record
         self._queue: queue.SimpleQueue[RunResult | None] = queue.SimpleQueue()
@@ -54,6 +57,22 @@ class Recorder:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._warned = False
+
+    def start_delivery(self) -> None:
+        """Start the deliverer, which imports the sinks' SDKs in its own thread.
+
+        Called right after the agent was spawned, so the imports overlap the agent's run
+        rather than the probe's own start-up. Idempotent; a no-op without sinks.
+        """
+        if not self._specs or not self._deliver_here or self._deliverer is not None:
+            return
+        if self._open_store is None:
+            return
+        with self._start_lock:
+            if self._deliverer is None:
+                from ttft_probe.sinks.outbox import Deliverer  # noqa: PLC0415 - only with sinks
+
+                self._deliverer = Deliverer(self._specs, self._open_store)
 
     def submit(self, result: RunResult) -> None:
         """Queue a finished run; never blocks, never raises."""
@@ -99,6 +118,7 @@ class Recorder:
                 if self._store is None:
                     self._store = self._open_store()
                 self._store.add(result.record, result.times, self._sink_names)
+                self.start_delivery()
                 if self._deliverer is not None:
                     self._deliverer.kick()
             except Exception as exc:  # noqa: BLE001 - the disk never reaches the run

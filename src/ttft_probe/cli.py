@@ -6,7 +6,10 @@ code 2. Everything a library user would also need lives in the library.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
+import subprocess
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -111,11 +114,11 @@ def main() -> None:
 @click.option("--upstream", metavar="URL",
               help="With --observe-provider: the provider to forward to (default: what the "
               "agent would use — its base-URL variable, codex's config, or the public API).")
-@click.option("--delivery-wait", type=click.FloatRange(min=0), default=0.25, show_default=True,
+@click.option("--delivery-wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
               metavar="SECONDS",
-              help="After the agent exits, wait at most this long for the configured sinks "
-              "(OTLP, PostHog, Langfuse) to confirm; the rest stays queued for the next run "
-              "or `ttft-probe flush`.")
+              help="Delivery to the configured sinks (OTLP, PostHog, Langfuse) runs in a "
+              "detached `ttft-probe flush` after the agent exits; wait at most this long for it. "
+              "What is not confirmed stays queued for the next run or `ttft-probe flush`.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the breakdown to stderr.")
 @_store_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -164,6 +167,8 @@ def run(
             store=store,
             adapter_options=options,
             observe_provider=upstream or observe_provider,
+            # Delivery happens in a detached `flush`, never in this process (see below).
+            deliver=False,
         )
         outcome = probe.run(list(command), timeout=timeout)
     except TtftProbeError as exc:
@@ -178,8 +183,36 @@ def run(
             for hint in (_hint(result.record), _granularity_hint(result.record)):
                 if hint:
                     click.echo(f"ttft-probe: hint: {hint}", err=True)
-    probe.close(timeout=2.0, delivery_wait=delivery_wait)
+    probe.close(timeout=2.0)
+    _deliver_in_background(store, delivery_wait)
     sys.exit(outcome.exit_status)
+
+
+def _deliver_in_background(store: str | None, wait: float) -> None:
+    """Start a detached `ttft-probe flush` when a sink is configured; wait at most ``wait`` s.
+
+    The runs are already in the store; the flush delivers them (and anything left over
+    by earlier runs) without holding up this process or the agent's caller. Never raises.
+    """
+    from ttft_probe.sinks.outbox import configured_sinks  # noqa: PLC0415
+
+    if not configured_sinks():
+        return
+    argv = [sys.executable, "-m", "ttft_probe", "flush", "--quiet"]
+    if store is not None:
+        argv += ["--store", store]
+    try:
+        flusher = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+        )
+    except OSError as exc:
+        click.echo(f"ttft-probe: could not start delivery ({exc}); run `ttft-probe flush`",
+                   err=True)
+        return
+    if wait > 0:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            flusher.wait(timeout=wait)
 
 
 def _regex(pattern: str | None, flag: str) -> re.Pattern[str] | None:
@@ -285,8 +318,9 @@ def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:
 @main.command(context_settings=CONTEXT)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, metavar="SECONDS", help="Per-batch bound for each sink.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @_store_option
-def flush(timeout: float, store: str | None) -> None:
+def flush(timeout: float, quiet: bool, store: str | None) -> None:
     """Deliver every run still in the outbox to the configured sinks, now.
 
     Runs are sent to OTLP (OTEL_EXPORTER_OTLP_ENDPOINT), PostHog (POSTHOG_API_KEY,
@@ -300,11 +334,14 @@ def flush(timeout: float, store: str | None) -> None:
     from ttft_probe.sinks.outbox import Outbox, configured_sinks  # noqa: PLC0415
     from ttft_probe.sinks.store import Store  # noqa: PLC0415
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=quiet)
     try:
         db = Store(store)
     except TtftProbeError as exc:
         _fail(str(exc))
+    # One flush at a time per store: background flushes started by many runs queue up.
+    lock = db.path.with_name(db.path.name + ".flush.lock").open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     specs = configured_sinks()
     pending = db.pending()
     if not specs:
@@ -322,7 +359,7 @@ def flush(timeout: float, store: str | None) -> None:
             sinks.append(sink)
     total = sum(pending.get(s.name, 0) for s in sinks)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=False) as bar:
+                  console=console, transient=False, disable=quiet) as bar:
         task = bar.add_task("delivering", total=total)
         results = Outbox(db, sinks).deliver_pending(
             due_only=False, timeout_s=timeout,

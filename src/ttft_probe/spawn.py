@@ -286,7 +286,8 @@ class Probe:
             ``cli_forward_ms``). Needs the probe to spawn the agent.
         deliver: Send each stored run to the sinks the environment configures (OTLP,
             PostHog, Langfuse; see :mod:`ttft_probe.sinks.outbox`), from a background
-            thread through the store's outbox. ``False``: store only.
+            thread through the store's outbox. ``False``: queue them in the outbox only,
+            for ``ttft-probe flush`` (or a later probe) to deliver.
 
     Raises:
         ConfigError: An unknown family or agent/family mismatch (before any spawn).
@@ -329,8 +330,8 @@ class Probe:
             "deliver": deliver,
         }
         self.processes: list[TrackedProcess] = []
-        specs = configured_sinks() if deliver and store is not False else []
-        self._recorder = Recorder(self._store_opener(store), on_record, specs)
+        specs = configured_sinks() if store is not False else []
+        self._recorder = Recorder(self._store_opener(store), on_record, specs, deliver=deliver)
         self._telemetry: Telemetry | None = None
         # At interpreter exit, runs of processes that already ended still get stored.
         weakref.finalize(self, _settle, self.processes, self._recorder)
@@ -516,6 +517,7 @@ class Probe:
             tracked.finish(None, monotonic_ns(), 0)
             raise
         tracked.bind(proc.poll)
+        self._recorder.start_delivery()
         return self._connect_sync(proc, tracked, want_out, None if merged else want_err)
 
     def attach(
@@ -643,6 +645,7 @@ class Probe:
                 raise
             forward.proc = proc
             tracked.bind(proc.poll)
+            self._recorder.start_delivery()
             assert proc.stdout is not None  # noqa: S101 - spawned with PIPE
             assert proc.stderr is not None  # noqa: S101
             tracked.pump(os.dup(proc.stdout.fileno()), os.dup(1), kind="stdout", close_dst=True)
@@ -673,6 +676,7 @@ class Probe:
         if kwargs.get("stdout") is None:
             kwargs["stdout"] = asyncio.subprocess.PIPE
         proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        self._recorder.start_delivery()
         return self._attach_async(proc, tracked)
 
     def attach_async(

@@ -18,7 +18,7 @@ import attrs
 
 from ttft_probe.record import MarkerTimes, RunRecord
 
-__all__ = ["Delivery", "Sink"]
+__all__ = ["Delivery", "Preparable", "Sink"]
 
 
 @attrs.frozen
@@ -57,6 +57,18 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release connections and SDK resources (bounded, never raises)."""
+        ...
+
+
+class Preparable(Protocol):
+    """Optional for a sink: ``prepare()`` imports its SDK ahead of the first delivery.
+
+    The deliverer calls it in its own thread right after building the sink, so the
+    import happens while the agent runs, not after it exited.
+    """
+
+    def prepare(self) -> None:
+        """Import and set up whatever :meth:`Sink.deliver` will need."""
         ...
 
 

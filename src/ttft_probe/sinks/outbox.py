@@ -230,8 +230,15 @@ class Deliverer:
             except Exception as exc:  # noqa: BLE001 - one bad sink must not stop the others
                 _log.warning("the %s sink is not available: %s", spec.name, exc)
                 continue
-            if sink is not None:
-                sinks.append(sink)
+            if sink is None:
+                continue
+            prepare = getattr(sink, "prepare", None)
+            if callable(prepare):
+                try:
+                    prepare()
+                except Exception as exc:  # noqa: BLE001 - delivery will report it again
+                    _log.warning("preparing the %s sink failed: %s", spec.name, exc)
+            sinks.append(sink)
         return sinks
 
     def _run(self) -> None:

@@ -102,7 +102,12 @@ def _owner_alive(owner: str) -> bool:
         return False
     except OSError:
         return True
-    return True
+    # A killed process nobody reaped yet (a zombie) holds nothing any more.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text("ascii", errors="replace")
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _times(markers_json: str | None) -> MarkerTimes | None:

