@@ -175,6 +175,9 @@ def test_every_non_null_record_field_is_a_ttft_probe_attribute(h: Harness) -> No
     h.run(record, times)
     a = dict(h.root().attributes or {})
     expected = {f"ttft_probe.{k}": v for k, v in record.to_dict().items() if v is not None}
+    # Plus two derived keys for Jaeger's exact-match tag search (not record fields).
+    expected["ttft_probe.turn_cohort"] = "turn_1"
+    expected["ttft_probe.dominant_segment"] = "model_first_token"
     assert {k: v for k, v in a.items() if k.startswith("ttft_probe.")} == expected
     assert a["ttft_probe.cli_ready_ms"] == 480.0
     assert a["ttft_probe.session_init_ms"] == 420.0
@@ -185,6 +188,36 @@ def test_every_non_null_record_field_is_a_ttft_probe_attribute(h: Harness) -> No
     assert a["ttft_probe.runtime_family"] == "claude-stream-json"
     assert "ttft_probe.session_id" not in a  # None is skipped, never "None"
     assert sc.PROCESS_EXIT_CODE not in a
+
+
+@pytest.mark.parametrize(
+    ("marker_ms", "dominant"),
+    [
+        ({"cli_ready_ns": 900, "session_init_done_ns": 1000}, "cli_ready"),
+        ({"cli_ready_ns": 100, "session_init_done_ns": 1000}, "session_init"),
+        ({"cli_ready_ns": 100, "session_init_done_ns": 200}, "model_first_token"),
+    ],
+)
+def test_root_span_names_the_dominant_segment_for_tag_search(
+    h: Harness, marker_ms: dict[str, int], dominant: str
+) -> None:
+    times = stream_times(
+        **{k: START + v * MS for k, v in marker_ms.items()}, first_token_ns=START + 1400 * MS
+    )
+    h.run(make_record(times, turn_ordinal=3, session_resumed=True), times)
+    a = dict(h.root().attributes or {})
+    assert a["ttft_probe.dominant_segment"] == dominant
+    assert a["ttft_probe.turn_cohort"] == "turn_2+"
+    assert a["ttft_probe.turn_ordinal"] == 3
+    assert a["ttft_probe.session_resumed"] is True
+
+
+def test_no_dominant_segment_or_cohort_when_unknown(h: Harness) -> None:
+    times = stream_times(first_token_ns=None)  # incomplete: no claim about the biggest part
+    h.run(make_record(times), times)
+    a = dict(h.root().attributes or {})
+    assert "ttft_probe.dominant_segment" not in a
+    assert "ttft_probe.turn_cohort" not in a
 
 
 def test_root_span_times_are_anchor_converted_markers(h: Harness) -> None:
@@ -225,6 +258,15 @@ def test_phase_spans_are_children_with_explicit_marker_times(h: Harness) -> None
         assert child.context.trace_id == root.context.trace_id
         assert child.kind is SpanKind.INTERNAL
         assert (child.start_time, child.end_time) == (wall(begin), wall(end))
+        # The cohort keys, so one span answers "slow session_init on turn 2+" in Jaeger.
+        assert dict(child.attributes or {}) == {
+            sc.GEN_AI_OPERATION_NAME: "invoke_agent",
+            sc.GEN_AI_AGENT_NAME: "claude_code",
+            "ttft_probe.run_id": "0b7c2f1e-5d7a-4c7b-9d55-3f1f3b0f6a11",
+            sc.TTFT_SESSION_RESUMED: False,
+            sc.TTFT_PROCESS_REUSED: False,
+            sc.TTFT_STATUS: "succeeded",
+        }
     assert span.trace_id_hex == f"{root.context.trace_id:032x}"
     assert span.span_id_hex == f"{root.context.span_id:016x}"
 
@@ -313,6 +355,9 @@ def test_traceparent_names_the_root_span(h: Harness) -> None:
     assert (version, trace_id, span_id) == ("00", span.trace_id_hex, span.span_id_hex)
     assert int(flags, 16) & 0x01  # sampled (the SDK may also set 0x02, "random trace id")
     assert span.recording
+    assert span.parent_span_id_hex is None
+    # A given provider's pipeline exports the spans: nothing for the durable OTLP sink.
+    assert span.needs_delivery is False
     times = stream_times()
     span.finish(make_record(times, agent="gemini"), times)
     assert not span.recording
@@ -327,6 +372,7 @@ def test_parent_context_is_honoured(h: Harness) -> None:
     root = h.root()
     assert root.parent is not None
     assert root.parent.span_id == outer.get_span_context().span_id
+    assert span.parent_span_id_hex == f"{outer.get_span_context().span_id:016x}"
     assert (root.attributes or {})[sc.GEN_AI_PROVIDER_NAME] == "openai"
 
     explicit = trace.set_span_in_context(trace.NonRecordingSpan(outer.get_span_context()))
@@ -529,7 +575,19 @@ CHILD_RUN = textwrap.dedent(
             trace_id=run.trace_id_hex, span_id=run.span_id_hex, **attrs.asdict(segs),
         )
         run.finish(record, times)
-        return run
+        return run, record
+
+    def deliver(record):
+        import os
+        from ttft_probe.sinks._base import Delivery
+        from ttft_probe.sinks.otlp import OtlpSink
+
+        sink = OtlpSink.from_environment(os.environ)
+        if sink is None:
+            return None
+        (ok,) = sink.deliver([Delivery(record, times, anchor.wall_ns_at(t0))], 10.0)
+        sink.close()
+        return ok
     """
 )
 
@@ -581,7 +639,7 @@ def test_a_run_without_configuration_installs_no_global_and_loads_no_exporter() 
         + textwrap.dedent(
             """
             tel = Telemetry.from_environment()
-            run = synthetic_run(tel)
+            run, record = synthetic_run(tel)
             ok = tel.shutdown(2000)
             from opentelemetry import metrics, trace
             from opentelemetry.metrics._internal import _ProxyMeterProvider
@@ -590,6 +648,7 @@ def test_a_run_without_configuration_installs_no_global_and_loads_no_exporter() 
                 "tracer_proxy": isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider),
                 "meter_proxy": isinstance(metrics.get_meter_provider(), _ProxyMeterProvider),
                 "traceparent": run.traceparent,
+                "needs_delivery": run.needs_delivery,
                 "trace_id": run.trace_id_hex,
                 "span_id": run.span_id_hex,
                 "private_meter": tel._setup.private_meter_provider is not None,
@@ -605,6 +664,7 @@ def test_a_run_without_configuration_installs_no_global_and_loads_no_exporter() 
     assert out["meter_proxy"] is True
     assert out["private_meter"] is False
     assert out["loaded"] == []
+    assert out["needs_delivery"] is True  # private provider: only the OTLP sink could send it
     assert len(out["trace_id"]) == 32
     assert int(out["trace_id"], 16) != 0
     assert len(out["span_id"]) == 16
@@ -617,7 +677,7 @@ def test_exporter_none_disables_otlp_even_with_an_endpoint() -> None:
         + textwrap.dedent(
             """
             tel = Telemetry.from_environment()
-            run = synthetic_run(tel)
+            run, record = synthetic_run(tel)
             tel.shutdown(2000)
             print(json.dumps({
                 "span_id": run.span_id_hex,
@@ -657,7 +717,7 @@ def test_application_global_providers_are_used_and_left_running() -> None:
             tel = Telemetry.from_environment()
             app = trace.get_tracer("app")
             with app.start_as_current_span("handle_message") as outer:
-                run = synthetic_run(tel)
+                run, record = synthetic_run(tel)
             ok = tel.shutdown(1000)
             with app.start_as_current_span("after_shutdown"):
                 pass
@@ -673,6 +733,7 @@ def test_application_global_providers_are_used_and_left_running() -> None:
                 "spans": sorted(spans),
                 "root_parent": root.parent.span_id == outer.get_span_context().span_id,
                 "root_id": f"{root.context.span_id:016x}" == run.span_id_hex,
+                "needs_delivery": run.needs_delivery,
                 "private": [
                     tel._setup.private_tracer_provider is None,
                     tel._setup.private_meter_provider is None,
@@ -697,6 +758,7 @@ def test_application_global_providers_are_used_and_left_running() -> None:
     )
     assert out["root_parent"] is True
     assert out["root_id"] is True
+    assert out["needs_delivery"] is False  # the application's pipeline sends the spans
     assert out["private"] == [True, True]
     assert sc.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK in out["metrics"]
     assert sc.METRIC_SESSION_INIT in out["metrics"]
@@ -704,12 +766,38 @@ def test_application_global_providers_are_used_and_left_running() -> None:
 
 WIRE_CHILD = CHILD_RUN + textwrap.dedent(
     """
+    import os
     tel = Telemetry.from_environment()
-    run = synthetic_run(tel)
+    run, record = synthetic_run(tel)
     ok = tel.shutdown(10_000)
-    print(json.dumps({"ok": ok, "trace_id": run.trace_id_hex, "span_id": run.span_id_hex}))
+    delivered = deliver(record) if os.environ.get("TEST_DELIVER") == "1" else None
+    print(json.dumps({"ok": ok, "trace_id": run.trace_id_hex, "span_id": run.span_id_hex,
+                      "needs_delivery": run.needs_delivery, "delivered": delivered}))
     """
 )
+
+
+WANTED_METRICS = {
+    sc.METRIC_SPAWN_TO_FIRST_TOKEN,
+    sc.METRIC_CLI_READY,
+    sc.METRIC_SESSION_INIT,
+    sc.METRIC_MODEL_FIRST_TOKEN,
+    sc.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK,
+}
+
+
+def test_private_provider_exports_metrics_but_leaves_spans_to_the_durable_sink() -> None:
+    # A BatchSpanProcessor would lose spans on SIGKILL and while the collector is down,
+    # and together with the OTLP sink would send every span twice: it is gone.
+    with OtlpReceiver() as rx:
+        out = run_child(WIRE_CHILD, OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint)
+        assert out["ok"] is True, out["_stderr"]
+        assert out["needs_delivery"] is True
+        assert out["delivered"] is None  # this child did not deliver
+        assert rx.wait_for(lambda: rx.metric_names() >= WANTED_METRICS, timeout=10)
+        time.sleep(0.2)
+        assert rx.traces == []
+        assert len(out["span_id"]) == 16  # the ids (and TRACEPARENT) still exist
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
@@ -719,26 +807,24 @@ def test_otlp_http_on_the_wire(compression: str) -> None:
             WIRE_CHILD,
             OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint,
             OTEL_EXPORTER_OTLP_COMPRESSION=compression,
+            TEST_DELIVER="1",
         )
         assert out["ok"] is True, out["_stderr"]
+        assert out["delivered"] is True, out["_stderr"]
         wanted_spans = {
             "invoke_agent claude_code",
             "cli_ready",
             "session_init",
             "model_first_token",
         }
-        wanted_metrics = {
-            sc.METRIC_SPAWN_TO_FIRST_TOKEN,
-            sc.METRIC_CLI_READY,
-            sc.METRIC_SESSION_INIT,
-            sc.METRIC_MODEL_FIRST_TOKEN,
-            sc.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK,
-        }
+        wanted_metrics = WANTED_METRICS
         assert rx.wait_for(
             lambda: wanted_spans <= rx.span_names() and wanted_metrics <= rx.metric_names(),
             timeout=10,
         ), (rx.span_names(), rx.metric_names(), out["_stderr"])
 
+    # Each span exactly once: the sink's copy, none from a live processor.
+    assert sorted(span.name for _, span in rx.spans()) == sorted(wanted_spans)
     spans = {span.name: (resource, span) for resource, span in rx.spans()}
     resource, root = spans["invoke_agent claude_code"]
     assert resource["service.name"] == "ttft-probe"
@@ -780,13 +866,13 @@ def test_otlp_http_on_the_wire(compression: str) -> None:
         assert set(rx.encodings) == {"gzip"}
 
 
-def test_grpc_protocol_selects_the_grpc_exporters() -> None:
+def test_grpc_protocol_selects_the_grpc_metric_exporter_and_no_span_exporter() -> None:
     out = run_child(
         CHILD_RUN
         + textwrap.dedent(
             """
             tel = Telemetry.from_environment()
-            synthetic_run(tel)
+            run, record = synthetic_run(tel)
             tel.shutdown(200)
             print(json.dumps({
                 "loaded": sorted(m for m in sys.modules if m.startswith("opentelemetry.exporter")),
@@ -797,8 +883,10 @@ def test_grpc_protocol_selects_the_grpc_exporters() -> None:
         OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
     )
     loaded = out["loaded"]
-    assert "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in loaded
     assert "opentelemetry.exporter.otlp.proto.grpc.metric_exporter" in loaded
+    assert "opentelemetry.exporter.otlp.proto.http.metric_exporter" not in loaded
+    # Spans go through the durable sink (tests/test_sink_otlp.py covers its gRPC exporter).
+    assert "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" not in loaded
     assert "opentelemetry.exporter.otlp.proto.http.trace_exporter" not in loaded
 
 
@@ -808,8 +896,10 @@ def test_service_name_comes_from_otel_service_name() -> None:
             WIRE_CHILD,
             OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=rx.endpoint + "/v1/traces",
             OTEL_SERVICE_NAME="my-product",
+            TEST_DELIVER="1",
         )
         assert out["ok"] is True
+        assert out["delivered"] is True
         assert rx.wait_for(lambda: bool(rx.traces), timeout=10)
     assert {resource["service.name"] for resource, _ in rx.spans()} == {"my-product"}
     assert rx.metrics == []  # only the traces endpoint was configured

@@ -117,7 +117,11 @@ class Recorder:
             try:
                 if self._store is None:
                     self._store = self._open_store()
-                self._store.add(result.record, result.times, self._sink_names)
+                sinks = [
+                    name for name in self._sink_names
+                    if name != "otlp" or result.needs_span_delivery
+                ]
+                self._store.add(result.record, result.times, sinks)
                 self.start_delivery()
                 if self._deliverer is not None:
                     self._deliverer.kick()

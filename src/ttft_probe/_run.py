@@ -83,6 +83,9 @@ class RunResult:
 
     record: RunRecord
     times: MarkerTimes
+    needs_span_delivery: bool = False
+    """The run's spans were recorded by ttft_probe's private provider and still have to be
+    sent by the durable OTLP sink (an application's provider exports its own)."""
 
 
 @attrs.define
@@ -548,6 +551,7 @@ class ProcessTracker:
             cli_forward_ms=forward_ms,
             trace_id=turn.span.trace_id_hex if turn.span else None,
             span_id=turn.span.span_id_hex if turn.span else None,
+            parent_span_id=turn.span.parent_span_id_hex if turn.span else None,
             probe_version=self._version,
             started_at=_iso(self._anchor.wall_ns_at(turn.start_ns)),
         )
@@ -556,7 +560,11 @@ class ProcessTracker:
                 turn.span.finish(record, times)
             except Exception:  # noqa: BLE001 - telemetry never reaches the run
                 _log.warning("could not finish the run span", exc_info=True)
-        return RunResult(record=record, times=times)
+        return RunResult(
+            record=record,
+            times=times,
+            needs_span_delivery=turn.span is not None and turn.span.needs_delivery,
+        )
 
     def _identity(self, turn: _Turn) -> _Identity:
         """conversation_id, session_id, turn_ordinal and session_resumed of a turn."""

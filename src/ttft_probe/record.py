@@ -392,6 +392,7 @@ class RunRecord:
     observer_error: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    parent_span_id: str | None = None
     probe_version: str
     contract_version: str = CONTRACT_VERSION
     started_at: str

@@ -11,6 +11,8 @@ How the spawn wrapper uses it::
     ...                                                  # spawn, pump, adapter
     record = RunRecord(..., trace_id=run.trace_id_hex, span_id=run.span_id_hex)
     run.finish(record, times)                            # spans, events, metrics; ends the root
+    if run.needs_delivery:                               # private provider: nothing exported yet
+        ...                                              # outbox row for the OTLP sink (otlp.py)
     tel.shutdown(timeout_ms=2000)                        # private providers only, bounded
 
 API:
@@ -28,6 +30,9 @@ API:
 - :meth:`RunSpan.finish` adds the record's attributes, the marker events and the phase
   spans, sets the status, ends the root span at ``times.end_ns`` (or now) and records
   the histograms. Idempotent.
+- :attr:`RunSpan.needs_delivery` says whether the run's spans still have to be delivered
+  by the durable OTLP sink (:mod:`ttft_probe.sinks.otlp`); :attr:`RunSpan.parent_span_id_hex`
+  is the root span's parent, for that sink to rebuild the same link.
 - :meth:`Telemetry.shutdown` flushes and shuts down the *private* providers within
   ``timeout_ms`` and returns whether that finished in time. ``Telemetry`` is also a
   context manager that calls it.
@@ -42,10 +47,20 @@ What is emitted (names in :mod:`ttft_probe._semconv`):
   ``gen_ai.agent.version``, ``gen_ai.conversation.id`` (conversation id, else the agent's
   session id), ``gen_ai.usage.*``, ``process.exit_code``, and every non-``None`` record
   field as ``ttft_probe.<field>``. Status ``ERROR`` with ``error.type`` = the status for
-  ``failed`` and ``timed_out``; unset otherwise.
+  ``failed`` and ``timed_out``; unset otherwise. For Jaeger's tag search (exact match
+  only) also ``ttft_probe.turn_cohort`` (``turn_1``/``turn_2+``) and
+  ``ttft_probe.dominant_segment`` (the largest of ``cli_ready``, ``session_init``,
+  ``client_wait``, ``model_first_token``; only when the breakdown is complete).
 - Child spans ``cli_ready``, ``session_init``, ``client_wait`` (only when
   ``client_wait_ms`` is non-zero) and ``model_first_token``, each only when both of its
-  markers exist and are in order, with explicit start and end times.
+  markers exist and are in order, with explicit start and end times. They carry the
+  cohort attributes (``gen_ai.operation.name``, ``gen_ai.agent.name``,
+  ``ttft_probe.run_id``, ``ttft_probe.turn_ordinal``, ``ttft_probe.turn_cohort``,
+  ``ttft_probe.session_resumed``, ``ttft_probe.process_reused``, ``ttft_probe.status``)
+  so that one span answers "slow ``session_init`` on turn 2+" in Jaeger, whose search
+  matches operation, duration and tags on the same span.
+- :func:`run_shape` is all of the above as a pure value: the live spans here and the
+  spans the OTLP sink rebuilds from a stored record are made from it.
 - Root span events ``processSpawned`` (not for a reused process), ``cliReady``,
   ``sessionInitDone``, ``promptSent``, ``firstToken`` and ``processExited`` (at
   ``times.end_ns``, only when the record has an exit code or signal), explicit times.
@@ -65,13 +80,18 @@ Providers (DESIGN §5), decided once, at the first :meth:`Telemetry.prepare`: a 
 ``TracerProvider`` / ``MeterProvider`` the application has set is used as it is.
 Otherwise a *private* SDK provider is made (``set_tracer_provider`` is never called) with
 resource ``service.name`` = ``OTEL_SERVICE_NAME`` or ``ttft-probe``. The private tracer
-provider always exists, so records carry real trace and span ids; it gets a
-``BatchSpanProcessor`` with an OTLP exporter only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (metrics: ``…_METRICS_ENDPOINT``; a private
-meter provider exists only then) and ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``
-does not exclude ``otlp``. ``OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL`` picks
-``http/protobuf`` (default) or ``grpc``; the exporters read the rest of the ``OTEL_*``
-variables themselves. Exporter modules are imported only then. Private providers do not
+provider always exists, so records carry real trace and span ids (and the root span's
+context can go to the child as ``TRACEPARENT``), but it exports nothing: an in-memory
+``BatchSpanProcessor`` loses its spans on SIGKILL or while the collector is down, so the
+run's spans are rebuilt from the stored record by the durable OTLP sink
+(:mod:`ttft_probe.sinks.otlp`) and leave the outbox only once the collector confirmed them.
+Spans of the *application's* provider flow through the application's pipeline as before.
+Metrics are low-priority telemetry and stay periodic: a private meter provider with an OTLP
+exporter exists only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` is set, ``OTEL_METRICS_EXPORTER`` does not exclude
+``otlp`` and ``OTEL_SDK_DISABLED`` is not ``true``; ``OTEL_EXPORTER_OTLP[_METRICS]_PROTOCOL``
+picks ``http/protobuf`` (default) or ``grpc``; the exporter reads the rest of the ``OTEL_*``
+variables itself. Exporter modules are imported only then. Private providers do not
 register ``atexit`` handlers of their own (the SDK's would wait up to 30 s for an
 unreachable collector); a bounded one (:data:`ATEXIT_TIMEOUT_MS`) stands in until
 :meth:`Telemetry.shutdown` is called.
@@ -87,6 +107,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Self
 
 import attrs
@@ -106,11 +127,23 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer, TracerProvider
     from opentelemetry.util.types import AttributeValue
 
-__all__ = ["ATEXIT_TIMEOUT_MS", "RunSpan", "Telemetry", "provider_name"]
+__all__ = [
+    "ATEXIT_TIMEOUT_MS",
+    "GRPC",
+    "HTTP_PROTOBUF",
+    "RunShape",
+    "RunSpan",
+    "Telemetry",
+    "otlp_configured",
+    "otlp_protocol",
+    "provider_name",
+    "resource_from",
+    "root_span_name",
+    "run_shape",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -118,12 +151,25 @@ ATEXIT_TIMEOUT_MS: Final = 2000
 """Bound (ms) of the flush at interpreter exit when :meth:`Telemetry.shutdown` was not called."""
 
 _SCOPE: Final = "ttft_probe"
+_SAMPLED: Final = 0x01
 _NS_PER_MS: Final = 1_000_000
 _MS_PER_S: Final = 1000.0
 _ERROR_STATUSES: Final = frozenset({Status.FAILED, Status.TIMED_OUT})
 _OTLP: Final = "otlp"
-_HTTP_PROTOBUF: Final = "http/protobuf"
-_GRPC: Final = "grpc"
+HTTP_PROTOBUF: Final = "http/protobuf"
+"""``OTEL_EXPORTER_OTLP_PROTOCOL`` value of OTLP over HTTP with protobuf bodies (the default)."""
+GRPC: Final = "grpc"
+"""``OTEL_EXPORTER_OTLP_PROTOCOL`` value of OTLP over gRPC."""
+_DOMINANT_SEGMENT: Final = "ttft_probe.dominant_segment"
+"""Root span attribute: the largest segment's span name (not a record field)."""
+_PHASE_KEYS: Final = (  # the root's keys copied onto every phase span
+    sc.record_key("run_id"),
+    sc.record_key("turn_ordinal"),
+    sc.TTFT_TURN_COHORT,
+    sc.TTFT_SESSION_RESUMED,
+    sc.TTFT_PROCESS_REUSED,
+    sc.TTFT_STATUS,
+)
 
 _PROVIDER_BY_PREFIX: Final = (
     ("claude", "anthropic"),
@@ -266,7 +312,7 @@ class Telemetry:
             if conversation_id is not None:
                 attributes[sc.GEN_AI_CONVERSATION_ID] = conversation_id
             span = setup.tracer.start_span(
-                f"{sc.INVOKE_AGENT} {agent}",
+                root_span_name(agent),
                 context=parent,
                 kind=SpanKind.CLIENT,
                 attributes=attributes,
@@ -404,22 +450,12 @@ class Telemetry:
     def _private_tracer_provider(self, resource: Resource) -> SdkTracerProvider:
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider  # noqa: PLC0415
 
-        provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)
-        if _otlp_wanted("TRACES"):
-            try:
-                exporter = _span_exporter(self._otlp_protocol("TRACES"))
-            except Exception:  # noqa: BLE001 - keep the ids, lose the export
-                self._warn_once(
-                    "span_exporter", "ttft_probe: OTLP span exporter unavailable", exc_info=True
-                )
-            else:
-                from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
-
-                provider.add_span_processor(BatchSpanProcessor(exporter))
-        return provider
+        # No span processor: the private provider makes the ids and the TRACEPARENT
+        # context; the durable OTLP sink sends the spans, rebuilt from the stored record.
+        return SdkTracerProvider(resource=resource, shutdown_on_exit=False)
 
     def _private_meter_provider(self, resource: Resource) -> SdkMeterProvider | None:
-        if not _otlp_wanted("METRICS"):
+        if not otlp_configured(os.environ, "METRICS"):
             return None
         try:
             exporter = _metric_exporter(self._otlp_protocol("METRICS"))
@@ -435,23 +471,15 @@ class Telemetry:
         return SdkMeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
 
     def _otlp_protocol(self, signal: str) -> str:
-        env = os.environ
-        protocol = (
-            (
-                env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or _HTTP_PROTOBUF
-            )
-            .strip()
-            .lower()
-        )
-        if protocol not in {_HTTP_PROTOBUF, _GRPC}:
+        protocol = otlp_protocol(os.environ, signal)
+        if protocol is None:
             self._warn_once(
                 f"protocol_{signal}",
                 "ttft_probe: OTLP protocol %r is not supported; using http/protobuf",
-                protocol,
+                os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL"),
             )
-            protocol = _HTTP_PROTOBUF
+            protocol = HTTP_PROTOBUF
         return protocol
 
 
@@ -483,6 +511,33 @@ class RunSpan:
     def recording(self) -> bool:
         """Whether the root span records (sampled, real provider, no fault)."""
         return self._span is not None and self._span.is_recording()
+
+    @property
+    def needs_delivery(self) -> bool:
+        """Whether the run's spans are exported only by the durable OTLP sink.
+
+        ``True`` when ttft_probe's private provider made a sampled root span: it exports
+        nothing itself, so the run needs an outbox row for :mod:`ttft_probe.sinks.otlp`.
+        ``False`` when the application's (or a given) provider made it, whose pipeline
+        exports the spans, and when there is no valid or sampled span at all.
+        """
+        setup, ctx = self._setup, self._valid_context()
+        if setup is None or setup.private_tracer_provider is None or ctx is None:
+            return False
+        return bool(ctx.trace_flags & _SAMPLED)
+
+    @property
+    def parent_span_id_hex(self) -> str | None:
+        """The root span's parent span id (16 hex digits; same trace), or ``None``.
+
+        The span that was current at :meth:`Telemetry.start_run` (the application's), or
+        the explicit ``parent``; the OTLP sink needs it to rebuild the same link.
+        """
+        if self._valid_context() is None:
+            return None
+        parent = getattr(self._span, "parent", None)  # SDK spans only
+        span_id = getattr(parent, "span_id", 0)
+        return f"{span_id:016x}" if isinstance(span_id, int) and span_id else None
 
     @property
     def trace_id_hex(self) -> str | None:
@@ -564,18 +619,22 @@ class RunSpan:
         from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context  # noqa: PLC0415
 
         wall = self._anchor.wall_ns_at
-        span.set_attributes(_span_attributes(record))
-        for name, t_ns in _events(record, times):
+        shape = run_shape(record, times)
+        span.set_attributes(shape.attributes)
+        for name, t_ns in shape.events:
             span.add_event(name, timestamp=wall(t_ns))
         parent = set_span_in_context(span)
-        for name, begin_ns, end_ns in _phases(record, times):
+        for name, begin_ns, end_ns in shape.phases:
             child = tracer.start_span(
-                name, context=parent, kind=SpanKind.INTERNAL, start_time=wall(begin_ns)
+                name,
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=shape.phase_attributes,
+                start_time=wall(begin_ns),
             )
             child.end(end_time=wall(end_ns))
-        if record.status in _ERROR_STATUSES:
-            span.set_attribute(sc.ERROR_TYPE, record.status.value)
-            span.set_status(StatusCode.ERROR, f"run {record.status.value}")
+        if shape.error_type is not None:
+            span.set_status(StatusCode.ERROR, shape.status_description)
         self._end_root(span, times)
 
     def _end_root(self, span: Span, times: MarkerTimes) -> None:
@@ -592,6 +651,89 @@ class _SpanIds:
 
 
 # --- what a run emits (pure functions of the record and markers) ---
+
+
+@attrs.frozen
+class RunShape:
+    """The spans of one run as a value, made by :func:`run_shape`.
+
+    What :class:`RunSpan` emits live and what the OTLP sink rebuilds from a stored record.
+
+    Times are monotonic ns (markers); the caller maps them to wall time.
+
+    Attributes:
+        name: The root span's name, ``invoke_agent {agent}`` (kind ``CLIENT``).
+        attributes: The root span's attributes (record fields, GenAI keys, ``error.type``,
+            search keys).
+        phase_attributes: The attributes of every phase span (the cohort keys).
+        events: Marker events ``(name, monotonic ns)``, in contract order.
+        phases: Phase spans ``(name, begin ns, end ns)`` (kind ``INTERNAL``).
+        error_type: ``error.type`` (the status) for failed and timed-out runs: the root
+            span's status is then ``ERROR``; ``None`` otherwise (status unset).
+    """
+
+    name: str
+    attributes: Mapping[str, AttributeValue]
+    phase_attributes: Mapping[str, AttributeValue]
+    events: tuple[tuple[str, int], ...]
+    phases: tuple[tuple[str, int, int], ...]
+    error_type: str | None
+
+    @property
+    def status_description(self) -> str | None:
+        """The root span's status description (``run failed``, …), ``None`` if unset."""
+        return None if self.error_type is None else f"run {self.error_type}"
+
+
+def root_span_name(agent: str) -> str:
+    """``invoke_agent {agent}``: the GenAI name of the root span."""
+    return f"{sc.INVOKE_AGENT} {agent}"
+
+
+def run_shape(record: RunRecord, times: MarkerTimes | None) -> RunShape:
+    """The spans of a run, from its record and markers; without markers, the root alone.
+
+    Pure: imports no OpenTelemetry module, reads no clock.
+    """
+    attributes = _span_attributes(record)
+    error_type = record.status.value if record.status in _ERROR_STATUSES else None
+    if error_type is not None:
+        attributes[sc.ERROR_TYPE] = error_type
+    phase_attributes: dict[str, AttributeValue] = {
+        sc.GEN_AI_OPERATION_NAME: sc.INVOKE_AGENT,
+        sc.GEN_AI_AGENT_NAME: record.agent,
+    }
+    phase_attributes.update({key: attributes[key] for key in _PHASE_KEYS if key in attributes})
+    return RunShape(
+        name=root_span_name(record.agent),
+        attributes=attributes,
+        phase_attributes=phase_attributes,
+        events=() if times is None else tuple(_events(record, times)),
+        phases=() if times is None else tuple(_phases(record, times)),
+        error_type=error_type,
+    )
+
+
+def _turn_cohort(turn_ordinal: int | None) -> str | None:
+    if turn_ordinal is None:
+        return None
+    return "turn_1" if turn_ordinal == 1 else "turn_2+"
+
+
+def _dominant_segment(record: RunRecord) -> str | None:
+    """The span name of the largest segment; ``None`` unless the breakdown is complete."""
+    if record.timing_unavailable_reason is not None or record.spawn_to_first_token_ms is None:
+        return None
+    segments = (
+        (sc.SPAN_CLI_READY, record.cli_ready_ms),
+        (sc.SPAN_SESSION_INIT, record.session_init_ms),
+        (sc.SPAN_CLIENT_WAIT, record.client_wait_ms),
+        (sc.SPAN_MODEL_FIRST_TOKEN, record.model_first_token_ms),
+    )
+    present = [(ms, name) for name, ms in segments if ms is not None]
+    if not present:
+        return None
+    return max(present)[1]
 
 
 def _span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
@@ -612,6 +754,8 @@ def _span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
         (sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, record.cache_read_input_tokens),
         (sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, record.cache_creation_input_tokens),
         (sc.PROCESS_EXIT_CODE, record.exit_code),
+        (sc.TTFT_TURN_COHORT, _turn_cohort(record.turn_ordinal)),
+        (_DOMINANT_SEGMENT, _dominant_segment(record)),
     )
     attributes.update({key: value for key, value in optional if value is not None})
     return attributes
@@ -675,8 +819,9 @@ def _metric_attributes(record: RunRecord) -> dict[str, AttributeValue]:
         attributes[sc.GEN_AI_PROVIDER_NAME] = provider
     if record.model is not None:
         attributes[sc.GEN_AI_REQUEST_MODEL] = record.model
-    if record.turn_ordinal is not None:
-        attributes[sc.TTFT_TURN_COHORT] = "turn_1" if record.turn_ordinal == 1 else "turn_2+"
+    cohort = _turn_cohort(record.turn_ordinal)
+    if cohort is not None:
+        attributes[sc.TTFT_TURN_COHORT] = cohort
     if record.status in _ERROR_STATUSES:
         attributes[sc.ERROR_TYPE] = record.status.value
     return attributes
@@ -700,12 +845,20 @@ def _record_histograms(histograms: dict[str, Histogram], record: RunRecord) -> N
 # --- providers and exporters (imported lazily) ---
 
 
-def _resource() -> Resource:
+def resource_from(env: Mapping[str, str]) -> Resource:
+    """The SDK resource: ``service.name`` = ``OTEL_SERVICE_NAME`` or ``ttft-probe``.
+
+    ``Resource.create`` also merges the SDK's defaults and ``OTEL_RESOURCE_ATTRIBUTES``
+    (read from the process environment by the SDK). Imports the SDK.
+    """
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
 
-    # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME.
-    name = os.environ.get("OTEL_SERVICE_NAME") or sc.SERVICE_NAME_DEFAULT
+    name = env.get("OTEL_SERVICE_NAME") or sc.SERVICE_NAME_DEFAULT
     return Resource.create({sc.SERVICE_NAME: name})
+
+
+def _resource() -> Resource:
+    return resource_from(os.environ)
 
 
 def _global_tracer_provider() -> TracerProvider | None:
@@ -725,9 +878,15 @@ def _global_meter_provider() -> MeterProvider | None:
     return None if isinstance(provider, _ProxyMeterProvider) else provider
 
 
-def _otlp_wanted(signal: str) -> bool:
-    """An OTLP endpoint is configured for ``signal`` and ``OTEL_<signal>_EXPORTER`` allows it."""
-    env = os.environ
+def otlp_configured(env: Mapping[str, str], signal: str) -> bool:
+    """Whether OTLP export of ``signal`` (``"TRACES"`` or ``"METRICS"``) is configured.
+
+    True when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_<signal>_ENDPOINT``
+    is set, ``OTEL_<signal>_EXPORTER`` (default ``otlp``) lists ``otlp``, and
+    ``OTEL_SDK_DISABLED`` is not ``true`` (the OpenTelemetry configuration spec).
+    """
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
     chosen = {s.strip().lower() for s in env.get(f"OTEL_{signal}_EXPORTER", _OTLP).split(",")}
     if _OTLP not in chosen:
         return False
@@ -736,22 +895,24 @@ def _otlp_wanted(signal: str) -> bool:
     )
 
 
-def _span_exporter(protocol: str) -> SpanExporter:
-    if protocol == _GRPC:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
+def otlp_protocol(env: Mapping[str, str], signal: str) -> str | None:
+    """``OTEL_EXPORTER_OTLP_<signal>_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL``.
 
-        return GrpcSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter as HttpSpanExporter,
+    Returns:
+        :data:`HTTP_PROTOBUF` (also when unset) or :data:`GRPC`; ``None`` for any other
+        value (``http/json`` is not supported by the Python exporters).
+    """
+    raw = (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or HTTP_PROTOBUF
     )
-
-    return HttpSpanExporter()
+    protocol = raw.strip().lower()
+    return protocol if protocol in {HTTP_PROTOBUF, GRPC} else None
 
 
 def _metric_exporter(protocol: str) -> MetricExporter:
-    if protocol == _GRPC:
+    if protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
             OTLPMetricExporter as GrpcMetricExporter,
         )

@@ -1,0 +1,517 @@
+"""The durable OTLP sink: rebuilt spans on the wire, idempotent ids, bounded failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import grpc  # type: ignore[import-untyped]
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otlp_receiver import OtlpReceiver, attributes_of
+from ttft_probe import _semconv as sc
+from ttft_probe._clock import WallAnchor
+from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
+from ttft_probe.sinks._base import Delivery, Sink
+from ttft_probe.sinks.otel import Telemetry
+from ttft_probe.sinks.otlp import OtlpSink, build_spans, child_span_id
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+MS = 1_000_000
+ANCHOR = WallAnchor(wall_ns=1_750_000_000_000_000_000, mono_ns=10_000_000_000)
+START = 10_000_123_456
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN_ID = "00f067aa0ba902b7"
+PARENT_ID = "a3ce929d0e0e4736"
+RUN_ID = "0b7c2f1e-5d7a-4c7b-9d55-3f1f3b0f6a11"
+SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+ROOT = "invoke_agent claude_code"
+PHASES = ("cli_ready", "session_init", "model_first_token")
+
+
+def stream_times(**overrides: int | None) -> MarkerTimes:
+    """Ready 480 ms, session 900 ms, first token 1400 ms, end 2000 ms."""
+    base: dict[str, int | None] = {
+        "cli_ready_ns": START + 480 * MS,
+        "session_init_done_ns": START + 900 * MS,
+        "first_token_ns": START + 1400 * MS,
+        "end_ns": START + 2000 * MS,
+    }
+    base.update(overrides)
+    return MarkerTimes(start_ns=START, **base)
+
+
+def make_record(times: MarkerTimes, **fields: Any) -> RunRecord:
+    segs = compute_segments(times, request_driven=False, process_reused=False)
+    values: dict[str, Any] = {
+        "run_id": RUN_ID,
+        "agent": "claude_code",
+        "runtime_family": "claude-stream-json",
+        "status": "succeeded",
+        "probe_version": "0.1.0.dev0",
+        "started_at": "2025-06-15T12:00:00Z",
+        "trace_id": TRACE_ID,
+        "span_id": SPAN_ID,
+        "turn_ordinal": 2,
+        "session_resumed": True,
+        "model": "claude-x",
+        "exit_code": 0,
+        **attrs.asdict(segs, recurse=False),
+    }
+    values.update(fields)
+    return RunRecord(**values)
+
+
+def delivery(times: MarkerTimes | None = None, **fields: Any) -> Delivery:
+    times = times or stream_times()
+    return Delivery(make_record(times, **fields), times, ANCHOR.wall_ns_at(times.start_ns))
+
+
+def wall(mono_ns: int) -> int:
+    return ANCHOR.wall_ns_at(mono_ns)
+
+
+def sink_for(endpoint: str, **env: str) -> OtlpSink:
+    sink = OtlpSink.from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **env})
+    assert sink is not None
+    return sink
+
+
+@pytest.fixture
+def rx() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+# --- configuration ---
+
+
+def test_the_sink_implements_the_protocol() -> None:
+    sink = sink_for("http://127.0.0.1:9")
+    assert isinstance(sink, Sink)
+    assert OtlpSink.name == "otlp"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://x:4318/v1/metrics"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_TRACES_EXPORTER": "console"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_SDK_DISABLED": "true"},
+    ],
+)
+def test_no_sink_unless_otlp_traces_are_configured(env: dict[str, str]) -> None:
+    assert OtlpSink.from_environment(env) is None
+
+
+def test_endpoint_gets_the_traces_path_only_from_the_base_variable() -> None:
+    assert sink_for("http://c:4318/").endpoint == "http://c:4318/v1/traces"
+    traces = OtlpSink.from_environment(
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:9999/custom"}
+    )
+    assert traces is not None
+    assert traces.endpoint == "http://c:9999/custom"
+    grpc_sink = sink_for("http://c:4317", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    assert grpc_sink.endpoint == "http://c:4317"
+
+
+def test_grpc_protocol_selects_the_grpc_exporter() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcExporter,
+    )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    grpc_sink = sink_for("http://127.0.0.1:4317", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc")
+    assert grpc_sink.protocol == "grpc"
+    exporter = grpc_sink._exporter(1.0)
+    assert isinstance(exporter, GrpcExporter)
+    exporter.shutdown()
+    http_sink = sink_for("http://127.0.0.1:4318")
+    assert http_sink.protocol == "http/protobuf"
+    assert isinstance(http_sink._exporter(1.0), HttpExporter)
+
+
+def test_bad_explicit_configuration_is_loud() -> None:
+    with pytest.raises(ValueError, match="protocol"):
+        OtlpSink(protocol="http/json")
+    with pytest.raises(ValueError, match="compression"):
+        OtlpSink(compression="zstd")
+
+
+def test_headers_timeout_and_service_name_from_the_environment() -> None:
+    sink = sink_for(
+        "http://c:4318",
+        OTEL_EXPORTER_OTLP_HEADERS="Authorization=Basic%20abc,x-team = probe",
+        OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="3.5",
+        OTEL_SERVICE_NAME="my-product",
+        OTEL_EXPORTER_OTLP_COMPRESSION="GZIP",
+    )
+    config = sink._config
+    assert dict(config.headers) == {"authorization": "Basic abc", "x-team": "probe"}
+    assert config.timeout_s == 3.5
+    assert config.service_name == "my-product"
+    assert config.compression == "gzip"
+
+
+# --- the rebuilt spans ---
+
+
+def test_rebuilt_spans_have_the_shape_of_the_live_spans() -> None:
+    # The live path (a given provider: spans flow through it) against the rebuild.
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(shutdown_on_exit=False)
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    tel = Telemetry(tracer_provider=tp, meter_provider=None)
+    times = stream_times(prompt_sent_ns=START + 900 * MS)
+    run = tel.start_run(agent="claude_code", start_ns=START, anchor=ANCHOR)
+    record = make_record(times, trace_id=run.trace_id_hex, span_id=run.span_id_hex)
+    run.finish(record, times)
+    live = {s.name: s for s in exporter.get_finished_spans()}
+    rebuilt = {s.name: s for s in build_spans(Delivery(record, times, wall(START)))}
+    tp.shutdown()
+
+    assert set(live) == set(rebuilt) == {ROOT, *PHASES}
+
+    def shape(span: ReadableSpan) -> tuple[Any, ...]:
+        return (
+            span.kind,
+            span.context.trace_id,
+            None if span.parent is None else span.parent.span_id,
+            span.start_time,
+            span.end_time,
+            dict(span.attributes or {}),
+            [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events],
+            span.status.status_code,
+            span.instrumentation_scope.name if span.instrumentation_scope else None,
+        )
+
+    assert shape(rebuilt[ROOT]) == shape(live[ROOT])
+    assert rebuilt[ROOT].context.span_id == live[ROOT].context.span_id
+    for name in PHASES:
+        assert shape(rebuilt[name]) == shape(live[name])
+        assert rebuilt[name].context.span_id == child_span_id(RUN_ID, name)
+
+
+def test_delivered_run_arrives_with_the_records_ids_links_times_and_attributes(
+    rx: OtlpReceiver,
+) -> None:
+    d = delivery(stream_times(prompt_sent_ns=START + 900 * MS))
+    assert sink_for(rx.endpoint).deliver([d], timeout_s=10) == [True]
+
+    spans = {span.name: (resource, span) for resource, span in rx.spans()}
+    assert set(spans) == {ROOT, *PHASES}
+    resource, root = spans[ROOT]
+    assert resource["service.name"] == "ttft-probe"
+    assert root.trace_id.hex() == TRACE_ID
+    assert root.span_id.hex() == SPAN_ID
+    assert root.parent_span_id == b""
+    assert root.kind == root.SPAN_KIND_CLIENT
+    assert (root.start_time_unix_nano, root.end_time_unix_nano) == (
+        wall(START),
+        wall(START + 2000 * MS),
+    )
+    assert [(e.name, e.time_unix_nano) for e in root.events] == [
+        ("processSpawned", wall(START)),
+        ("cliReady", wall(START + 480 * MS)),
+        ("sessionInitDone", wall(START + 900 * MS)),
+        ("promptSent", wall(START + 900 * MS)),
+        ("firstToken", wall(START + 1400 * MS)),
+        ("processExited", wall(START + 2000 * MS)),
+    ]
+    a = attributes_of(root.attributes)
+    assert a[sc.GEN_AI_OPERATION_NAME] == "invoke_agent"
+    assert a[sc.GEN_AI_AGENT_NAME] == "claude_code"
+    assert a[sc.GEN_AI_PROVIDER_NAME] == "anthropic"
+    assert a[sc.GEN_AI_REQUEST_MODEL] == "claude-x"
+    assert a["ttft_probe.turn_ordinal"] == 2
+    assert a["ttft_probe.turn_cohort"] == "turn_2+"
+    assert a["ttft_probe.session_resumed"] is True
+    assert a["ttft_probe.status"] == "succeeded"
+    assert a["ttft_probe.cli_ready_ms"] == 480.0
+    assert a["ttft_probe.session_init_ms"] == 420.0
+    assert a["ttft_probe.model_first_token_ms"] == 500.0
+    assert a["ttft_probe.dominant_segment"] == "model_first_token"
+    assert a["ttft_probe.run_id"] == RUN_ID
+
+    expected = {
+        "cli_ready": (START, START + 480 * MS),
+        "session_init": (START + 480 * MS, START + 900 * MS),
+        "model_first_token": (START + 900 * MS, START + 1400 * MS),
+    }
+    for name, (begin, end) in expected.items():
+        _, child = spans[name]
+        assert child.trace_id == root.trace_id
+        assert child.parent_span_id == root.span_id
+        assert child.span_id == child_span_id(RUN_ID, name).to_bytes(8, "big")
+        assert child.kind == child.SPAN_KIND_INTERNAL
+        assert (child.start_time_unix_nano, child.end_time_unix_nano) == (wall(begin), wall(end))
+        c = attributes_of(child.attributes)
+        assert c["ttft_probe.turn_cohort"] == "turn_2+"
+        assert c["ttft_probe.session_resumed"] is True
+
+
+@attrs.frozen
+class _DeliveryWithParent(Delivery):
+    """Stands in for the ``parent_span_id`` field the record (or Delivery) is to gain."""
+
+    parent_span_id: str | None = None
+
+
+def test_the_roots_parent_is_kept(rx: OtlpReceiver) -> None:
+    sink = sink_for(rx.endpoint)
+    d = delivery()
+    with_parent = _DeliveryWithParent(d.record, d.times, d.started_wall_ns, PARENT_ID)
+    assert sink.deliver([with_parent], 10) == [True]
+    spans = {span.name: span for _, span in rx.spans()}
+    assert spans[ROOT].parent_span_id.hex() == PARENT_ID
+    assert spans[ROOT].trace_id.hex() == TRACE_ID
+
+
+def test_a_parent_given_as_an_argument(rx: OtlpReceiver) -> None:
+    (root, *_) = build_spans(delivery(), parent_span_id=PARENT_ID)
+    assert root.parent is not None
+    assert f"{root.parent.span_id:016x}" == PARENT_ID
+    assert root.parent.trace_id == int(TRACE_ID, 16)
+
+
+def test_redelivery_sends_identical_span_ids(rx: OtlpReceiver) -> None:
+    sink = sink_for(rx.endpoint)
+    d = delivery()
+    assert sink.deliver([d], 10) == [True]
+    assert sink.deliver([d], 10) == [True]
+    sent = [(span.trace_id, span.span_id, span.name) for _, span in rx.spans()]
+    assert len(sent) == 8
+    assert len(set(sent)) == 4  # a receiver deduplicating by span id keeps one run
+
+
+def test_failed_run_is_an_error_span(rx: OtlpReceiver) -> None:
+    times = stream_times(first_token_ns=None)
+    assert sink_for(rx.endpoint).deliver([delivery(times, status="timed_out")], 10) == [True]
+    spans = {span.name: span for _, span in rx.spans()}
+    assert set(spans) == {ROOT, "cli_ready", "session_init"}
+    root = spans[ROOT]
+    assert root.status.code == root.status.STATUS_CODE_ERROR
+    assert attributes_of(root.attributes)[sc.ERROR_TYPE] == "timed_out"
+    # No end-of-run guess: the root ends at the end marker.
+    assert root.end_time_unix_nano == wall(START + 2000 * MS)
+
+
+def test_a_run_without_marker_times_sends_its_root_alone(rx: OtlpReceiver) -> None:
+    times = stream_times()
+    record = make_record(times)
+    d = Delivery(record, None, wall(START))
+    assert sink_for(rx.endpoint).deliver([d], 10) == [True]
+    ((_, root),) = rx.spans()
+    assert root.span_id.hex() == SPAN_ID
+    assert (root.start_time_unix_nano, root.end_time_unix_nano) == (
+        wall(START),
+        wall(START + 2000 * MS),
+    )
+    assert list(root.events) == []
+
+
+def test_a_record_without_ids_gets_stable_derived_ids(rx: OtlpReceiver) -> None:
+    d = delivery(trace_id=None, span_id=None)
+    first = {s.name: s.context for s in build_spans(d)}
+    second = {s.name: s.context for s in build_spans(d)}
+    assert first == second
+    assert first[ROOT].trace_id != 0
+    assert first[ROOT].span_id not in {first[name].span_id for name in PHASES}
+
+
+def test_a_batch_of_runs_in_one_request(rx: OtlpReceiver) -> None:
+    other = "9f0d7a52-1c1e-4d5c-8a7e-55b0b8c1d2e3"
+    batch = [
+        delivery(),
+        delivery(run_id=other, trace_id="1" * 32, span_id="2" * 16),
+    ]
+    assert sink_for(rx.endpoint).deliver(batch, 10) == [True, True]
+    assert len(rx.traces) == 1
+    assert {span.trace_id.hex() for _, span in rx.spans()} == {TRACE_ID, "1" * 32}
+
+
+def test_gzip_compression_on_the_wire(rx: OtlpReceiver) -> None:
+    sink = sink_for(rx.endpoint, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
+    assert sink.deliver([delivery()], 10) == [True]
+    assert rx.encodings == ["gzip"]
+
+
+# --- failures: False, bounded, never raised ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _StatusServer(ThreadingHTTPServer):
+    daemon_threads = True
+    status: int = 500
+    delay_s: float = 0.0
+    hits: int = 0
+
+
+class _StatusHandler(BaseHTTPRequestHandler):
+    server: _StatusServer
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.hits += 1
+        time.sleep(self.server.delay_s)
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def status_server() -> Iterator[_StatusServer]:
+    server = _StatusServer(("127.0.0.1", 0), _StatusHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _url(server: _StatusServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host!s}:{port}"
+
+
+def test_collector_down_is_false_within_the_bound() -> None:
+    sink = sink_for(f"http://127.0.0.1:{_free_port()}")
+    started = time.monotonic()
+    assert sink.deliver([delivery(), delivery(run_id="r2")], timeout_s=1.0) == [False, False]
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_500_is_false_at_once(status_server: _StatusServer) -> None:
+    sink = sink_for(_url(status_server))
+    started = time.monotonic()
+    assert sink.deliver([delivery()], timeout_s=5.0) == [False]
+    assert time.monotonic() - started < 2.0  # 500 is not retried by the exporter
+    assert status_server.hits == 1
+
+
+def test_a_slow_collector_is_false_within_the_timeout(status_server: _StatusServer) -> None:
+    status_server.status, status_server.delay_s = 200, 5.0
+    sink = sink_for(_url(status_server), OTEL_EXPORTER_OTLP_TIMEOUT="30")
+    started = time.monotonic()
+    assert sink.deliver([delivery()], timeout_s=0.5) == [False]
+    assert time.monotonic() - started < 1.0
+
+
+def test_closed_sink_and_empty_batch() -> None:
+    sink = sink_for("http://127.0.0.1:9")
+    assert sink.deliver([], 1.0) == []
+    sink.close()
+    assert sink.deliver([delivery()], 1.0) == [False]
+
+
+def test_a_run_whose_spans_cannot_be_built_fails_alone(
+    rx: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ttft_probe.sinks import otlp
+
+    real = otlp.build_spans
+
+    def flaky(d: Delivery, *args: Any, **kwargs: Any) -> list[ReadableSpan]:
+        if d.record.run_id == "bad":
+            raise RuntimeError("corrupt row")
+        return real(d, *args, **kwargs)
+
+    monkeypatch.setattr(otlp, "build_spans", flaky)
+    assert sink_for(rx.endpoint).deliver([delivery(run_id="bad"), delivery()], 10) == [
+        False,
+        True,
+    ]
+
+
+# --- gRPC on the wire ---
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+
+    def Export(  # noqa: N802 - the generated servicer's name
+        self, request: ExportTraceServiceRequest, context: Any
+    ) -> ExportTraceServiceResponse:
+        self.requests.append(request)
+        return ExportTraceServiceResponse()
+
+
+def test_grpc_delivery_on_the_wire() -> None:
+    service = _TraceService()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        sink = sink_for(f"http://127.0.0.1:{port}", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+        assert sink.deliver([delivery()], timeout_s=10) == [True]
+    finally:
+        server.stop(None)
+    spans = [
+        span
+        for req in service.requests
+        for rs in req.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+    assert {span.name for span in spans} == {ROOT, *PHASES}
+    assert {span.trace_id.hex() for span in spans} == {TRACE_ID}
+
+
+# --- laziness ---
+
+
+def test_importing_the_sink_loads_no_exporter_or_sdk() -> None:
+    code = (
+        "import json, sys\n"
+        "import ttft_probe.sinks.otlp as m\n"
+        "m.OtlpSink.from_environment({'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://127.0.0.1:9'})\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(TESTS)])
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    modules: list[str] = json.loads(proc.stdout)
+    forbidden = ("opentelemetry.exporter", "opentelemetry.sdk", "grpc", "requests")
+    assert [m for m in modules if m.startswith(forbidden)] == []
