@@ -17,7 +17,8 @@ OTLP trace store. This script
    checks names, ids, parent links, attributes and events against the stored record.
 
 Exit status 0 when everything matched, 1 on a mismatch, 2 when Phoenix could not be
-installed or started. Not part of the test suite (it installs ~300 MB and takes a minute).
+installed or started. ``tests/test_phoenix.py`` runs it (the first install takes about a
+minute and ~850 MB in .scratch/).
 
 Usage: ``.venv/bin/python scripts/phoenix_roundtrip.py [--keep]``
 """
