@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from conftest import PROBE, script
+from fake_langfuse import FakeLangfuse
 from fake_posthog import FakePostHog
+from otlp_receiver import OtlpReceiver, attributes_of
 from ttft_probe import Probe
 from ttft_probe.sinks.store import Store
 
@@ -157,3 +159,90 @@ def test_a_thousand_runs_with_a_flapping_backend_lose_and_duplicate_nothing(
     assert len(uuids) == len(set(uuids)) == 1000  # zero duplicated
     assert set(uuids) == run_ids  # zero lost
     assert sys.platform.startswith("linux")
+
+
+def _all_three(home: Path, ph: FakePostHog, lf: FakeLangfuse, otlp: OtlpReceiver) -> dict[str, str]:
+    return _env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST=ph.host,
+                LANGFUSE_PUBLIC_KEY="pk-lf-test", LANGFUSE_SECRET_KEY="sk-lf-test",
+                LANGFUSE_HOST=lf.url, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint,
+                OTEL_METRICS_EXPORTER="none")
+
+
+def test_one_run_reaches_all_three_backends_with_the_same_record(tmp_path: Path) -> None:
+    home = tmp_path / "probe"
+    claude_like: list[dict[str, Any]] = [
+        {"out": '{"type":"system","subtype":"init","session_id":"s-1","model":"m"}\n'},
+        {"sleep_ms": 50},
+        {"out": '{"type":"stream_event","event":{"type":"content_block_delta","index":0,'
+                '"delta":{"type":"text_delta","text":"Hi"}}}\n'},
+        {"out": '{"type":"result","subtype":"success","is_error":false,"session_id":"s-1"}\n'},
+        {"exit": 0},
+    ]
+    with FakePostHog() as ph, FakeLangfuse(public_key="pk-lf-test",
+                                           secret_key="sk-lf-test") as lf, OtlpReceiver() as otlp:
+        env = _all_three(home, ph, lf, otlp)
+        done = _run(script(tmp_path, claude_like), env, "--family", "claude-stream-json",
+                    "--agent", "claude_code",
+                    "--delivery-wait", "30")
+        assert done.returncode == 0, done.stderr
+        assert Store(home / "runs.sqlite3").pending() == {}
+        [record] = Store(home / "runs.sqlite3").last()
+        fields = record.to_dict()
+        # PostHog: the run_finished event carries the record, keyed by run_id.
+        [event] = ph.events
+        assert (event["event"], event["uuid"]) == ("run_finished", record.run_id)
+        assert {k: v for k, v in event["properties"].items() if not k.startswith("$")} == fields
+        # OTLP: the root span is the one the child's TRACEPARENT named, with the fields.
+        roots = [(attrs, span) for attrs, span in otlp.spans()
+                 if span.name == "invoke_agent claude_code"]
+        [(resource, root)] = roots
+        assert resource["service.name"] == "ttft-probe"
+        assert (root.trace_id.hex(), root.span_id.hex()) == (record.trace_id, record.span_id)
+        root_attrs = attributes_of(root.attributes)
+        assert root_attrs["gen_ai.agent.name"] == "claude_code"
+        for key in ("spawn_to_first_token_ms", "cli_ready_ms", "model_first_token_ms",
+                    "turn_ordinal", "status"):
+            assert root_attrs[f"ttft_probe.{key}"] == fields[key]
+        assert {s.name for _, s in otlp.spans()} >= {"cli_ready", "session_init",
+                                                      "model_first_token"}
+        # Langfuse: one trace, session = conversation, generation with every field.
+        generation = next(s for s in lf.spans() if s.attributes.get(
+            "langfuse.observation.type") == "generation")
+        assert generation.trace_id == record.trace_id
+        assert generation.attributes["session.id"] == record.conversation_id or any(
+            s.attributes.get("session.id") == record.conversation_id for s in lf.spans())
+        metadata = {k.removeprefix("langfuse.observation.metadata."): v
+                    for k, v in generation.attributes.items()
+                    if k.startswith("langfuse.observation.metadata.")}
+        assert set(metadata) >= set(fields)
+
+
+def test_all_three_down_cost_nothing_and_flush_delivers_exactly_once(tmp_path: Path) -> None:
+    home = tmp_path / "probe"
+    argv = script(tmp_path, [{"sleep_ms": 300}, *HELLO])
+    down = _env(home, POSTHOG_API_KEY="phc_test", POSTHOG_HOST="http://127.0.0.1:9",
+                LANGFUSE_PUBLIC_KEY="pk-lf-test", LANGFUSE_SECRET_KEY="sk-lf-test",
+                LANGFUSE_HOST="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+                OTEL_METRICS_EXPORTER="none")
+    plain = _env(tmp_path / "plain")
+    with_sinks, without = [], []
+    for _ in range(5):
+        t0 = time.monotonic()
+        assert _run(argv, down).stdout == b"hello\n"
+        with_sinks.append(time.monotonic() - t0)
+        t0 = time.monotonic()
+        assert _run(argv, plain).stdout == b"hello\n"
+        without.append(time.monotonic() - t0)
+    added_ms = (statistics.median(with_sinks) - statistics.median(without)) * 1000
+    assert added_ms < 50, f"three down backends added {added_ms:.1f} ms"
+    with FakePostHog() as ph, FakeLangfuse(public_key="pk-lf-test",
+                                           secret_key="sk-lf-test") as lf, OtlpReceiver() as otlp:
+        flushed = _flush(_all_three(home, ph, lf, otlp))
+        assert flushed.returncode == 0, flushed.stderr
+        run_ids = {r.run_id for r in Store(home / "runs.sqlite3").last()}
+        assert len(run_ids) == 5
+        assert sorted(e["uuid"] for e in ph.events) == sorted(run_ids)
+        roots = [s for _, s in otlp.spans() if s.name.startswith("invoke_agent ")]
+        assert len({s.span_id for s in roots}) == len(roots) == 5
+        traces = {s.trace_id for s in lf.spans()}
+        assert len(traces) == 5

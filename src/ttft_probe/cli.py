@@ -198,7 +198,7 @@ def _deliver_in_background(store: str | None, wait: float) -> None:
 
     if not configured_sinks():
         return
-    argv = [sys.executable, "-m", "ttft_probe", "flush", "--quiet"]
+    argv = [sys.executable, "-m", "ttft_probe", "flush", "--background"]
     if store is not None:
         argv += ["--store", store]
     try:
@@ -319,8 +319,10 @@ def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, metavar="SECONDS", help="Per-batch bound for each sink.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("--background", is_flag=True, hidden=True,
+              help="Started by `run`: quiet, and exit at once if another flush is running.")
 @_store_option
-def flush(timeout: float, quiet: bool, store: str | None) -> None:
+def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> None:
     """Deliver every run still in the outbox to the configured sinks, now.
 
     Runs are sent to OTLP (OTEL_EXPORTER_OTLP_ENDPOINT), PostHog (POSTHOG_API_KEY,
@@ -334,14 +336,19 @@ def flush(timeout: float, quiet: bool, store: str | None) -> None:
     from ttft_probe.sinks.outbox import Outbox, configured_sinks  # noqa: PLC0415
     from ttft_probe.sinks.store import Store  # noqa: PLC0415
 
+    quiet = quiet or background
     console = Console(stderr=True, quiet=quiet)
     try:
         db = Store(store)
     except TtftProbeError as exc:
         _fail(str(exc))
-    # One flush at a time per store: background flushes started by many runs queue up.
+    # One flush at a time per store. A background flush leaves the work to one already
+    # running: that one claims until nothing is left, new runs included.
     lock = db.path.with_name(db.path.name + ".flush.lock").open("a")
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if background else 0))
+    except BlockingIOError:
+        sys.exit(0)
     specs = configured_sinks()
     pending = db.pending()
     if not specs:
