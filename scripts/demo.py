@@ -29,7 +29,8 @@ def say(text: str) -> None:
 
 def turn(env: dict[str, str], work: Path, argv: list[str]) -> list[str]:
     """One turn under `ttft-probe run`: the breakdown goes to stderr, stdout is returned."""
-    done = subprocess.run([sys.executable, "-m", "ttft_probe", "run", "--", *argv],
+    done = subprocess.run([sys.executable, "-m", "ttft_probe", "run", "--observe-provider", "--",
+                           *argv],
                           stdout=subprocess.PIPE, env=env, cwd=work, timeout=300, check=False)
     lines = done.stdout.decode(errors="replace").splitlines()
     answer = "".join(
@@ -56,7 +57,7 @@ def main() -> int:
         env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         say(f"Fake Anthropic provider at {provider.url}, first token after {DELAY_MS} ms")
 
-        say("Turn 1: a fresh `claude -p` under `ttft-probe run`")
+        say("Turn 1: a fresh `claude -p` under `ttft-probe run --observe-provider`")
         lines = turn(env, work, one_shot_command("claude_code", "Say hello"))
         session = find_session_id("claude_code", lines)
         if session is None:

@@ -245,7 +245,11 @@ def breakdown_line(record: RunRecord) -> str:
         ]
         if record.client_wait_ms:
             parts.append(f"client_wait {_ms(record.client_wait_ms)}")
-        parts.append(f"model_first_token {_ms(record.model_first_token_ms)}")
+        model = f"model_first_token {_ms(record.model_first_token_ms)}"
+        if record.provider_first_byte_ms is not None and record.cli_forward_ms is not None:
+            model += (f" (provider {_ms(record.provider_first_byte_ms)}"
+                      f" + cli forward {_ms(record.cli_forward_ms)})")
+        parts.append(model)
         body = f"first token {_ms(record.spawn_to_first_token_ms)} ms = " + " + ".join(parts)
         if record.remainder_ms:
             body += f" + remainder {_ms(record.remainder_ms)}"
@@ -426,6 +430,219 @@ def _print_table(records: Sequence[RunRecord]) -> None:
             r.run_id[:8],
         )
     console.print(table)
+
+
+# --- ab: paired fresh-vs-resumed runs ---------------------------------------------------
+
+if TYPE_CHECKING:
+    from ttft_probe.analysis.ab import AbResult, Experiment
+    from ttft_probe.sinks.store import Store
+
+EXIT_TOO_MANY_FAILED = 1
+_FAMILIES = ["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--fresh", "fresh_cmd", metavar="CMD",
+              help="The command that starts a new conversation, as one shell-quoted string.")
+@click.option("--resumed", "resumed_cmd", metavar="CMD",
+              help="The command that resumes one; `{session}` in it becomes the session id "
+              "of a priming run of the fresh command.")
+@click.option("-n", "--pairs", "pairs", type=click.IntRange(min=1), default=30, show_default=True,
+              metavar="N", help="Pairs to run (DESIGN asks for at least 30).")
+@click.option("--agent", help="Agent name for the records (default: inferred from the executable).")
+@click.option("--family", type=click.Choice(_FAMILIES),
+              help="Runtime family whose marker rules apply (default: inferred from the command).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the bootstrap resampling (the same runs give the same interval).")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.95, show_default=True, help="Confidence level of the intervals.")
+@click.option("--resamples", type=click.IntRange(min=100), default=10_000, show_default=True,
+              metavar="B", help="Bootstrap resamples per interval.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, metavar="SECONDS",
+              help="End a run after this long; it counts as failed (timed_out).")
+@click.option("--max-failed-pairs", type=click.IntRange(min=0), metavar="K",
+              help="Stop, and exit 1, once more than K pairs had a failed run "
+              "[default: N // 10].")
+@click.option("--experiment", "experiment_id", metavar="ID",
+              help="Analyse the stored experiment ID again instead of running one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-run messages.")
+@_store_option
+def ab(
+    fresh_cmd: str | None,
+    resumed_cmd: str | None,
+    pairs: int,
+    agent: str | None,
+    family: str | None,
+    seed: int,
+    confidence: float,
+    resamples: int,
+    timeout: float,
+    max_failed_pairs: int | None,
+    experiment_id: str | None,
+    as_json: bool,
+    quiet: bool,
+    store: str | None,
+) -> None:
+    """A/B test: paired fresh vs resumed runs, and what resuming does to each segment.
+
+    Runs N pairs. Each pair runs the --fresh command and the --resumed command back to
+    back, alternating which goes first (pair i: fresh first when i is even, resumed first
+    when it is odd). Commands are split like a shell would (shlex), run in the current
+    directory with this environment, stdin from /dev/null and their output discarded.
+    When --resumed holds {session}, the fresh command runs once first (a priming run, not
+    counted) and every resumed run resumes the session it reported (so that session's
+    history grows by one turn per pair).
+
+    Every run is kept in the store with its experiment id, arm (fresh, resumed, priming)
+    and pair; `ttft-probe ab --experiment ID` analyses it again.
+
+    For each segment (spawn_to_first_token_ms, cli_ready_ms, session_init_ms,
+    client_wait_ms, model_first_token_ms) it prints the paired difference resumed − fresh
+    in ms: mean, median and a percentile-bootstrap confidence interval of the mean over
+    pairs (--resamples, --seed). A pair where either run failed or lacks the segment is
+    dropped for that segment and counted.
+
+    Exit status: 0 when no more than --max-failed-pairs pairs had a failed run; 1 when
+    more did (the experiment stops there; what ran is still reported) or the priming run
+    failed; 2 for bad options.
+
+    \b
+    Example (Claude Code):
+      C='claude -p hi --output-format stream-json --verbose --include-partial-messages'
+      ttft-probe ab -n 30 --fresh "$C" --resumed "$C --resume {session}"
+    """  # noqa: D301 - \b is click's no-rewrap marker, the character itself
+    import json  # noqa: PLC0415 - keep start-up cheap
+
+    from ttft_probe.analysis.ab import (  # noqa: PLC0415
+        MIN_PAIRS,
+        ExperimentError,
+        analyze,
+        load_experiment,
+    )
+    from ttft_probe.sinks.store import Store  # noqa: PLC0415
+
+    if experiment_id is None and (fresh_cmd is None or resumed_cmd is None):
+        _fail("ab needs --fresh CMD and --resumed CMD (or --experiment ID to analyse a stored one)")
+    if experiment_id is not None and (fresh_cmd is not None or resumed_cmd is not None):
+        _fail("--experiment analyses a stored experiment: leave out --fresh and --resumed")
+    exit_status = 0
+    try:
+        db = Store(store)
+        if experiment_id is not None:
+            loaded = load_experiment(db, experiment_id)
+        else:
+            assert fresh_cmd is not None  # noqa: S101 - checked above
+            assert resumed_cmd is not None  # noqa: S101
+            if pairs < MIN_PAIRS and not quiet:
+                click.echo(f"ttft-probe: warning: {pairs} pairs; DESIGN asks for at least "
+                           f"{MIN_PAIRS} for a trustworthy interval", err=True)
+            try:
+                experiment = _run_ab_with_progress(
+                    fresh_cmd, resumed_cmd, pairs=pairs, agent=agent,
+                    family=family, db=db, timeout=timeout, max_failed_pairs=max_failed_pairs,
+                    quiet=quiet)
+            except ExperimentError as exc:
+                click.echo(f"ttft-probe: error: {exc}", err=True)
+                sys.exit(EXIT_TOO_MANY_FAILED)
+            experiment_id = experiment.experiment_id
+            loaded = list(experiment.pairs)
+            allowed = pairs // 10 if max_failed_pairs is None else max_failed_pairs
+            if sum(not p.complete for p in loaded) > allowed:
+                exit_status = EXIT_TOO_MANY_FAILED
+        result = analyze(experiment_id, loaded, confidence=confidence, resamples=resamples,
+                         seed=seed)
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        _print_ab(result, planned=None if exit_status == 0 else pairs)
+    _deliver_in_background(store, 0.0)
+    sys.exit(exit_status)
+
+
+def _run_ab_with_progress(
+    fresh_cmd: str,
+    resumed_cmd: str,
+    *,
+    pairs: int,
+    agent: str | None,
+    family: str | None,
+    db: Store,
+    timeout: float,
+    max_failed_pairs: int | None,
+    quiet: bool,
+) -> Experiment:
+    """Run the experiment with a progress bar (and failure lines) on stderr."""
+    from rich.console import Console  # noqa: PLC0415 - only for ab
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from ttft_probe.analysis.ab import (  # noqa: PLC0415
+        SESSION_PLACEHOLDER,
+        RunEvent,
+        run_experiment,
+    )
+
+    console = Console(stderr=True, quiet=quiet)
+    priming = SESSION_PLACEHOLDER in resumed_cmd
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=quiet or not console.is_terminal) as bar:
+        task = bar.add_task("priming" if priming else "pair 1", total=2 * pairs + priming)
+
+        def on_run(event: RunEvent) -> None:
+            bar.advance(task)
+            if event.pair is not None:
+                bar.update(task, description=f"pair {event.pair}/{pairs}")
+            if not event.ok:
+                where = "priming run" if event.pair is None else f"pair {event.pair} {event.role}"
+                console.print(f"ttft-probe: {where} failed: {event.detail}", markup=False,
+                              highlight=False)
+
+        return run_experiment(
+            fresh_cmd, resumed_cmd, n=pairs, agent=agent, family=family, store=db,
+            timeout=timeout, max_failed_pairs=max_failed_pairs, on_run=on_run)
+
+
+def _print_ab(result: AbResult, planned: int | None) -> None:
+    from rich.console import Console  # noqa: PLC0415 - only for the table
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    level = f"{result.confidence * 100:g} %"
+    table = Table(
+        title=f"ttft-probe ab: resumed − fresh (ms), {level} bootstrap CI of the mean",
+        title_justify="left",
+        caption=f"experiment {result.experiment_id} · {result.complete_pairs}/{result.pairs} "
+        f"complete pairs · B={result.resamples}, seed {result.seed} · "
+        "re-analyse: ttft-probe ab --experiment ID",
+        caption_justify="left",
+    )
+    for name, justify in [("segment", "left"), ("pairs", "right"), ("dropped", "right"),
+                          ("fresh mean", "right"), ("resumed mean", "right"),
+                          ("Δ mean", "right"), ("Δ median", "right"), (f"{level} CI", "right"),
+                          ("", "left")]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for e in result.effects:
+        ci = "—" if e.ci_low_ms is None else f"[{e.ci_low_ms:.1f}, {_ms(e.ci_high_ms)}]"
+        verdict = "" if e.ci_low_ms is None else ("≠ 0" if e.excludes_zero else "≈ 0")
+        table.add_row(e.segment, str(e.n), str(e.dropped), _ms(e.fresh_mean_ms),
+                      _ms(e.resumed_mean_ms), _ms(e.mean_ms), _ms(e.median_ms), ci, verdict)
+    console.print(table)
+    if planned is not None:
+        console.print(f"Too many pairs failed: {result.failed_pairs} of {result.pairs} run "
+                      f"({planned} planned); see the messages above.", markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
