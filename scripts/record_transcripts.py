@@ -331,11 +331,19 @@ def one_shot(
     resume_id: str | None = None,
     *,
     partial: bool = True,
+    text: bool = False,
 ) -> str | None:
-    """Record one one-shot turn; returns the session id it printed."""
+    """Record one one-shot turn; returns the session id it printed.
+
+    ``text``: claude's default text output (the ``plain`` family) instead of stream-json.
+    """
     argv = one_shot_command(case.agent, PROMPTS[1] if resume_id else PROMPTS[0], resume_id)
     if not partial:
         argv.remove("--include-partial-messages")
+    if text:
+        i = argv.index("--output-format")
+        del argv[i : i + 2]
+        argv = [a for a in argv if a not in {"--verbose", "--include-partial-messages"}]
     env = agent_environment(case.agent, provider.url, home)
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -447,6 +455,12 @@ CASES = {
             "claude_code",
             "claude -p stream-json without --include-partial-messages: whole messages only",
         ),
+        Case(
+            "claude_text",
+            "plain",
+            "claude_code",
+            "claude -p with its default text output: the plain family on a real CLI",
+        ),
         Case("codex_exec_fresh", "json-event-stream", "codex", "codex exec --json; a new thread"),
         Case(
             "codex_exec_resumed",
@@ -527,6 +541,8 @@ def record(provider: FakeProvider, case: Case, home: Path, ids: dict[str, str | 
         one_shot(provider, case, home, ids.get(case.agent) or "latest")
     elif case.family == "acp-json-rpc":
         ids[case.agent] = acp(provider, case, home)
+    elif name == "claude_text":
+        one_shot(provider, case, home, text=True)
     else:
         ids[case.agent] = one_shot(provider, case, home, partial=name != "claude_no_partial")
 
