@@ -33,6 +33,56 @@ def provider() -> Iterator[FakeProvider]:
         yield fp
 
 
+class ProviderProcess:
+    """The fake provider in a process of its own, read through its JSON-lines log.
+
+    For assertions within a couple of ms: in the test's own process, the provider's
+    threads compete with the test for the GIL, so its clock readings can run late.
+    Same ``url`` / ``log`` / ``generations()`` interface as ``FakeProvider``.
+    """
+
+    def __init__(self, log_path: Path, first_token_delay_ms: float) -> None:
+        self._log_path = log_path
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ttft_probe.testing.fake_provider", "--port", "0",
+             "--first-token-delay-ms", str(first_token_delay_ms), "--log", str(log_path)],
+            stdout=subprocess.PIPE,
+        )
+        assert self._proc.stdout is not None
+        ready = self._proc.stdout.readline().decode().split()  # bounded by the provider's start
+        assert ready[:1] == ["READY"], ready
+        self.url = ready[1]
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        """Every logged request so far."""
+        if not self._log_path.exists():
+            return []
+        lines = self._log_path.read_text("utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def generations(self) -> list[dict[str, Any]]:
+        """The logged generation calls, in order of arrival."""
+        return sorted((e for e in self.log if e["generation"]), key=lambda e: e["arrival_ns"])
+
+    def stop(self) -> None:
+        """End the provider process."""
+        self._proc.terminate()
+        self._proc.communicate(timeout=10)
+
+
+AnyProvider = FakeProvider | ProviderProcess
+"""Either fake provider: both have ``url``, ``log`` and ``generations()``."""
+
+
+@pytest.fixture(scope="module")
+def provider_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProviderProcess]:
+    """The fake provider (DELAY_MS) in its own process, for ms-exact ground truth."""
+    fp = ProviderProcess(tmp_path_factory.mktemp("provider") / "log.jsonl", DELAY_MS)
+    yield fp
+    fp.stop()
+
+
 @pytest.fixture
 def scratch() -> Iterator[Path]:
     """A scratch directory inside the repository (codex refuses helper binaries in /tmp)."""

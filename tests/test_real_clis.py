@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DELAY_MS, PROBE, assert_valid
+from conftest import DELAY_MS, PROBE, AnyProvider, assert_valid
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks.store import Store
 from ttft_probe.testing.agent_env import (
@@ -39,7 +39,7 @@ MS = 1_000_000
 class Agent:
     """One agent's scratch home, environment and store."""
 
-    def __init__(self, name: str, provider: FakeProvider, scratch: Path) -> None:
+    def __init__(self, name: str, provider: AnyProvider, scratch: Path) -> None:
         self.name = name
         self.provider = provider
         self.work = scratch / "work"
@@ -75,7 +75,7 @@ def assert_complete(record: RunRecord) -> None:
     assert record.remainder_ms == 0
 
 
-def ground_truth(provider: FakeProvider, probe_first_token_ns: int) -> dict[str, Any]:
+def ground_truth(provider: AnyProvider, probe_first_token_ns: int) -> dict[str, Any]:
     """The generation call whose first token the agent printed: the last one sent before
     the probe saw a token (side calls whose answers are never printed come earlier)."""
     sent = [e for e in provider.generations()
@@ -84,7 +84,7 @@ def ground_truth(provider: FakeProvider, probe_first_token_ns: int) -> dict[str,
     return max(sent, key=lambda e: e["first_token_ns"])
 
 
-def assert_first_token_matches(provider: FakeProvider, times: MarkerTimes, record: RunRecord) -> None:
+def assert_first_token_matches(provider: AnyProvider, times: MarkerTimes, record: RunRecord) -> None:
     assert times.first_token_ns is not None
     truth = ground_truth(provider, times.first_token_ns)
     lag = times.first_token_ns - truth["first_token_ns"]

@@ -75,6 +75,7 @@ lines carry request ids, api names, statuses and exception type names only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import json
@@ -83,9 +84,10 @@ import re
 import socket
 import ssl
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, Self, cast
+from typing import TYPE_CHECKING, Final, Literal, Self, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -513,6 +515,46 @@ class _Exchange:
         self.ended = False
 
 
+class _Parked(asyncio.Protocol):
+    """A pre-connected upstream connection waiting for an agent connection to adopt it.
+
+    Agents such as codex open a new connection per request; dialling the upstream only
+    then would put the TCP (and TLS) handshake between the agent's request and the
+    provider. A few connections are kept ready instead (:data:`_POOL_SIZE`), dropped
+    when the upstream closes them or after :data:`_POOL_MAX_AGE_S`.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.born = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)
+        _nodelay(self.transport)
+
+    def data_received(self, data: bytes) -> None:  # noqa: ARG002 - nothing is expected
+        # An idle connection must not talk; one that does is not reusable.
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
+        self.lost = True
+
+    def usable(self) -> bool:
+        return (
+            not self.lost
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and time.monotonic() - self.born < _POOL_MAX_AGE_S
+        )
+
+
+_POOL_SIZE: Final = 2
+_POOL_MAX_AGE_S: Final = 30.0
+
+
 class _Upstream(asyncio.Protocol):
     """The upstream side of a link; everything is delegated to the link."""
 
@@ -578,8 +620,15 @@ class _Link(asyncio.Protocol):
         self._agent = transport
         _nodelay(transport)
         self._obs._links.add(self)  # noqa: SLF001
-        # Connect now, as the agent would have: the handshake overlaps the request.
-        self._connect_task = asyncio.get_running_loop().create_task(self._connect())
+        parked = self._obs._take_parked()  # noqa: SLF001
+        if parked is not None and parked.transport is not None:
+            upstream = _Upstream(self)
+            parked.transport.set_protocol(upstream)
+            self.upstream_made(parked.transport)
+        else:
+            # Connect now, as the agent would have: the handshake overlaps the request.
+            self._connect_task = asyncio.get_running_loop().create_task(self._connect())
+        self._obs._refill_pool()  # noqa: SLF001
 
     def data_received(self, data: bytes) -> None:
         t_ns = monotonic_ns()
@@ -1050,6 +1099,8 @@ class ProviderObserver:
         self._on_event = on_event
         self.connect_timeout_s = connect_timeout_s
         self._links: set[_Link] = set()
+        self._pool: collections.deque[_Parked] = collections.deque()
+        self._dialling: set[asyncio.Task[None]] = set()
         self._last_id = 0
         self._callback_failed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1136,6 +1187,39 @@ class ProviderObserver:
 
     # --- the proxy thread -----------------------------------------------------------
 
+    def _take_parked(self) -> _Parked | None:
+        """A ready upstream connection from the pool, or ``None`` (stale ones are closed)."""
+        while self._pool:
+            parked = self._pool.popleft()
+            if parked.usable():
+                return parked
+            if parked.transport is not None:
+                parked.transport.close()
+        return None
+
+    def _refill_pool(self) -> None:
+        """Dial upstream connections until :data:`_POOL_SIZE` are ready or being made."""
+        loop = asyncio.get_running_loop()
+        while len(self._pool) + len(self._dialling) < _POOL_SIZE:
+            task = loop.create_task(self._dial())
+            self._dialling.add(task)
+            task.add_done_callback(self._dialling.discard)
+
+    async def _dial(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, parked = await loop.create_connection(
+                    _Parked,
+                    self._up_host,
+                    self._up_port,
+                    ssl=self._ssl,
+                    server_hostname=self._up_host if self._ssl else None,
+                )
+        except (OSError, TimeoutError):
+            return  # a link dials on its own and reports the failure to its agent
+        self._pool.append(parked)
+
     def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -1150,6 +1234,7 @@ class ProviderObserver:
                 ready.set()
                 return
             self._server = server
+            loop.call_soon(self._refill_pool)
             port = server.sockets[0].getsockname()[1]
             self._url = f"http://127.0.0.1:{port}{self._prefix}"
             logger.debug("observer: listening on 127.0.0.1:%d", port)
@@ -1162,6 +1247,10 @@ class ProviderObserver:
     def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
+        while self._pool:
+            parked = self._pool.popleft()
+            if parked.transport is not None:
+                parked.transport.abort()
         for link in list(self._links):
             link.abort()
         self._links.clear()
