@@ -44,23 +44,30 @@ _store_option = click.option(
 )
 
 
-@click.group(context_settings=CONTEXT)
+_EPILOG = """Examples:
+
+\b
+  ttft-probe run -- claude -p "hi" --output-format stream-json --verbose --include-partial-messages
+  ttft-probe run --observe-provider -- codex exec --json --skip-git-repo-check "hi"
+  ttft-probe run --turn 2 -- codex exec --json resume THREAD_ID "and now?"
+  ttft-probe runs --last 5
+  ttft-probe report --since 7d --chart ttft.png
+  ttft-probe gate --agent claude_code
+"""
+
+
+@click.group(context_settings=CONTEXT, epilog=_EPILOG)
 @click.version_option(VERSION, prog_name="ttft-probe")
 def main() -> None:
-    r"""Where does an AI coding agent's wait before the first token go?
+    """Where does an AI coding agent's wait before the first token go?
 
     Put `ttft-probe run --` in front of an agent command. The agent runs exactly as it
     would (same output, same exit code); ttft-probe watches its protocol output and
     splits spawn-to-first-token into cli_ready_ms (the CLI booting), session_init_ms
     (creating or resuming the session) and model_first_token_ms (the model's own first
-    token). Every turn is kept in a local SQLite store; `ttft-probe runs` lists them.
-
-    \b
-    Examples:
-      ttft-probe run -- claude -p "hi" --output-format stream-json --verbose \
-          --include-partial-messages
-      ttft-probe run --turn 2 -- codex exec --json resume THREAD_ID "and now?"
-      ttft-probe runs --last 5
+    token). Every turn is kept in a local SQLite store; `ttft-probe runs` lists them,
+    `ttft-probe report` and `ttft-probe gate` answer what to fix, `ttft-probe ab`
+    measures fresh against resumed, `ttft-probe flush` delivers queued runs.
     """
 
 
@@ -139,19 +146,23 @@ def run(
     store: str | None,
     command: tuple[str, ...],
 ) -> None:
-    r"""Run an agent command under the probe: `ttft-probe run [OPTIONS] -- COMMAND...`.
+    """Run an agent command under the probe: `ttft-probe run [OPTIONS] -- COMMAND...`.
 
     The command's stdin, stdout and stderr pass through unchanged and ttft-probe exits
     with its exit code (128+N when a signal N ended it); SIGINT and SIGTERM reach it.
-    At the end one line per turn goes to stderr:
-
-    \b
-      ttft-probe: claude_code turn 1 fresh: first token 1010.4 ms = cli_ready 480.2
-                  + session_init 0.1 + model_first_token 530.1 [delta] | succeeded
+    At the end one line per turn goes to stderr, e.g. "ttft-probe: claude_code turn 1
+    fresh: first token 1162.0 ms = cli_ready 601.9 + session_init 55.9 +
+    model_first_token 504.2 [delta] | succeeded", with a hint when the breakdown could
+    be sharper (--observe-provider, --include-partial-messages).
     """
     from ttft_probe.adapters._base import AdapterOptions  # noqa: PLC0415 - keep start-up cheap
     from ttft_probe.spawn import Probe  # noqa: PLC0415
 
+    if observe_provider or upstream:
+        # This process runs the observer thread next to the pump threads: hand the GIL
+        # over within 0.5 ms rather than the default 5 ms, so that a request is
+        # timestamped when it arrives, not when a pump thread lets go.
+        sys.setswitchinterval(0.0005)
     options = AdapterOptions(
         cli_ready_regex=_regex(ready_regex, "--ready-regex"),
         session_init_regex=_regex(session_regex, "--session-regex"),
@@ -384,6 +395,197 @@ def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> N
             line += f", {left[name]} still queued ({result.error or 'not confirmed'})"
         console.print(line)
     sys.exit(1 if any(left.values()) else 0)
+
+
+_since_option = click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    metavar="AGE",
+    help="Window: runs that started in the last AGE, e.g. 30m, 12h, 7d, 2w; 'all' for every "
+    "stored run. Wall clock (started_at, UTC).",
+)
+_source_option = click.option(
+    "--source",
+    type=click.Choice(["local", "posthog", "jaeger"]),
+    default="local",
+    show_default=True,
+    help="Where the runs come from: the local store (needs no configuration), PostHog "
+    "(the production cut; HogQL query API) or Jaeger (HTTP query API).",
+)
+
+
+_REPORT_HELP = """Where the wait goes, per agent and cohort: p50 / p90 of every segment.
+
+One row per agent × cohort. A cohort is the turn (1 = a conversation's first
+message, 2+ = a later one, ? = unknown) × fresh or resumed session × whether the
+turn ran on an already running (reused) process. Cells are p50 / p90 in ms of
+spawn_to_first_token_ms and of each segment (cli_ready, session_init, client_wait,
+model_first_token); "init share" is session_init_ms / spawn_to_first_token_ms.
+
+Excluded runs (failed, cancelled, timed out, or with a timing_unavailable_reason
+such as a missing marker) are counted in their own column and never enter the
+percentiles.
+
+\b
+Examples:
+  ttft-probe report
+  ttft-probe report --agent claude_code --since 2w --chart report.png
+  ttft-probe report --json --since all
+"""
+
+
+@main.command("report", context_settings=CONTEXT, help=_REPORT_HELP)
+@click.option("--agent", metavar="NAME", help="Only this agent (default: every agent).")
+@_since_option
+@_source_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON (ms; shares as fractions 0–1) instead of a table.")
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also draw the report to FILE, .png or .svg: the p50 of each segment "
+              "stacked per cohort, and the spread of spawn-to-first-token.")
+@_store_option
+def report_command(
+    agent: str | None,
+    since: str,
+    source: str,
+    as_json: bool,
+    chart_path: str | None,
+    store: str | None,
+) -> None:
+    """Where the wait goes, per agent and cohort: p50 / p90 of every segment."""
+    import json  # noqa: PLC0415 - keep start-up cheap
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from ttft_probe.analysis.report import (  # noqa: PLC0415
+        load_runs,
+        parse_since,
+        report_table,
+        report_to_json,
+    )
+
+    try:
+        window = parse_since(since)
+        result, records = load_runs(
+            source, agent=agent, since=window, now=datetime.now(UTC), store=store
+        )
+        if chart_path is not None:
+            from ttft_probe.analysis.chart import write_chart  # noqa: PLC0415 - matplotlib
+
+            write_chart(result, records, chart_path)
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the chart: {exc}")
+    if as_json:
+        click.echo(json.dumps(report_to_json(result), indent=2))
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 160)
+        if result.rows:
+            console.print(report_table(result))
+        else:
+            who = f"{agent} " if agent else ""
+            console.print(f"No {who}runs in the window ({since}, source {source}).")
+    if chart_path is not None:
+        click.echo(f"ttft-probe: chart written to {chart_path}", err=True)
+
+
+_GATE_HELP = """Go / no-go for session reuse, from the session_init share of the wait.
+
+Population: the agent's succeeded runs with complete timing in the window, turn 2+
+by default (failed runs and runs with a missing marker are excluded and counted).
+Statistic: p50 and p90 over runs of session_init_ms / spawn_to_first_token_ms.
+Shares are fractions (0.30 = 30 %); "at least" includes equality.
+
+\b
+Verdict, first rule that holds, and exit code:
+  insufficient_data  fewer than --min-runs runs                        exit 3
+  session_reuse      GO: p50 share >= --p50-threshold (0.30)
+                     or p90 share >= --p90-threshold (0.40)            exit 0
+  warm_process_pool  p50 of cli_ready_ms / spawn_to_first_token_ms
+                     >= --cli-ready-threshold (0.50) and above the
+                     p50 model_first_token share                       exit 10
+  provider_side      otherwise: the wait is the model / provider       exit 11
+A bad option or an unavailable source exits 2.
+
+With --source posthog the production cut decides; a local A/B (`ttft-probe ab`)
+only sizes the effect.
+
+\b
+Examples:
+  ttft-probe gate
+  ttft-probe gate --since 2w --turns all --json
+  ttft-probe gate --source posthog --p50-threshold 0.25 && echo "build session reuse"
+"""
+
+
+@main.command("gate", context_settings=CONTEXT, help=_GATE_HELP)
+@click.option("--agent", default="claude_code", show_default=True, metavar="NAME",
+              help="The agent to decide for.")
+@_since_option
+@click.option("--turns", type=click.Choice(["2+", "all"]), default="2+", show_default=True,
+              help="Population: turn 2+ only (the turns session reuse would speed up), or "
+              "every turn.")
+@click.option("--p50-threshold", type=click.FloatRange(0, 1), default=0.30, show_default=True,
+              metavar="SHARE", help="GO when the p50 session_init share is at least this.")
+@click.option("--p90-threshold", type=click.FloatRange(0, 1), default=0.40, show_default=True,
+              metavar="SHARE", help="GO when the p90 session_init share is at least this.")
+@click.option("--cli-ready-threshold", type=click.FloatRange(0, 1), default=0.50,
+              show_default=True, metavar="SHARE",
+              help="warm_process_pool when the p50 cli_ready share is at least this (and above "
+              "the model's share).")
+@click.option("--min-runs", type=click.IntRange(min=1), default=20, show_default=True,
+              metavar="N", help="insufficient_data below N runs in the population.")
+@_source_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the verdict and every number it used as JSON.")
+@_store_option
+def gate_command(
+    agent: str,
+    since: str,
+    turns: str,
+    p50_threshold: float,
+    p90_threshold: float,
+    cli_ready_threshold: float,
+    min_runs: int,
+    source: str,
+    as_json: bool,
+    store: str | None,
+) -> None:
+    """Go / no-go for session reuse, from the session_init share of the wait."""
+    import json  # noqa: PLC0415 - keep start-up cheap
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from ttft_probe.analysis.gate import Thresholds, run_gate  # noqa: PLC0415
+    from ttft_probe.analysis.report import parse_since  # noqa: PLC0415
+
+    try:
+        verdict = run_gate(
+            source,
+            agent=agent,
+            turns="all" if turns == "all" else "2+",
+            window=parse_since(since),
+            now=datetime.now(UTC),
+            thresholds=Thresholds(
+                p50_share=p50_threshold,
+                p90_share=p90_threshold,
+                cli_ready_share=cli_ready_threshold,
+                min_runs=min_runs,
+            ),
+            store=store,
+        )
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(verdict.to_dict(), indent=2))
+    else:
+        click.echo(f"verdict: {verdict.decision.value} (exit {verdict.exit_code})")
+        click.echo(verdict.explanation)
+    sys.exit(verdict.exit_code)
 
 
 def _print_table(records: Sequence[RunRecord]) -> None:
@@ -624,25 +826,30 @@ def _print_ab(result: AbResult, planned: int | None) -> None:
     table = Table(
         title=f"ttft-probe ab: resumed − fresh (ms), {level} bootstrap CI of the mean",
         title_justify="left",
-        caption=f"experiment {result.experiment_id} · {result.complete_pairs}/{result.pairs} "
-        f"complete pairs · B={result.resamples}, seed {result.seed} · "
-        "re-analyse: ttft-probe ab --experiment ID",
+        caption=f"{result.complete_pairs}/{result.pairs} complete pairs · percentile bootstrap, "
+        f"B={result.resamples}, seed {result.seed} · pair i: fresh first when i is even",
         caption_justify="left",
     )
     for name, justify in [("segment", "left"), ("pairs", "right"), ("dropped", "right"),
                           ("fresh mean", "right"), ("resumed mean", "right"),
                           ("Δ mean", "right"), ("Δ median", "right"), (f"{level} CI", "right"),
-                          ("", "left")]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+                          ("≠ 0?", "left")]:
+        # The segment names and intervals stay whole; narrow terminals wrap the headers.
+        table.add_column(name, justify=justify,  # type: ignore[arg-type]
+                         no_wrap=name == "segment" or name.endswith("CI"))
     for e in result.effects:
         ci = "—" if e.ci_low_ms is None else f"[{e.ci_low_ms:.1f}, {_ms(e.ci_high_ms)}]"
-        verdict = "" if e.ci_low_ms is None else ("≠ 0" if e.excludes_zero else "≈ 0")
+        verdict = "" if e.ci_low_ms is None else ("yes" if e.excludes_zero else "no")
         table.add_row(e.segment, str(e.n), str(e.dropped), _ms(e.fresh_mean_ms),
                       _ms(e.resumed_mean_ms), _ms(e.mean_ms), _ms(e.median_ms), ci, verdict)
     console.print(table)
+    console.print(f"Experiment {result.experiment_id}; analyse it again with "
+                  f"`ttft-probe ab --experiment {result.experiment_id}`.", markup=False,
+                  highlight=False, soft_wrap=True)
     if planned is not None:
         console.print(f"Too many pairs failed: {result.failed_pairs} of {result.pairs} run "
-                      f"({planned} planned); see the messages above.", markup=False)
+                      f"({planned} planned); see the messages above.", markup=False,
+                      soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,6 +61,17 @@ MIGRATIONS: Final[Sequence[str]] = (
     );
     CREATE INDEX deliveries_pending ON deliveries (sink, delivered_at, next_attempt_at);
     """,
+    # 3: the arm of each run of an A/B experiment (ttft-probe ab), kept out of the record.
+    """
+    CREATE TABLE experiment_runs (
+        run_id TEXT PRIMARY KEY REFERENCES runs (run_id),
+        experiment_id TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        pair INTEGER,
+        position INTEGER
+    );
+    CREATE INDEX experiment_runs_experiment ON experiment_runs (experiment_id, pair);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -356,3 +367,35 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    # --- A/B experiments (ttft-probe ab) ------------------------------------------------
+
+    def add_experiment_run(
+        self, run_id: str, experiment_id: str, arm: str, pair: int | None, position: int | None
+    ) -> None:
+        """Tag a run as part of the A/B experiment ``experiment_id``; idempotent by ``run_id``.
+
+        ``arm`` is ``fresh``, ``resumed`` or ``priming``; ``pair`` is 1-based (``None`` for
+        the priming run); ``position`` is the run's place in its pair (1 = ran first).
+        """
+        conn = self._connect()
+        with _transaction(conn):
+            conn.execute(
+                "INSERT OR REPLACE INTO experiment_runs"
+                " (run_id, experiment_id, arm, pair, position) VALUES (?,?,?,?,?)",
+                (run_id, experiment_id, arm, pair, position),
+            )
+
+    def experiment_runs(
+        self, experiment_id: str
+    ) -> list[tuple[RunRecord, str, int | None, int | None]]:
+        """The stored runs of an experiment as (record, arm, pair, position), in pair order."""
+        rows = self._connect().execute(
+            "SELECT r.record_json, e.arm, e.pair, e.position FROM experiment_runs e"
+            " JOIN runs r ON r.run_id = e.run_id WHERE e.experiment_id = ?"
+            " ORDER BY e.pair IS NOT NULL, e.pair, e.position",
+            (experiment_id,),
+        ).fetchall()
+        return [
+            (RunRecord.from_dict(json.loads(rec)), arm, pair, pos) for rec, arm, pair, pos in rows
+        ]
