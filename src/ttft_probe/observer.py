@@ -628,7 +628,8 @@ class _Link(asyncio.Protocol):
         else:
             # Connect now, as the agent would have: the handshake overlaps the request.
             self._connect_task = asyncio.get_running_loop().create_task(self._connect())
-        self._obs._refill_pool()  # noqa: SLF001
+        # Top the pool up once this request is under way, not in its critical path.
+        asyncio.get_running_loop().call_later(0.05, self._obs._refill_pool)  # noqa: SLF001
 
     def data_received(self, data: bytes) -> None:
         t_ns = monotonic_ns()
