@@ -404,3 +404,28 @@ def test_cli_gate_production_cut(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["gate", "--source", "posthog"])
     assert result.exit_code == 2
     assert "not available" in result.stderr
+
+
+def test_cli_gate_with_a_stored_ab_experiment_sizes_the_effect(tmp_path: Path) -> None:
+    # Production (the store's cut) says GO; a stored A/B shows resuming costs ~300 ms.
+    now = datetime.now(UTC)
+    path = store_with(tmp_path, runs(25, init=0.40, cli=0.30, now=now))
+    store = Store(path)
+    for pair in range(1, 11):
+        for arm, total in (("fresh", 1000.0), ("resumed", 1300.0 + pair)):
+            r = rec(total=total, cli=400.0, init=total - 700.0, model=300.0, now=now,
+                    resumed=arm == "resumed", turn=2 if arm == "resumed" else 1)
+            store.add(r)
+            store.add_experiment_run(r.run_id, "exp-1", arm, pair, 1 if arm == "fresh" else 2)
+    result = CliRunner().invoke(main, ["gate", "--store", path, "--ab", "exp-1", "--json"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    assert verdict["verdict"] == "session_reuse"
+    assert verdict["ab"]["segment"] == "spawn_to_first_token_ms"
+    assert verdict["ab"]["n_pairs"] == 10
+    assert 300 <= verdict["ab"]["mean_diff_ms"] <= 311
+    assert verdict["ab"]["ci_low_ms"] > 0
+    assert "A/B sizes the effect" in verdict["explanation"]
+    missing = CliRunner().invoke(main, ["gate", "--store", path, "--ab", "nope"])
+    assert missing.exit_code == 2
+    assert "no experiment 'nope' in the store" in missing.output

@@ -21,6 +21,7 @@ from ttft_probe.errors import TtftProbeError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ttft_probe.analysis.gate import AbEffect as AbEffectForGate
     from ttft_probe.record import RunRecord
 
 __all__ = ["main"]
@@ -523,6 +524,29 @@ Examples:
 """
 
 
+def _ab_effect(experiment_id: str, segment: str, store: str | None) -> AbEffectForGate:
+    """A stored A/B experiment's effect on ``segment``, in the gate's terms.
+
+    Raises:
+        ConfigError: The experiment is not in the store, or no pair has the segment.
+    """
+    from ttft_probe.analysis.ab import analyze, load_experiment  # noqa: PLC0415
+    from ttft_probe.analysis.gate import AbEffect  # noqa: PLC0415
+    from ttft_probe.errors import ConfigError  # noqa: PLC0415
+    from ttft_probe.sinks.store import Store  # noqa: PLC0415
+
+    pairs = load_experiment(Store(store), experiment_id)
+    if not pairs:
+        raise ConfigError(f"no A/B experiment {experiment_id!r} in the store; "
+                          "run `ttft-probe ab` first, or check --store")
+    effect = analyze(experiment_id, pairs).effect(segment)
+    if effect.n == 0 or effect.ci_low_ms is None or effect.ci_high_ms is None:
+        raise ConfigError(f"A/B experiment {experiment_id!r} has no complete pair for {segment}")
+    # resumed − fresh: positive is what resuming per turn costs, i.e. what reuse saves.
+    return AbEffect(segment=segment, mean_diff_ms=effect.mean_ms or 0.0,
+                    ci_low_ms=effect.ci_low_ms, ci_high_ms=effect.ci_high_ms, n_pairs=effect.n)
+
+
 @main.command("gate", context_settings=CONTEXT, help=_GATE_HELP)
 @click.option("--agent", default="claude_code", show_default=True, metavar="NAME",
               help="The agent to decide for.")
@@ -541,6 +565,14 @@ Examples:
 @click.option("--min-runs", type=click.IntRange(min=1), default=20, show_default=True,
               metavar="N", help="insufficient_data below N runs in the population.")
 @_source_option
+@click.option("--ab", "ab_experiment", metavar="EXPERIMENT_ID",
+              help="A stored `ttft-probe ab` experiment that sizes the effect: the verdict "
+              "stays the source's (the production cut decides), the text adds the A/B's "
+              "paired difference and names a disagreement.")
+@click.option("--ab-segment", default="spawn_to_first_token_ms", show_default=True,
+              type=click.Choice(["spawn_to_first_token_ms", "cli_ready_ms", "session_init_ms",
+                                 "client_wait_ms", "model_first_token_ms"]),
+              help="The segment whose A/B difference (resumed − fresh) sizes the effect.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the verdict and every number it used as JSON.")
 @_store_option
@@ -553,6 +585,8 @@ def gate_command(
     cli_ready_threshold: float,
     min_runs: int,
     source: str,
+    ab_experiment: str | None,
+    ab_segment: str,
     as_json: bool,
     store: str | None,
 ) -> None:
@@ -560,7 +594,7 @@ def gate_command(
     import json  # noqa: PLC0415 - keep start-up cheap
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    from ttft_probe.analysis.gate import Thresholds, run_gate  # noqa: PLC0415
+    from ttft_probe.analysis.gate import Thresholds, combine, run_gate  # noqa: PLC0415
     from ttft_probe.analysis.report import parse_since  # noqa: PLC0415
 
     try:
@@ -578,6 +612,8 @@ def gate_command(
             ),
             store=store,
         )
+        if ab_experiment is not None:
+            verdict = combine(verdict, _ab_effect(ab_experiment, ab_segment, store))
     except TtftProbeError as exc:
         _fail(str(exc))
     if as_json:
