@@ -647,3 +647,16 @@ def test_unknown_family_is_a_config_error_listing_known_ones() -> None:
     assert isinstance(info.value, LookupError)
     for family in RuntimeFamily:
         assert family.value in str(info.value)
+
+
+def test_whole_message_with_thinking_and_text_marks_one_first_token() -> None:
+    # A whole message's first non-empty block is the token, once, whatever follows it.
+    adapter = adapter_for("claude-stream-json")
+    message = {"type": "assistant", "message": {"model": "m", "content": [
+        {"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "Hi"}]}}
+    events = adapter.feed_stdout(json.dumps(message).encode(), 5)
+    tokens = [e for e in events if isinstance(e, MarkerObserved)
+              and e.marker is Marker.FIRST_TOKEN]
+    assert len(tokens) == 1
+    assert tokens[0].kind is FirstTokenKind.THINKING
+    assert tokens[0].granularity is FirstTokenGranularity.MESSAGE

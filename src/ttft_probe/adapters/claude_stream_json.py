@@ -187,15 +187,20 @@ class ClaudeStreamJsonAdapter:
         field, token_kind = rule
         text = delta.get(field)
         if isinstance(text, str) and text:
-            self._first_token = True
-            events.append(
-                MarkerObserved(
-                    Marker.FIRST_TOKEN,
-                    t_ns,
-                    granularity=FirstTokenGranularity.DELTA,
-                    kind=token_kind,
-                )
-            )
+            self._mark_token(t_ns, events, FirstTokenGranularity.DELTA, token_kind)
+
+    def _mark_token(
+        self,
+        t_ns: int,
+        events: list[Event],
+        granularity: FirstTokenGranularity,
+        kind: FirstTokenKind,
+    ) -> None:
+        """Mark ``firstToken`` once per turn."""
+        if self._first_token:
+            return
+        self._first_token = True
+        events.append(MarkerObserved(Marker.FIRST_TOKEN, t_ns, granularity=granularity, kind=kind))
 
     def _on_assistant(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
         # With --include-partial-messages the deltas came first; the whole message that
@@ -217,15 +222,8 @@ class ClaudeStreamJsonAdapter:
             field, token_kind = rule
             text = block.get(field)
             if isinstance(text, str) and text:
-                self._first_token = True
-                events.append(
-                    MarkerObserved(
-                        Marker.FIRST_TOKEN,
-                        t_ns,
-                        granularity=FirstTokenGranularity.MESSAGE,
-                        kind=token_kind,
-                    )
-                )
+                # The message's first non-empty block is the token; later blocks are not.
+                self._mark_token(t_ns, events, FirstTokenGranularity.MESSAGE, token_kind)
                 return
 
     def _on_result(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
