@@ -46,19 +46,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Final, Literal
 
 from ttft_probe.analysis._model import Report, build_report
 from ttft_probe.errors import ConfigError, TtftProbeError
 from ttft_probe.record import RunRecord
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "ENV_TIMEOUT",
     "SOURCES",
     "Source",
     "SourceError",
     "in_window",
     "load",
     "option",
+    "query_timeout_s",
     "started_at_of",
     "window_bounds",
 ]
@@ -91,6 +94,28 @@ def option(
         if value:
             return value
     return default
+
+
+ENV_TIMEOUT: Final = "TTFT_PROBE_QUERY_TIMEOUT_S"
+DEFAULT_TIMEOUT_S: Final = 30.0
+
+
+def query_timeout_s(options: Mapping[str, str] | None, env: Mapping[str, str]) -> float:
+    """The per-request timeout of a remote source, in seconds (option ``timeout_s``).
+
+    Raises:
+        ConfigError: It is set but not a positive number.
+    """
+    raw = option(options, env, "timeout_s", ENV_TIMEOUT)
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{ENV_TIMEOUT} (timeout_s) must be a positive number of seconds")
+    return value
 
 
 def window_bounds(since: timedelta | None, now: datetime) -> tuple[datetime, datetime] | None:

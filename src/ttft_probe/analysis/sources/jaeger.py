@@ -48,7 +48,13 @@ from typing import Any, Final, Literal
 
 from ttft_probe import _semconv as sc
 from ttft_probe.analysis._model import Report, build_report
-from ttft_probe.analysis.sources import SourceError, in_window, option, window_bounds
+from ttft_probe.analysis.sources import (
+    SourceError,
+    in_window,
+    option,
+    query_timeout_s,
+    window_bounds,
+)
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
 
@@ -68,10 +74,8 @@ DEFAULT_URL: Final = "http://localhost:16686"
 ENV_URL: Final = "JAEGER_URL"
 ENV_API: Final = "TTFT_PROBE_JAEGER_API"
 ENV_LIMIT: Final = "TTFT_PROBE_JAEGER_LIMIT"
-ENV_TIMEOUT: Final = "TTFT_PROBE_QUERY_TIMEOUT_S"
 ENV_SERVICE: Final = "OTEL_SERVICE_NAME"
 _DEFAULT_LIMIT: Final = 10000
-_DEFAULT_TIMEOUT_S: Final = 30.0
 _NO_TRACES: Final = "No traces found"
 _ROOT_PREFIX: Final = sc.INVOKE_AGENT + " "
 _RUN_ID: Final = sc.record_key("run_id")
@@ -295,19 +299,13 @@ def _settings(
         raise ConfigError(f"--jaeger-api ({ENV_API}) must be v3, v1 or auto, not {api!r}")
     service = option(options, env, "service_name", ENV_SERVICE, sc.SERVICE_NAME_DEFAULT)
     limit_raw = option(options, env, "limit", ENV_LIMIT, str(_DEFAULT_LIMIT))
-    timeout_raw = option(options, env, "timeout_s", ENV_TIMEOUT, str(_DEFAULT_TIMEOUT_S))
     try:
         limit = int(limit_raw or "")
     except ValueError:
         limit = 0
     if limit < 1:
         raise ConfigError(f"{ENV_LIMIT} (limit) must be a positive number of traces")
-    try:
-        timeout_s = float(timeout_raw or "")
-    except ValueError:
-        timeout_s = 0.0
-    if not timeout_s > 0:
-        raise ConfigError(f"{ENV_TIMEOUT} (timeout_s) must be a positive number of seconds")
+    timeout_s = query_timeout_s(options, env)
     chosen: JaegerApi = "v3" if api == "v3" else "v1" if api == "v1" else "auto"
     return url.rstrip("/"), chosen, service or sc.SERVICE_NAME_DEFAULT, limit, timeout_s
 

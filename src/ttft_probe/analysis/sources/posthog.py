@@ -58,7 +58,7 @@ from ttft_probe.analysis._model import (
     Stats,
     TurnGroup,
 )
-from ttft_probe.analysis.sources import SourceError, option, window_bounds
+from ttft_probe.analysis.sources import SourceError, option, query_timeout_s, window_bounds
 from ttft_probe.errors import ConfigError
 
 __all__ = [
@@ -83,8 +83,6 @@ QUANTILES: Final = ((50, 0.5), (90, 0.9))
 ENV_HOST: Final = "POSTHOG_HOST"
 ENV_PROJECT_ID: Final = "POSTHOG_PROJECT_ID"
 ENV_PERSONAL_API_KEY: Final = "POSTHOG_PERSONAL_API_KEY"
-ENV_TIMEOUT: Final = "TTFT_PROBE_QUERY_TIMEOUT_S"
-_DEFAULT_TIMEOUT_S: Final = 30.0
 _ROW_LIMIT: Final = 10000
 _APP_HOSTS: Final = {"us.i.posthog.com": "us.posthog.com", "eu.i.posthog.com": "eu.posthog.com"}
 _TURNS: Final[frozenset[str]] = frozenset({"1", "2+", "?"})
@@ -283,19 +281,6 @@ def app_host(host: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=mapped))
 
 
-def _timeout(options: Mapping[str, str] | None, env: Mapping[str, str]) -> float:
-    raw = option(options, env, "timeout_s", ENV_TIMEOUT)
-    if raw is None:
-        return _DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{ENV_TIMEOUT} (timeout_s) must be a positive number of seconds")
-    return value
-
-
 def load(
     *,
     agent: str | None,
@@ -327,7 +312,7 @@ def load(
             f"the posthog source needs {ENV_PERSONAL_API_KEY}: a personal API key with the "
             "Query Read scope (not the phc_ project key used for capture)"
         )
-    timeout_s = _timeout(options, env)
+    timeout_s = query_timeout_s(options, env)
     bounds = window_bounds(since, now)
     query = hogql_query(
         agent=agent,
