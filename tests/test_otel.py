@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -669,6 +670,49 @@ def test_a_run_without_configuration_installs_no_global_and_loads_no_exporter() 
     assert int(out["trace_id"], 16) != 0
     assert len(out["span_id"]) == 16
     assert out["traceparent"].startswith(f"00-{out['trace_id']}-{out['span_id']}-")
+
+
+def test_nothing_configured_makes_ids_without_importing_opentelemetry() -> None:
+    out = run_child(
+        CHILD_RUN
+        + textwrap.dedent(
+            """
+            tel = Telemetry.from_environment()
+            run, record = synthetic_run(tel)
+            print(json.dumps({
+                "traceparent": run.traceparent,
+                "needs_delivery": run.needs_delivery,
+                "context": run.context,
+                "loaded": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
+            }))
+            """
+        )
+    )
+    assert out["loaded"] == []
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-03", out["traceparent"])
+    assert out["needs_delivery"] is True
+    assert out["context"] is None
+
+
+def test_a_sampler_variable_keeps_the_sdk_and_its_decision() -> None:
+    out = run_child(
+        CHILD_RUN
+        + textwrap.dedent(
+            """
+            tel = Telemetry.from_environment()
+            run, record = synthetic_run(tel)
+            print(json.dumps({
+                "traceparent": run.traceparent,
+                "needs_delivery": run.needs_delivery,
+                "sdk": "opentelemetry.sdk.trace" in sys.modules,
+            }))
+            """
+        ),
+        OTEL_TRACES_SAMPLER="always_off",
+    )
+    assert out["sdk"] is True
+    assert int(out["traceparent"][-2:], 16) & 0x01 == 0  # not sampled, as the SDK decided
+    assert out["needs_delivery"] is False
 
 
 def test_exporter_none_disables_otlp_even_with_an_endpoint() -> None:

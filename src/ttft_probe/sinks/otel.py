@@ -79,12 +79,17 @@ in the anchor (DESIGN §3).
 Providers (DESIGN §5), decided once, at the first :meth:`Telemetry.prepare`: a global
 ``TracerProvider`` / ``MeterProvider`` the application has set is used as it is.
 Otherwise a *private* SDK provider is made (``set_tracer_provider`` is never called) with
-resource ``service.name`` = ``OTEL_SERVICE_NAME`` or ``ttft-probe``. The private tracer
-provider always exists, so records carry real trace and span ids (and the root span's
-context can go to the child as ``TRACEPARENT``), but it exports nothing: an in-memory
+resource ``service.name`` = ``OTEL_SERVICE_NAME`` or ``ttft-probe``. Records always carry
+real trace and span ids (and the root span's context goes to the child as
+``TRACEPARENT``), but the private provider exports nothing: an in-memory
 ``BatchSpanProcessor`` loses its spans on SIGKILL or while the collector is down, so the
 run's spans are rebuilt from the stored record by the durable OTLP sink
 (:mod:`ttft_probe.sinks.otlp`) and leave the outbox only once the collector confirmed them.
+Since such a provider would only make ids, it is not even built when nothing else could see
+a live span (no provider given, the application has not imported the OpenTelemetry API, no
+OTLP metrics, no sampler or id-generator variable): the ids are then drawn as the SDK draws
+them and no OpenTelemetry module is imported at all (the *ids-only* mode; :attr:`RunSpan.context`
+is ``None`` there).
 Spans of the *application's* provider flow through the application's pipeline as before.
 Metrics are low-priority telemetry and stay periodic: a private meter provider with an OTLP
 exporter exists only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
@@ -106,6 +111,8 @@ import atexit
 import contextlib
 import logging
 import os
+import random
+import sys
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Self
@@ -152,6 +159,7 @@ ATEXIT_TIMEOUT_MS: Final = 2000
 
 _SCOPE: Final = "ttft_probe"
 _SAMPLED: Final = 0x01
+_RANDOM_TRACE_ID: Final = 0x02
 _NS_PER_MS: Final = 1_000_000
 _MS_PER_S: Final = 1000.0
 _ERROR_STATUSES: Final = frozenset({Status.FAILED, Status.TIMED_OUT})
@@ -206,12 +214,58 @@ def provider_name(agent: str) -> str | None:
 
 @attrs.frozen
 class _Setup:
-    """Providers and instruments in use, decided once per :class:`Telemetry`."""
+    """Providers and instruments in use, decided once per :class:`Telemetry`.
 
-    tracer: Tracer
+    ``tracer`` is ``None`` in the ids-only mode (see :meth:`Telemetry._ids_only`).
+    """
+
+    tracer: Tracer | None
     histograms: dict[str, Histogram] | None
     private_tracer_provider: SdkTracerProvider | None
     private_meter_provider: SdkMeterProvider | None
+
+    @property
+    def private_traces(self) -> bool:
+        """Whether ttft_probe makes the run's trace ids itself (and exports no live span)."""
+        return self.tracer is None or self.private_tracer_provider is not None
+
+
+_SDK_SETTINGS: Final = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_PYTHON_ID_GENERATOR",
+    "OTEL_PYTHON_TRACER_PROVIDER",
+    "OTEL_PYTHON_METER_PROVIDER",
+)
+"""Variables that change what the SDK's private provider would do: they keep the SDK path."""
+
+
+class _IdsOnlySpan:
+    """The root span of the ids-only mode: W3C ids, nothing recorded or exported.
+
+    Ids are drawn as the SDK's ``RandomIdGenerator`` draws them (``random.getrandbits``,
+    never zero); the trace flags are ``03`` as the SDK sets them for a root span under its
+    default sampler (``parentbased_always_on``): *sampled*, and *random trace id* (W3C
+    Trace Context Level 2).
+    """
+
+    __slots__ = ("_ids",)
+    parent = None
+
+    def __init__(self) -> None:
+        trace_id = span_id = 0
+        while trace_id == 0:
+            trace_id = random.getrandbits(128)
+        while span_id == 0:
+            span_id = random.getrandbits(64)
+        self._ids = _SpanIds(trace_id, span_id, _SAMPLED | _RANDOM_TRACE_ID)
+
+    def get_span_context(self) -> _SpanIds:
+        return self._ids
+
+    def is_recording(self) -> bool:
+        return False
 
 
 class Telemetry:
@@ -298,6 +352,8 @@ class Telemetry:
             setup = self._get_setup()
             if setup is None:
                 return RunSpan(self, None, None, anchor, start_ns)
+            if setup.tracer is None:
+                return RunSpan(self, setup, _IdsOnlySpan(), anchor, start_ns)
             from opentelemetry.trace import SpanKind  # noqa: PLC0415 - lazy by design
 
             attributes: dict[str, AttributeValue] = {
@@ -411,7 +467,33 @@ class Telemetry:
                         self._atexit_registered = True
             return self._setup
 
+    def _ids_only(self) -> bool:
+        """Whether no OpenTelemetry pipeline could see a live span, so the SDK is skipped.
+
+        True when no provider was given, the application has not imported the
+        OpenTelemetry API (so it cannot have set a global provider), no OTLP metrics
+        export is configured and no variable of :data:`_SDK_SETTINGS` is set. The private
+        provider would then only make ids (it exports nothing: the durable OTLP sink
+        rebuilds the spans from the record), so ids are made without importing the SDK
+        (tens of ms of start-up).
+        """
+        return (
+            self._given_tracer_provider is None
+            and self._given_meter_provider is None
+            and "opentelemetry.trace" not in sys.modules
+            and "opentelemetry.metrics" not in sys.modules
+            and not any(os.environ.get(name) for name in _SDK_SETTINGS)
+            and not otlp_configured(os.environ, "METRICS")
+        )
+
     def _build(self) -> _Setup:
+        if self._ids_only():
+            return _Setup(
+                tracer=None,
+                histograms=None,
+                private_tracer_provider=None,
+                private_meter_provider=None,
+            )
         version = VERSION
         resource: Resource | None = None
 
@@ -495,7 +577,7 @@ class RunSpan:
         self,
         telemetry: Telemetry,
         setup: _Setup | None,
-        span: Span | None,
+        span: Span | _IdsOnlySpan | None,
         anchor: WallAnchor,
         start_ns: int,
     ) -> None:
@@ -522,7 +604,7 @@ class RunSpan:
         exports the spans, and when there is no valid or sampled span at all.
         """
         setup, ctx = self._setup, self._valid_context()
-        if setup is None or setup.private_tracer_provider is None or ctx is None:
+        if setup is None or not setup.private_traces or ctx is None:
             return False
         return bool(ctx.trace_flags & _SAMPLED)
 
@@ -565,7 +647,7 @@ class RunSpan:
     @property
     def context(self) -> Context | None:
         """An OpenTelemetry context holding the root span, to parent other spans on it."""
-        if self._span is None:
+        if self._span is None or isinstance(self._span, _IdsOnlySpan):
             return None
         from opentelemetry.trace import set_span_in_context  # noqa: PLC0415
 
@@ -584,8 +666,9 @@ class RunSpan:
             return
         self._finished = True
         span, setup = self._span, self._setup
-        if span is None or setup is None:
+        if span is None or isinstance(span, _IdsOnlySpan) or setup is None:
             return
+        assert setup.tracer is not None  # noqa: S101 - a real span comes from a real tracer
         try:
             self._emit_spans(span, setup.tracer, record, times)
         except Exception:  # noqa: BLE001 - instrumentation must not reach the run
@@ -648,6 +731,7 @@ class _SpanIds:
     trace_id: int
     span_id: int
     trace_flags: int
+    is_valid: bool = True
 
 
 # --- what a run emits (pure functions of the record and markers) ---
