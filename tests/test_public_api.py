@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import ttft_probe
 
 
 def test_all_is_sorted_and_exactly_the_public_surface() -> None:
+    assert {n for n in dir(ttft_probe) if not n.startswith("_")} == set(ttft_probe.__all__)
+    for name in ttft_probe.__all__:  # each name resolves (imported on first use)
+        assert getattr(ttft_probe, name) is not None
     public = {
         name
         for name, value in vars(ttft_probe).items()
@@ -36,3 +41,20 @@ def test_import_does_not_pull_in_exporters_or_backends() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+def test_cli_run_with_nothing_configured_imports_no_telemetry_or_backend(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "POSTHOG_", "LANGFUSE_"))}
+    env["TTFT_PROBE_HOME"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ttft_probe", "run", "--", "true"],
+        capture_output=True, text=True, check=True, timeout=60, env=env,
+    )
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "ttft_probe.spawn" in imported  # the scan sees the run path
+    top = {m.split(".")[0] for m in imported}
+    assert top.isdisjoint({"opentelemetry", "posthog", "langfuse", "grpc", "asyncio", "rich"})

@@ -7,20 +7,64 @@ Wraps the spawn of an agent CLI, watches its own protocol output, and splits
 
 from __future__ import annotations
 
-from ttft_probe._run import RunResult
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ttft_probe._version import VERSION as _VERSION
-from ttft_probe.adapters._base import AdapterOptions
-from ttft_probe.errors import ConfigError, StoreError, TtftProbeError, UnknownAdapterError
-from ttft_probe.record import (
-    CONTRACT_VERSION,
-    MarkerTimes,
-    RunRecord,
-    RuntimeFamily,
-    Status,
-    TimingUnavailableReason,
-    record_schema,
-)
-from ttft_probe.spawn import Probe, RunOutcome, probe_of
+
+if _TYPE_CHECKING:
+    from ttft_probe._run import RunResult
+    from ttft_probe.adapters._base import AdapterOptions
+    from ttft_probe.errors import ConfigError, StoreError, TtftProbeError, UnknownAdapterError
+    from ttft_probe.record import (
+        CONTRACT_VERSION,
+        MarkerTimes,
+        RunRecord,
+        RuntimeFamily,
+        Status,
+        TimingUnavailableReason,
+        record_schema,
+    )
+    from ttft_probe.spawn import Probe, RunOutcome, probe_of
+
+_HOME: dict[str, str] = {
+    "RunResult": "ttft_probe._run",
+    "AdapterOptions": "ttft_probe.adapters._base",
+    "ConfigError": "ttft_probe.errors",
+    "StoreError": "ttft_probe.errors",
+    "TtftProbeError": "ttft_probe.errors",
+    "UnknownAdapterError": "ttft_probe.errors",
+    "CONTRACT_VERSION": "ttft_probe.record",
+    "MarkerTimes": "ttft_probe.record",
+    "RunRecord": "ttft_probe.record",
+    "RuntimeFamily": "ttft_probe.record",
+    "Status": "ttft_probe.record",
+    "TimingUnavailableReason": "ttft_probe.record",
+    "record_schema": "ttft_probe.record",
+    "Probe": "ttft_probe.spawn",
+    "RunOutcome": "ttft_probe.spawn",
+    "probe_of": "ttft_probe.spawn",
+}
+"""Where each public name lives: imported on first use, so ``import ttft_probe`` (and the
+CLI, which imports only what a command needs) stays cheap (PEP 562)."""
+
+
+def __getattr__(name: str) -> _Any:
+    """Import a public name from its module on first use."""
+    module = _HOME.get(name)
+    if module is None:
+        msg = f"module 'ttft_probe' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, for ``dir()`` and completion."""
+    return sorted([*__all__, "__version__"])
+
 
 __version__ = _VERSION
 

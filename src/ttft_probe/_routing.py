@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -65,6 +64,8 @@ class Route:
 
 def _codex_custom_provider(env: Mapping[str, str]) -> tuple[str, str] | None:
     """(provider id, base_url) of a custom codex provider from config.toml, if any."""
+    import tomllib  # noqa: PLC0415 - only codex with an observer reads it
+
     home = Path(env.get("CODEX_HOME") or Path(env.get("HOME", "~")).expanduser() / ".codex")
     try:
         config = tomllib.loads((home / "config.toml").read_text("utf-8"))

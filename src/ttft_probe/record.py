@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import itertools
 import json
-from importlib import resources
 from typing import Any, Final
 
 import attrs
@@ -425,6 +424,8 @@ def _serialize(_inst: object, _field: object, value: object) -> object:
 
 def record_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of ``run_finished``, shipped in the package."""
+    from importlib import resources  # noqa: PLC0415 - ~10 ms; only the schema needs it
+
     text = resources.files("ttft_probe").joinpath("run_finished.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema

@@ -23,7 +23,6 @@ child's own. Each finished run goes to the local store and to ``on_record``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
@@ -63,6 +62,7 @@ from ttft_probe.record import ObserverStatus
 from ttft_probe.sinks.outbox import configured_sinks
 
 if TYPE_CHECKING:
+    import asyncio
     from types import TracebackType
 
     from ttft_probe.observer import ProviderObserver
@@ -671,6 +671,8 @@ class Probe:
         Pass ``stdout=PIPE`` (and ``stdin=PIPE`` for ACP agents) as usual; the returned
         process's streams are pass-through. The child gets ``TRACEPARENT``.
         """
+        import asyncio  # noqa: PLC0415 - only async callers pay for asyncio
+
         argv = [os.fspath(program), *(os.fspath(a) for a in args)]
         tracked, argv, kwargs["env"] = self._launch(argv, kwargs.get("env"))
         if kwargs.get("stdout") is None:
@@ -697,6 +699,8 @@ class Probe:
     def _attach_async(
         self, proc: asyncio.subprocess.Process, tracked: TrackedProcess
     ) -> asyncio.subprocess.Process:
+        import asyncio  # noqa: PLC0415 - only async callers pay for asyncio
+
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         tracker = tracked.tracker
@@ -756,6 +760,8 @@ class Probe:
         tb: TracebackType | None,
     ) -> None:
         """Wait (bounded) for exited processes' runs to be stored; never raises."""
+        import asyncio  # noqa: PLC0415 - only async callers pay for asyncio
+
         # The exit watchers run on this loop: yield to them while they finish.
         for _ in range(100):
             if all(p.done.is_set() or p.poll() is None for p in self.processes):
@@ -783,6 +789,8 @@ class Probe:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                import asyncio  # noqa: PLC0415 - only async callers pay for asyncio
+
                 probe = self.fresh()
                 probe._get_telemetry()  # noqa: SLF001 - set up before the clock starts
                 t0 = monotonic_ns()
@@ -840,6 +848,8 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
     happens while a grandchild holds one (npm launchers leave the native agent running
     behind them), so the exit is watched on a pidfd (Linux), else by polling.
     """
+    import asyncio  # noqa: PLC0415 - only async callers pay for asyncio
+
     loop = asyncio.get_running_loop()
     try:
         fd: int | None = os.pidfd_open(proc.pid)
