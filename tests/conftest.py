@@ -14,9 +14,16 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import settings
 
 from ttft_probe.record import RunRecord, record_schema
 from ttft_probe.testing.fake_provider import FakeProvider
+
+pytest_plugins = ["reliability"]
+
+settings.register_profile("ttft", derandomize=True, database=None, deadline=None)
+settings.load_profile("ttft")
+"""Hypothesis runs the same examples on every machine: the fault table counts them."""
 
 TESTS = Path(__file__).parent
 CHILDREN = TESTS / "children"
