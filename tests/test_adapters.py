@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reliability import fault_case
 from ttft_probe.adapters import (
     Adapter,
     AdapterOptions,
@@ -441,6 +442,13 @@ HOSTILE_LINES = [
 ]
 
 
+@pytest.mark.fault(
+    "Bad input",
+    "hostile lines (cut JSON, deep nesting, huge numbers, wrong types) straight into each adapter",
+    outcome="no raise, on stdout or stdin, with and without user patterns",
+    agent="n/a",
+    records_lost="n/a",
+)
 @pytest.mark.parametrize("family", list(RuntimeFamily))
 def test_hostile_input_never_raises(family: RuntimeFamily) -> None:
     opts = AdapterOptions(
@@ -457,10 +465,18 @@ def test_hostile_input_never_raises(family: RuntimeFamily) -> None:
         adapter.close(len(HOSTILE_LINES) * 2 + 1)
 
 
+@pytest.mark.fault(
+    "Bad input",
+    "random byte lines and hostile lines straight into each adapter",
+    outcome="no raise; a sequence of events back",
+    agent="n/a",
+    records_lost="n/a",
+)
 @pytest.mark.parametrize("family", list(RuntimeFamily))
 @settings(max_examples=60, deadline=None)
 @given(lines=st.lists(st.binary(max_size=64) | st.sampled_from(HOSTILE_LINES), max_size=20))
 def test_random_bytes_never_raise(family: RuntimeFamily, lines: list[bytes]) -> None:
+    fault_case()
     adapter = adapter_for(family.value)
     for t, line in enumerate(lines):
         assert isinstance(adapter.feed_stdout(line, t), list | tuple)
@@ -570,6 +586,13 @@ def test_plain_without_regexes_first_chunk_is_ready_and_token() -> None:
     assert a.close(9) == []
 
 
+@pytest.mark.fault(
+    "Bad input",
+    "plain: one endless line while a pattern is still looked for",
+    outcome="partial line kept to its last 64 Ki characters",
+    agent="n/a",
+    records_lost="n/a",
+)
 def test_plain_partial_line_buffer_is_bounded() -> None:
     a = _plain(first_token_regex=r"NEVER")
     for t in range(50):
@@ -592,6 +615,13 @@ STREAM = b'{"a":1}\n\n{"b":"\xc3\xa9"}\r\nlast-without-newline'
 LINES = [b'{"a":1}', b"", b'{"b":"\xc3\xa9"}']
 
 
+@pytest.mark.fault(
+    "Bad input",
+    "LineSplitter: CRLF, empty lines and UTF-8 split into two reads at every offset",
+    outcome="the same lines",
+    agent="n/a",
+    records_lost="n/a",
+)
 @pytest.mark.parametrize("cut", range(len(STREAM) + 1))
 def test_line_splitter_split_at_every_offset(cut: int) -> None:
     s = LineSplitter()
@@ -613,6 +643,13 @@ def test_line_splitter_strips_crlf() -> None:
     assert s.feed(b"\n") == [b"b"]
 
 
+@pytest.mark.fault(
+    "Bad input",
+    "LineSplitter: over-long lines, whole or fed in pieces",
+    outcome="dropped and counted; buffer bounded by `max_line`; the next line kept",
+    agent="n/a",
+    records_lost="n/a",
+)
 def test_line_splitter_drops_over_long_lines_with_bounded_memory() -> None:
     s = LineSplitter(max_line=16)
     assert s.feed(b"short\n" + b"x" * 40 + b"\nok\n") == [b"short", b"ok"]

@@ -373,7 +373,8 @@ class ProcessTracker:
         if adapter is None:
             return
         try:
-            events = method(*args)
+            # Read in here: a plugin's events may be a generator that faults part-way.
+            events = list(method(*args))
         except Exception as exc:  # noqa: BLE001 - a parser fault disables the parser only
             self._adapter = None
             self._adapter_error = f"{type(exc).__name__} in the {adapter.family} adapter"

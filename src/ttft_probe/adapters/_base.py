@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -41,6 +42,9 @@ __all__ = [
     "TurnEnded",
     "UsageReported",
     "adapter_for",
+    "decode_count",
+    "decode_ms",
+    "decode_name",
     "decode_object",
     "registered_families",
 ]
@@ -203,6 +207,58 @@ def decode_object(line: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+_MAX_COUNT: Final = 2**63 - 1
+"""Largest token count kept: SQLite ``INTEGER`` and OTLP ``int`` attributes are int64."""
+
+
+def decode_name(value: object) -> str | None:
+    r"""A non-empty JSON string as an id or name for the record, else ``None`` (never raises).
+
+    JSON can carry lone UTF-16 surrogates (``"\ud800"``), which no UTF-8 sink can store
+    (SQLite raises ``UnicodeEncodeError`` on them, losing the record); such a string is kept
+    with each surrogate as its ``\udXXX`` escape, so it stays distinct and the same wherever
+    the agent repeats it (a session id on stdout and stdin).
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def decode_count(value: object) -> int | None:
+    """A token count: an integral JSON number in ``0 … 2**63-1``, else ``None`` (never raises).
+
+    The record's schema requires counts ``>= 0``; larger ones fit no int64 store or exporter.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():  # also NaN and ±inf
+        return None
+    count = int(value)
+    return count if 0 <= count <= _MAX_COUNT else None
+
+
+def decode_ms(value: object) -> float | None:
+    """A duration in ms: a finite JSON number ``>= 0``, else ``None`` (never raises).
+
+    ``NaN``/``Infinity`` (and ``1e999``, which decodes to infinity) cannot be written as
+    JSON, an integer beyond float range cannot be converted, and the schema requires
+    durations ``>= 0``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        ms = float(value)
+    except OverflowError:
+        return None
+    return ms if math.isfinite(ms) and ms >= 0 else None
 
 
 class LineSplitter:

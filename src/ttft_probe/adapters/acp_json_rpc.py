@@ -28,12 +28,15 @@ marker / event      protocol message and field
                     replayed between the ``session/load`` request and its result
                     (app-server: the ``thread.turns`` of the ``thread/resume`` result)
 ``promptSent``      the ``session/prompt`` request line on stdin (app-server:
-                    ``turn/start``), ``session_id=params.sessionId`` (``params.threadId``)
+                    ``turn/start``), ``session_id=params.sessionId`` (``params.threadId``);
+                    the same request sent again (same ``id``) while in flight is not a
+                    new prompt
 ``firstToken``      the first ``session/update`` notification whose
                     ``params.update.sessionUpdate`` is ``agent_message_chunk`` (kind
                     ``text``) or ``agent_thought_chunk`` (kind ``thinking``) with
                     non-empty ``update.content.text``, for a session whose prompt is in
-                    flight (sent on stdin and not yet answered); granularity ``delta``.
+                    flight (sent on stdin and not yet answered) and no earlier prompt of
+                    which is still answering (see ``TurnEnded``); granularity ``delta``.
                     App-server: the first non-empty ``params.delta`` of
                     ``item/agentMessage/delta`` (``text``) or of
                     ``item/reasoning/textDelta`` / ``item/reasoning/summaryTextDelta``
@@ -42,7 +45,11 @@ marker / event      protocol message and field
                     ``id``: ``cancelled`` when ``result.stopReason == "cancelled"``,
                     ``failed`` for a JSON-RPC error. App-server: the ``turn/completed``
                     notification (``turn.status`` ``failed`` → failed, ``interrupted``
-                    → cancelled), or an error answering ``turn/start``.
+                    → cancelled), or an error answering ``turn/start``. A prompt sent
+                    while the session's previous one is in flight (ACP allows one at a
+                    time) ends that previous turn, failed, at the new prompt; its result
+                    (app-server: its ``turn/completed``) is awaited before the new
+                    prompt's first token, since chunks until then may still be its answer.
 ``UsageReported``   ``session/prompt`` ``result.usage`` or a ``usage_update`` carrying
                     ``inputTokens``/``outputTokens``/``cachedReadTokens``/
                     ``cachedWriteTokens`` (ACP's context-window ``used``/``size`` is not
@@ -59,6 +66,12 @@ Hazards handled here, each seen on the real agents:
   a token (the text must be non-empty).
 * ``available_commands_update``, ``usage_update``, ``current_mode_update``, ``plan``,
   ``tool_call`` and ``configWarning``-style notifications are not tokens.
+
+Hostile input is ignored rather than trusted: a message of the wrong shape marks nothing,
+a response to an unknown (or already answered) ``id`` is dropped, a notification that
+names its session by no usable id (a number, ``""``) is nobody's (one that names none is
+the only session in flight's), token counts must be integers ``>= 0``, and ids and names
+with lone surrogates are kept escaped (see :func:`~ttft_probe.adapters._base.decode_name`).
 
 Every marker but ``cliReady`` carries its session id, and each session has its own turn
 state, so several prompts per process (turn 2, 3, …) and concurrent sessions each get
@@ -78,6 +91,8 @@ from ttft_probe.adapters._base import (
     SessionObserved,
     TurnEnded,
     UsageReported,
+    decode_count,
+    decode_name,
     decode_object,
 )
 from ttft_probe.record import (
@@ -117,6 +132,7 @@ _USER_AGENT_VERSION: Final = re.compile(r"^[^/\s]+/(\S+)")
 # Bounds on remembered requests and sessions, so a misbehaving peer costs bounded memory.
 _MAX_PENDING: Final = 4096
 _MAX_SESSIONS: Final = 1024
+_MAX_SUPERSEDED: Final = 64
 
 _RequestKey = tuple[bool, int | str]
 
@@ -130,12 +146,7 @@ def _text(value: object) -> str | None:
 
 
 def _count(obj: dict[str, Any], key: str) -> int | None:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not value.is_integer():
-        return None
-    return int(value)
+    return decode_count(obj.get(key))
 
 
 def _request_key(value: object) -> _RequestKey | None:
@@ -151,8 +162,11 @@ def _request_key(value: object) -> _RequestKey | None:
     return None
 
 
+_SESSION_KEYS: Final = ("sessionId", "threadId")
+
+
 def _session_param(params: dict[str, Any]) -> str | None:
-    return _text(params.get("sessionId")) or _text(params.get("threadId"))
+    return decode_name(params.get("sessionId")) or decode_name(params.get("threadId"))
 
 
 def _usage(obj: object, session_id: str | None) -> UsageReported | None:
@@ -174,7 +188,7 @@ def _usage(obj: object, session_id: str | None) -> UsageReported | None:
 class _Session:
     """Turn state of one session (ACP ``sessionId``, app-server ``threadId``)."""
 
-    __slots__ = ("first_token", "in_user_run", "loading", "prompt_key", "user_runs")
+    __slots__ = ("first_token", "in_user_run", "loading", "prompt_key", "superseded", "user_runs")
 
     def __init__(self) -> None:
         self.loading = False
@@ -182,6 +196,8 @@ class _Session:
         self.in_user_run = False
         self.prompt_key: _RequestKey | None = None
         self.first_token = False
+        # Prompts replaced by a later prompt before their turn ended, oldest first.
+        self.superseded: list[_RequestKey] = []
 
     @property
     def awaiting(self) -> bool:
@@ -220,7 +236,8 @@ class AcpJsonRpcAdapter:
             return []
         method = msg.get("method")
         key = _request_key(msg.get("id"))
-        if key is None or method not in _TRACKED_METHODS:
+        # ``in`` a frozenset hashes the value: a list or object as method would raise.
+        if key is None or not isinstance(method, str) or method not in _TRACKED_METHODS:
             return []
         session_id = _session_param(_dict(msg.get("params")))
         self._remember(key, str(method), session_id)
@@ -231,12 +248,25 @@ class AcpJsonRpcAdapter:
             session.user_runs = 0
             session.in_user_run = False
         elif method in {_ACP_PROMPT, _APP_SERVER_PROMPT}:
-            session = self._session(session_id)
-            session.prompt_key = key
-            session.first_token = False
-            events.append(MarkerObserved(Marker.PROMPT_SENT, t_ns, session_id=session_id))
+            self._on_prompt(key, session_id, t_ns, events)
         self._refresh()
         return events
+
+    def _on_prompt(
+        self, key: _RequestKey, session_id: str | None, t_ns: int, events: list[Event]
+    ) -> None:
+        session = self._session(session_id)
+        if session.prompt_key == key:
+            return  # the request in flight, sent again: still the same turn
+        if session.prompt_key is not None:
+            # One prompt at a time per session (ACP): the turn in flight ends here, its
+            # result unseen, and until that result (app-server: its turn/completed) comes,
+            # a chunk may still be its answer, not the new prompt's first token.
+            session.superseded = [*session.superseded, session.prompt_key][-_MAX_SUPERSEDED:]
+            events.append(TurnEnded(t_ns, session_id=session_id, failed=True))
+        session.prompt_key = key
+        session.first_token = False
+        events.append(MarkerObserved(Marker.PROMPT_SENT, t_ns, session_id=session_id))
 
     # --- stdout: the agent's responses and notifications -----------------------------
 
@@ -287,8 +317,14 @@ class AcpJsonRpcAdapter:
             self._on_session_result(method, session_id, result, t_ns, events, failed=failed)
         elif method == _ACP_PROMPT or (method == _APP_SERVER_PROMPT and failed):
             session = self._sessions.get(session_id)
-            if session is None or session.prompt_key != key:
-                return  # superseded by a later prompt on the same session
+            if session is None:
+                return
+            if session.prompt_key != key:
+                # A prompt superseded by a later one on the same session: its turn already
+                # ended; its answer is over now.
+                if key in session.superseded:
+                    session.superseded.remove(key)
+                return
             stop = result.get("stopReason")
             usage = _usage(result.get("usage"), session_id)
             if usage is not None:
@@ -298,9 +334,9 @@ class AcpJsonRpcAdapter:
             )
 
     def _on_initialize(self, result: dict[str, Any], events: list[Event]) -> None:
-        version = _text(_dict(result.get("agentInfo")).get("version"))
+        version = decode_name(_dict(result.get("agentInfo")).get("version"))
         if version is None:
-            match = _USER_AGENT_VERSION.match(_text(result.get("userAgent")) or "")
+            match = _USER_AGENT_VERSION.match(decode_name(result.get("userAgent")) or "")
             version = match.group(1) if match else None
         if version is not None:
             events.append(AgentInfo(agent_version=version))
@@ -317,7 +353,7 @@ class AcpJsonRpcAdapter:
     ) -> None:
         resumed = method in _RESUME_METHODS
         thread = _dict(result.get("thread"))
-        found_id = _text(result.get("sessionId")) or _text(thread.get("id"))
+        found_id = decode_name(result.get("sessionId")) or decode_name(thread.get("id"))
         session_id = (requested_id or found_id) if resumed else (found_id or requested_id)
         session = self._sessions.get(requested_id) if resumed else None
         prior = None
@@ -339,7 +375,7 @@ class AcpJsonRpcAdapter:
             )
         )
         events.append(SessionObserved(session_id, resumed=resumed, prior_turns=prior))
-        model = _text(_dict(result.get("models")).get("currentModelId")) or _text(
+        model = decode_name(_dict(result.get("models")).get("currentModelId")) or decode_name(
             result.get("model")
         )
         if model is not None:
@@ -351,12 +387,21 @@ class AcpJsonRpcAdapter:
         self, method: str, params: dict[str, Any], t_ns: int, events: list[Event]
     ) -> None:
         session_id = _session_param(params)
+        if session_id is None and any(params.get(k) is not None for k in _SESSION_KEYS):
+            # It names a session, by no usable id (a number, "", a list): it cannot be
+            # attributed, not even to the only session in flight.
+            return
         if method == "session/update":
             self._on_session_update(session_id, _dict(params.get("update")), t_ns, events)
         elif method in _APP_SERVER_DELTAS:
             if _text(params.get("delta")) is not None:
                 self._mark_token(session_id, _APP_SERVER_DELTAS[method], t_ns, events)
         elif method == "turn/completed":
+            named = self._sessions.get(session_id)
+            if named is not None and named.superseded:
+                # The oldest superseded turn is complete (its run ended at the next prompt).
+                named.superseded.pop(0)
+                return
             session_id, session = self._in_flight(session_id)
             if session is not None:
                 status = _dict(params.get("turn")).get("status")
@@ -402,7 +447,7 @@ class AcpJsonRpcAdapter:
         self, session_id: str | None, kind: FirstTokenKind, t_ns: int, events: list[Event]
     ) -> None:
         session_id, session = self._in_flight(session_id)
-        if session is None or session.first_token:
+        if session is None or session.first_token or session.superseded:
             return
         session.first_token = True
         events.append(

@@ -34,7 +34,9 @@ marker / event            protocol message and field
 
 ``cliReady`` is marked once per process; the other markers once per turn (a ``result``
 line ends the turn, so ``--input-format stream-json`` sessions yield one turn per
-message). Lines that are not JSON objects, or objects of an unknown shape, are ignored.
+message). Lines that are not JSON objects, or objects of an unknown shape, are ignored;
+so are token counts that are not integers ``>= 0`` and timings that are not finite numbers
+``>= 0`` (the record's schema admits neither).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ from ttft_probe.adapters._base import (
     SessionObserved,
     TurnEnded,
     UsageReported,
+    decode_count,
+    decode_ms,
+    decode_name,
     decode_object,
 )
 from ttft_probe.record import (
@@ -76,20 +81,6 @@ _BLOCK_KINDS: Final = {
     "thinking": ("thinking", FirstTokenKind.THINKING),
 }
 _TIMING_KEYS: Final = ("ttft_ms", "time_to_request_ms", "duration_api_ms")
-
-
-def _count(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not value.is_integer():
-        return None
-    return int(value)
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 class ClaudeStreamJsonAdapter:
@@ -162,13 +153,11 @@ class ClaudeStreamJsonAdapter:
                 session_init_source=SessionInitSource.INIT_MESSAGE,
             )
         )
-        session_id = msg.get("session_id")
-        if isinstance(session_id, str) and session_id:
+        session_id = decode_name(msg.get("session_id"))
+        if session_id is not None:
             events.append(SessionObserved(session_id))
-        model = msg.get("model")
-        version = msg.get("claude_code_version")
-        model = model if isinstance(model, str) and model else None
-        version = version if isinstance(version, str) and version else None
+        model = decode_name(msg.get("model"))
+        version = decode_name(msg.get("claude_code_version"))
         if model is not None or version is not None:
             events.append(AgentInfo(model=model, agent_version=version))
 
@@ -230,10 +219,10 @@ class ClaudeStreamJsonAdapter:
         usage = msg.get("usage")
         if isinstance(usage, dict):
             report = UsageReported(
-                input_tokens=_count(usage.get("input_tokens")),
-                output_tokens=_count(usage.get("output_tokens")),
-                cache_read_input_tokens=_count(usage.get("cache_read_input_tokens")),
-                cache_creation_input_tokens=_count(usage.get("cache_creation_input_tokens")),
+                input_tokens=decode_count(usage.get("input_tokens")),
+                output_tokens=decode_count(usage.get("output_tokens")),
+                cache_read_input_tokens=decode_count(usage.get("cache_read_input_tokens")),
+                cache_creation_input_tokens=decode_count(usage.get("cache_creation_input_tokens")),
             )
             if report != UsageReported():
                 events.append(report)
@@ -249,7 +238,7 @@ def _find_timings(msg: dict[str, Any]) -> AgentReportedTimings | None:
     """Claude's self-reported timings: top-level fields (2.1.x), else one level down."""
     candidates = [msg, *(v for v in msg.values() if isinstance(v, dict))]
     for obj in candidates:
-        values = {key: _number(obj.get(key)) for key in _TIMING_KEYS}
+        values = {key: decode_ms(obj.get(key)) for key in _TIMING_KEYS}
         if any(v is not None for v in values.values()):
             return AgentReportedTimings(**values)
     return None

@@ -42,7 +42,8 @@ marker / event      protocol message and field
                     ``result.usage`` when present
 ==================  ====================================================================
 
-``cliReady`` is marked once per process, the other markers once per turn.
+``cliReady`` is marked once per process, the other markers once per turn. Token counts
+that are not integers ``>= 0`` are ignored (the record's schema admits none).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ from ttft_probe.adapters._base import (
     SessionObserved,
     TurnEnded,
     UsageReported,
+    decode_count,
+    decode_name,
     decode_object,
 )
 from ttft_probe.record import (
@@ -69,9 +72,10 @@ from ttft_probe.record import (
 
 __all__ = ["JsonEventStreamAdapter"]
 
-# After the turn's first token only turn ends and errors matter; a line holding none of
-# these substrings cannot be one (inside JSON strings the quotes are escaped).
-_LATE_NEEDLES: Final = (b"turn.", b'"result"', b'"error"')
+# After the turn's first token only turn ends, errors and a (late) codex thread id matter;
+# a line holding none of these substrings cannot be one (inside JSON strings the quotes are
+# escaped).
+_LATE_NEEDLES: Final = (b"turn.", b'"result"', b'"error"', b"thread.started")
 _CODEX_ITEM_KINDS: Final = {
     "agent_message": FirstTokenKind.TEXT,
     "reasoning": FirstTokenKind.THINKING,
@@ -98,12 +102,9 @@ def _text(value: object) -> str | None:
 
 def _count(obj: dict[str, Any], keys: tuple[str, ...]) -> int | None:
     for key in keys:
-        value = obj.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if isinstance(value, float) and not value.is_integer():
-            continue
-        return int(value)
+        count = decode_count(obj.get(key))
+        if count is not None:
+            return count
     return None
 
 
@@ -241,7 +242,7 @@ class JsonEventStreamAdapter:
     # --- codex exec --json -----------------------------------------------------------
 
     def _codex_thread_started(self, msg: dict[str, Any], events: list[Event]) -> None:
-        thread_id = _text(msg.get("thread_id"))
+        thread_id = decode_name(msg.get("thread_id"))
         if thread_id is not None:
             events.append(SessionObserved(thread_id))
 
@@ -292,10 +293,10 @@ class JsonEventStreamAdapter:
         if self._init_seen:
             return
         self._mark_init(t_ns, events)
-        session_id = _text(msg.get("session_id"))
+        session_id = decode_name(msg.get("session_id"))
         if session_id is not None:
             events.append(SessionObserved(session_id))
-        model = _text(msg.get("model"))
+        model = decode_name(msg.get("model"))
         if model is not None:
             events.append(AgentInfo(model=model))
 

@@ -164,6 +164,10 @@ class PlainAdapter:
             if self._armed and pos < len(combined):
                 # Text after the arming line's newline is all new in this chunk.
                 self._mark(Marker.FIRST_TOKEN, t_ns, events)
+        if self._armed and self._decoder.getstate()[0]:
+            # The chunk ends inside a character that follows the arming line's newline: its
+            # first bytes are the answer's first bytes, as for any other first chunk.
+            self._mark(Marker.FIRST_TOKEN, t_ns, events)
         self._partial = combined[pos:][-_MAX_PARTIAL:]
 
     def _match(self, line: str, t_ns: int, events: list[Event]) -> None:
