@@ -11,6 +11,7 @@ valid UTF-8 is stored with lone surrogates (``"\\udcff"``) and replayed with
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -368,7 +369,7 @@ def test_cheap_path_changes_no_event(path: Path, monkeypatch: pytest.MonkeyPatch
     tr = load_transcript(path)
     _, fast = replay(tr)
     # An empty needle is in every line, so every line is decoded.
-    monkeypatch.setattr(claude_stream_json, "_RESULT_NEEDLE", b"")
+    monkeypatch.setattr(claude_stream_json, "_RESULT_NEEDLES", (b"",))
     monkeypatch.setattr(json_event_stream, "_LATE_NEEDLES", (b"",))
     monkeypatch.setattr(acp_json_rpc, "_LATE_NEEDLES", (b"",))
     _, slow = replay(tr)
@@ -668,6 +669,35 @@ def test_line_splitter_keeps_line_of_exactly_max() -> None:
     assert s.feed(b"ab") == []
     assert s.feed(b"cd\nabcd\nabcde\n") == [b"abcd", b"abcd"]
     assert s.dropped == 1
+
+
+@pytest.mark.fault(
+    "Bad input",
+    "LineSplitter.feed_matching (the skip path after the first token): any bytes, any reads",
+    outcome="exactly the lines holding a needle, as `feed` gives them",
+    agent="n/a",
+    records_lost="n/a",
+)
+@settings(max_examples=400)
+@given(
+    stream=st.lists(
+        st.sampled_from([b"ab", b"\n", b"result", b"x" * 7, b"\r", b"\rx"]), max_size=30
+    ).map(b"".join),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+    max_line=st.sampled_from([8, 64, 8 * 1024 * 1024]),
+)
+def test_feed_matching_gives_every_line_holding_a_needle(
+    stream: bytes, cuts: list[int], max_line: int
+) -> None:
+    fault_case()
+    bounds = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
+    reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    needles = (b"result", b"\rx")
+    full, skim = LineSplitter(max_line=max_line), LineSplitter(max_line=max_line)
+    want = [ln for r in reads for ln in full.feed(r) if any(n in ln for n in needles)]
+    got = [ln for r in reads for ln in skim.feed_matching(r, needles)]
+    assert [ln for ln in got if any(n in ln for n in needles)] == want
+    assert skim.flush() == full.flush()
 
 
 # --- registry -----------------------------------------------------------------------------

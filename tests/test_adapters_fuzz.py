@@ -140,6 +140,16 @@ class Spy:
     def model_request(self, t_ns: int) -> list[Event]:
         return self._call(self.inner.model_request, t_ns)
 
+    def line_filter(self) -> tuple[bytes, ...] | None:
+        """The wrapped adapter's line filter: the tracker skips lines just as in a run.
+
+        None while a fault is planned: ``fault_at`` counts one call per line.
+        """
+        inner = getattr(self.inner, "line_filter", None)
+        if inner is None or self.fault_at is not None:
+            return None
+        return cast("tuple[bytes, ...] | None", inner())
+
 
 _SPY_CLASSES: dict[RuntimeFamily, type[Spy]] = {}
 
@@ -980,7 +990,7 @@ def test_cheap_path_matches_full_decode(family: RuntimeFamily, data: st.DataObje
     fault_case()  # after the draws: an example whose draw overruns is not run, nor counted
     fast = lines_of(family, lines).spy.events
     with (  # an empty needle is in every line: every line is decoded
-        mock.patch.object(claude_stream_json, "_RESULT_NEEDLE", b""),
+        mock.patch.object(claude_stream_json, "_RESULT_NEEDLES", (b"",)),
         mock.patch.object(json_event_stream, "_LATE_NEEDLES", (b"",)),
         mock.patch.object(acp_json_rpc, "_LATE_NEEDLES", (b"",)),
     ):

@@ -274,10 +274,23 @@ class ProcessTracker:
                 for line in self._in_split.feed(item.data):
                     self._guarded(adapter.feed_stdin, line, item.t_ns)
             elif self._lines:
-                for line in self._out_split.feed(item.data):
+                for line in self._stdout_lines(adapter, item.data):
                     self._guarded(adapter.feed_stdout, line, item.t_ns)
             else:
                 self._guarded(adapter.feed_stdout, item.data, item.t_ns)
+
+    def _stdout_lines(self, adapter: Adapter, data: bytes) -> list[bytes]:
+        """The stdout lines of ``data`` the adapter needs (all, unless it has a line filter)."""
+        line_filter = getattr(adapter, "line_filter", None)
+        needles = None
+        if line_filter is not None:
+            try:
+                needles = line_filter()
+            except Exception:  # noqa: BLE001 - a faulty filter means: every line
+                needles = None
+        if needles:
+            return self._out_split.feed_matching(data, needles)
+        return self._out_split.feed(data)
 
     def set_observer(self, status: ObserverStatus, error: str | None = None) -> None:
         """Record whether the provider observer runs for this process (and why not)."""

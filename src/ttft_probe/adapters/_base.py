@@ -164,6 +164,13 @@ class Adapter(Protocol):
     (for a line: its last byte) arrived. Implementations must not raise for any input
     they do not understand; the caller treats a raised exception as a parser fault and
     disables the adapter for the rest of the run.
+
+    Optional, outside the protocol (so that older plugins still satisfy it): a ``lines``
+    adapter may define ``line_filter() -> tuple[bytes, ...] | None``. A tuple says that,
+    in the adapter's present state, a stdout line holding none of those substrings yields
+    no event and changes no state; the caller may then skip such lines without splitting
+    them (:meth:`LineSplitter.feed_matching`). This is what keeps the per-line cost after
+    the first token near zero (the pass-through benchmark); ``None`` means every line.
     """
 
     family: ClassVar[RuntimeFamily]
@@ -305,6 +312,42 @@ class LineSplitter:
                 self.dropped += 1
         self._append(tail)
         return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+    def feed_matching(self, data: bytes, needles: Sequence[bytes]) -> list[bytes]:
+        """Like :meth:`feed`, but lines holding none of ``needles`` may be left out.
+
+        For an adapter whose :meth:`Adapter.line_filter` says such lines cannot matter
+        (typically after the turn's first token). A read whose finished lines hold no
+        needle (each needle non-empty, without a newline) is not split at all: only its
+        unfinished last line is kept. Otherwise this is :meth:`feed`, every line included,
+        so the adapter still sees them in order and can change its filter part-way.
+        """
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._append(data)
+            return []
+        if self._may_hold(data, end, needles):
+            return self.feed(data)
+        if self._skipping:  # an over-long line ended in this read
+            self._skipping = False
+            self.dropped += 1
+        self._buf.clear()
+        self._append(data[end + 1 :])
+        return []
+
+    def _may_hold(self, data: bytes, end: int, needles: Sequence[bytes]) -> bool:
+        """Whether a line finished in ``data[:end]`` (with the kept partial line) holds a needle."""
+        buf = self._buf
+        for needle in needles:
+            if data.find(needle, 0, end) >= 0:
+                return True
+            if buf and not self._skipping:
+                if needle in buf:
+                    return True
+                k = len(needle) - 1
+                if k and needle in bytes(buf[-k:]) + data[:k]:
+                    return True
+        return False
 
     def flush(self) -> bytes | None:
         """Return the unterminated last line at EOF, if any."""

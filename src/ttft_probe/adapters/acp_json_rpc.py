@@ -270,9 +270,14 @@ class AcpJsonRpcAdapter:
 
     # --- stdout: the agent's responses and notifications -----------------------------
 
+    def line_filter(self) -> tuple[bytes, ...] | None:
+        """With no prompt awaiting its first token, only results, errors and usage matter."""
+        return _LATE_NEEDLES if self._cli_ready and not self._awaiting else None
+
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
         """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
-        if self._cli_ready and not self._awaiting and not any(n in data for n in _LATE_NEEDLES):
+        needles = self.line_filter()
+        if needles is not None and not any(n in data for n in needles):
             return []
         msg = decode_object(data)
         if msg is None:

@@ -69,7 +69,7 @@ __all__ = ["ClaudeStreamJsonAdapter"]
 
 # Once the turn's first token is seen, only the ``result`` line still matters; a line
 # without this substring cannot be it (inside JSON strings the quotes are escaped).
-_RESULT_NEEDLE: Final = b'"result"'
+_RESULT_NEEDLES: Final = (b'"result"',)
 # Claude Code's own messages (e.g. "API Error: …") carry this model name: not model output.
 _SYNTHETIC_MODEL: Final = "<synthetic>"
 _DELTA_KINDS: Final = {
@@ -107,9 +107,14 @@ class ClaudeStreamJsonAdapter:
         """Always ``True``: the ``system``/``init`` message marks ``sessionInitDone``."""
         return True
 
+    def line_filter(self) -> tuple[bytes, ...] | None:
+        """After the turn's init and first token only its ``result`` line can matter."""
+        return _RESULT_NEEDLES if self._first_token and self._init_seen else None
+
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
         """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
-        if self._first_token and self._init_seen and _RESULT_NEEDLE not in data:
+        needles = self.line_filter()
+        if needles is not None and not any(n in data for n in needles):
             return []
         msg = decode_object(data)
         if msg is None:

@@ -144,9 +144,14 @@ class JsonEventStreamAdapter:
         """Always ``True``: codex ``turn.started`` / gemini ``init`` mark it."""
         return True
 
+    def line_filter(self) -> tuple[bytes, ...] | None:
+        """After the turn's start and first token only lines naming a late event matter."""
+        return _LATE_NEEDLES if self._first_token and self._init_seen else None
+
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
         """Parse one stdout line (without its newline) that arrived at ``t_ns``."""
-        if self._first_token and self._init_seen and not any(n in data for n in _LATE_NEEDLES):
+        needles = self.line_filter()
+        if needles is not None and not any(n in data for n in needles):
             return []
         msg = decode_object(data)
         if msg is None:
