@@ -1787,3 +1787,25 @@ def test_references_agree_with_the_recorded_transcripts() -> None:
         check_stream_markers(out, reference(complete_lines(feed.reads, out.eof_ns)))
         checked += 1
     assert checked > 10
+
+
+@pytest.mark.fault(
+    "Bad input",
+    "ACP: the first prompt names a session the agent never created",
+    outcome="no sessionInitDone (it was borrowed from the session that was created)",
+    **TRACKER_ONLY,
+)
+def test_regression_acp_prompt_for_an_unknown_session_borrows_no_session_init() -> None:
+    setup = [
+        ("stdin", _rpc(id=0, method="initialize", params={})),
+        ("stdout", _rpc(id=0, result={"agentInfo": {"version": "1"}})),
+        ("stdin", _rpc(id=1, method="session/new", params={})),
+        ("stdout", _rpc(id=1, result={"sessionId": "S"})),
+    ]
+    known = lines_of(ACP, [*setup, _prompt(2, "S"), _chunk("Hi", "S")]).only()
+    assert known.times.session_init_done_ns == 4  # the session/new result's read
+    out = lines_of(ACP, [*setup, _prompt(2, "T"), _chunk("Hi", "T")])
+    check_records(out)
+    stranger = out.only()
+    assert stranger.times.session_init_done_ns is None
+    assert stranger.record.session_init_ms is None

@@ -462,7 +462,9 @@ class ProcessTracker:
         sid = ev.session_id
         if self._runs_started == 0:
             turn = self._first
-            sess = self._sessions.get(sid) or self._sessions.get(self._last_session)
+            sess = self._sessions.get(sid)
+            if sess is None and sid is None:  # a prompt naming no session: the one just made
+                sess = self._sessions.get(self._last_session)
             if sess is not None:
                 turn.session_init_done_ns = sess.init_done_ns
                 turn.session_init_source = sess.source
