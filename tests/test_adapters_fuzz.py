@@ -1809,3 +1809,57 @@ def test_regression_acp_prompt_for_an_unknown_session_borrows_no_session_init() 
     stranger = out.only()
     assert stranger.times.session_init_done_ns is None
     assert stranger.record.session_init_ms is None
+
+
+class _NeverEndingAcp:
+    """A plugin-style request-driven adapter that never ends a turn: each stdin line is a
+    prompt for session ``S``, each stdout line a token."""
+
+    family: ClassVar[RuntimeFamily] = ACP
+    framing: ClassVar[Literal["lines", "chunks"]] = "lines"
+    request_driven: ClassVar[bool] = True
+    tees_stdin: ClassVar[bool] = True
+    session_init_observable = True
+
+    def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
+        return [MarkerObserved(Marker.FIRST_TOKEN, t_ns, session_id="S")]
+
+    def feed_stdin(self, line: bytes, t_ns: int) -> list[Event]:
+        return [MarkerObserved(Marker.PROMPT_SENT, t_ns, session_id="S")]
+
+    def close(self, t_ns: int) -> list[Event]:
+        return []
+
+    def model_request(self, t_ns: int) -> list[Event]:
+        return []
+
+
+@pytest.mark.fault(
+    "Bad input",
+    "a plugin adapter prompts a session again without ending its open turn",
+    outcome="the open turn's record is kept (ended `failed`), not overwritten",
+    **TRACKER_ONLY,
+)
+def test_regression_second_prompt_on_an_open_turn_loses_no_record() -> None:
+    results: list[RunResult] = []
+    tracker = ProcessTracker(
+        agent=resolve_agent(["agent"], family=ACP.value),
+        adapter=_NeverEndingAcp(),
+        spawn_ns=0,
+        anchor=ANCHOR,
+        caller=CallerContext(),
+        emit=results.append,
+        probe_version="fuzz",
+    )
+    for t, (stream, data) in enumerate(
+        [("stdin", b"p1\n"), ("stdout", b"tok\n"), ("stdin", b"p2\n"), ("stdin", b"p3\n")],
+        start=1,
+    ):
+        (tracker.on_stdin if stream == "stdin" else tracker.on_stdout)(data, t)
+    tracker.on_stdout_eof(5)
+    tracker.on_exit(ExitInfo(t_ns=6, returncode=0))
+    prompts = sorted(r.times.prompt_sent_ns for r in results)
+    assert prompts == [1, 3, 4]
+    first = next(r for r in results if r.times.prompt_sent_ns == 1)
+    assert first.times.first_token_ns == 2
+    assert first.record.status.value == "failed"

@@ -460,6 +460,10 @@ class ProcessTracker:
         if not self._request_driven:
             return
         sid = ev.session_id
+        if self._runs_started > 0 and sid in self._turns:
+            # A new prompt while the session's turn is still open (an adapter that did not
+            # end it): that turn ends here, failed, rather than being overwritten and lost.
+            self._on_turn_ended(TurnEnded(ev.t_ns, session_id=sid, failed=True))
         if self._runs_started == 0:
             turn = self._first
             sess = self._sessions.get(sid)
