@@ -1858,7 +1858,7 @@ def test_regression_second_prompt_on_an_open_turn_loses_no_record() -> None:
         (tracker.on_stdin if stream == "stdin" else tracker.on_stdout)(data, t)
     tracker.on_stdout_eof(5)
     tracker.on_exit(ExitInfo(t_ns=6, returncode=0))
-    prompts = sorted(r.times.prompt_sent_ns for r in results)
+    prompts = sorted(r.times.prompt_sent_ns or 0 for r in results)
     assert prompts == [1, 3, 4]
     first = next(r for r in results if r.times.prompt_sent_ns == 1)
     assert first.times.first_token_ns == 2
