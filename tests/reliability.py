@@ -50,6 +50,7 @@ the local store: `0` means every run's record was checked to be there.
 |---|---|---:|---|---:|---|---|
 """
 
+_COLUMNS = 7
 _current: list[str] = []
 _extra_cases: Counter[str] = Counter()
 
@@ -150,6 +151,17 @@ def render() -> str:
     return "".join(lines)
 
 
+def _without_counts(text: str) -> list[list[str]]:
+    """The table's rows with the *Cases* column blanked (the prose above it kept)."""
+    rows = []
+    for line in text.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) == _COLUMNS:
+            cells[2] = ""
+        rows.append(cells)
+    return rows
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write or check the table after a whole-suite run in which every fault test passed."""
     if not _TABLE.complete or _TABLE.failed or not _TABLE.items:
@@ -162,6 +174,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if os.environ.get("CI", "").lower() == "true":
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if _without_counts(text) == _without_counts(current):
+            # Only hypothesis example counts moved (another hypothesis release draws a few
+            # examples differently): the rows and outcomes still hold.
+            if reporter is not None:
+                reporter.write_line("docs/RELIABILITY.md: case counts differ; rows match")
+            return
         if reporter is not None:
             reporter.write_line(
                 "docs/RELIABILITY.md does not match the fault tests; run the suite "
