@@ -1245,13 +1245,16 @@ class ProviderObserver:
             ready.set()
             self._finish_loop(loop)
 
-    def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    def _abort_parked(self) -> None:
         while self._pool:
             parked = self._pool.popleft()
             if parked.transport is not None:
                 parked.transport.abort()
+
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._abort_parked()
         for link in list(self._links):
             link.abort()
         self._links.clear()
@@ -1267,6 +1270,10 @@ class ProviderObserver:
                 task.cancel()
             if tasks:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            # A dial that completed after _shutdown emptied the pool parked its connection
+            # there: close it too (its socket is closed by the loop run below), or it
+            # leaks until the garbage collector finds it.
+            self._abort_parked()
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
