@@ -51,6 +51,9 @@ def test_wal_schema_version_and_round_trip(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
+@pytest.mark.fault("Store", "schema newer than this ttft-probe",
+                   outcome="StoreError naming the fix (upgrade)", agent="—",
+                   records_lost="n/a (refused)")
 def test_newer_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     conn = sqlite3.connect(path)
@@ -60,6 +63,9 @@ def test_newer_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
         Store(path)
 
 
+@pytest.mark.fault("Store", "store path under a regular file",
+                   outcome="StoreError naming the fix (TTFT_PROBE_HOME)", agent="—",
+                   records_lost="n/a (nowhere to write)")
 def test_unwritable_location_names_the_fix(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -126,9 +126,11 @@ class Recorder:
                 if self._deliverer is not None:
                     self._deliverer.kick()
             except Exception as exc:  # noqa: BLE001 - the disk never reaches the run
+                # Once per recorder: a read-only or full disk fails every run the same way.
+                # A StoreError's message names the fix (free space, TTFT_PROBE_HOME).
                 if not self._warned:
                     self._warned = True
-                    _log.warning("could not write the run to the local store: %s", exc)
+                    _log.warning("the run was not stored: %s", exc)
         if self._on_record is not None:
             try:
                 self._on_record(result.record)

@@ -7,26 +7,42 @@ holds the schema version and :data:`MIGRATIONS` brings an older file up to date.
 
 One row per run: the ``run_finished`` record as JSON plus indexed columns for the
 queries the CLI makes, and the run's marker times (monotonic ns) for audit.
+
+Faults: a file SQLite reports as damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``) is
+moved aside to ``runs.sqlite3.corrupt-<UTC time>`` (with its ``-wal``) and a new store
+is started in its place, once, under a lock, whichever process finds it first. Any
+other failure (a read-only or full disk, a missing directory) raises
+:class:`~ttft_probe.errors.StoreError` whose message says what failed and how to fix it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from ttft_probe.errors import StoreError
 from ttft_probe.record import MarkerTimes, RunRecord
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "default_store_path"]
 
+_log = logging.getLogger("ttft_probe")
+
+T = TypeVar("T")
+
 ENV_HOME: Final = "TTFT_PROBE_HOME"
 DB_NAME: Final = "runs.sqlite3"
+_DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+"""SQLite primary result codes that mean the file itself is damaged (not the disk)."""
 
 MIGRATIONS: Final[Sequence[str]] = (
     # 1: one row per run.
@@ -81,10 +97,59 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
-    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open, without hiding the error that got here.
+
+    A ``COMMIT`` that failed on a full disk has often rolled back already; a second
+    ``ROLLBACK`` would raise "no transaction is active" in place of the real error.
+    """
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _damaged(exc: BaseException) -> bool:
+    """Whether SQLite said the database file itself is damaged."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _DAMAGED
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _fix(path: Path, exc: BaseException) -> str:
+    """How to get past ``exc`` on the store at ``path``: a hint for the user."""
+    elsewhere = f"set {ENV_HOME} or --store to a writable location"
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    os_errno = getattr(exc, "errno", None)
+    folder = next((p for p in path.parents if p.exists()), None)
+    try:
+        fs = os.statvfs(folder) if folder is not None else None
+    except OSError:
+        fs = None
+    low_space = fs is not None and fs.f_bavail * fs.f_frsize < 256 * 1024
+    if (
+        primary == sqlite3.SQLITE_FULL
+        or os_errno in {errno.ENOSPC, errno.EDQUOT}
+        or (low_space and primary in {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
+    ):
+        return f"the disk is full: free some space there, or {elsewhere} on another disk"
+    if os_errno == errno.EROFS or (fs is not None and fs.f_flag & os.ST_RDONLY):
+        return f"{folder} is on a read-only file system: {elsewhere}"
+    if primary == sqlite3.SQLITE_BUSY:
+        return "another process kept the store locked; try again"
+    return elsewhere
 
 
 def _boot_id() -> str:
@@ -139,43 +204,151 @@ class Store:
     """The SQLite store. Thread-safe: one connection per thread.
 
     Raises:
-        StoreError: The file cannot be created or opened, or its schema is newer than
-            this version of ttft_probe understands.
+        StoreError: The file cannot be created, opened, read or written (the message
+            names the fix: free space, or point ``TTFT_PROBE_HOME`` / ``--store``
+            elsewhere), or its schema is newer than this version of ttft_probe
+            understands. A damaged file is not an error: it is set aside and replaced.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         """Open (creating or migrating) the store at ``path`` (default: the default path)."""
         self.path = Path(path) if path is not None else default_store_path()
         self._local = threading.local()
-        self._migrated = False
         self._lock = threading.Lock()
         self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
+            if _inode(self.path) == self._local.inode:
+                return conn
+            # Another process set the file aside (or it was deleted): follow the path.
+            self.close()
+        for attempt in (1, 2):
+            inode = _inode(self.path)
+            try:
+                conn = self._open()
+            except StoreError:
+                raise
+            except sqlite3.Error as exc:
+                if attempt == 1 and _damaged(exc):
+                    self._set_aside(inode, exc)
+                    continue
+                conn = self._open_read_only()
+                if conn is None:
+                    raise self._error("open", exc) from exc
+            except OSError as exc:
+                raise self._error("create", exc) from exc
+            self._local.conn = conn
+            self._local.inode = _inode(self.path)
             return conn
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             with self._lock:
-                if not self._migrated:
-                    self._migrate(conn)
-                    self._migrated = True
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the run store at {self.path}: {exc}") from exc
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create the run store at {self.path}: {exc}; "
-                f"set {ENV_HOME} or --store to a writable directory"
-            ) from exc
-        self._local.conn = conn
+                self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
+    def _open_read_only(self) -> sqlite3.Connection | None:
+        """Open a store on a read-only disk for reading, or ``None``.
+
+        SQLite cannot open a WAL database whose directory it cannot write unless its
+        ``-shm`` exists. Without a ``-wal`` beside it (nothing to replay), the file can be
+        read as ``immutable``; writes then fail with "attempt to write a readonly database".
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            if not self.path.is_file() or os.access(self.path.parent, os.W_OK):
+                return None
+            if wal.exists() and wal.stat().st_size > 0:
+                return None
+        except OSError:
+            return None
+        uri = f"{self.path.resolve().as_uri()}?immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        except sqlite3.Error:
+            return None
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error:
+            version = None
+        if version != SCHEMA_VERSION:
+            conn.close()
+            return None
+        return conn
+
+    def _error(self, action: str, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"cannot {action} the run store at {self.path}: {exc}; {_fix(self.path, exc)}"
+        )
+
+    def _run(self, action: str, op: Callable[[sqlite3.Connection], T]) -> T:
+        """``op`` on this thread's connection; a damaged file is set aside and ``op`` retried.
+
+        Raises:
+            StoreError: Any other SQLite failure, with the fix in its message.
+        """
+        for attempt in (1, 2):
+            conn = self._connect()
+            inode = self._local.inode
+            try:
+                return op(conn)
+            except sqlite3.Error as exc:
+                if attempt == 1 and _damaged(exc):
+                    self._set_aside(inode, exc)
+                    continue
+                raise self._error(action, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _set_aside(self, inode: int | None, exc: BaseException) -> None:
+        """Move a damaged store (and its ``-wal``) aside so that a new one can start.
+
+        ``inode`` is the file that failed. Under an exclusive lock, so that two processes
+        that both found the damage move it once: a process that comes second finds a
+        different file at the path (the new store) and leaves it alone.
+
+        Raises:
+            StoreError: The file cannot be moved (a read-only directory, say).
+        """
+        self.close()
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            with lock_path.open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if inode is None or _inode(self.path) != inode:
+                    return  # already replaced by another process (or gone)
+                self.path.rename(aside)
+                for suffix in ("-wal", "-journal", "-shm"):
+                    side = self.path.with_name(self.path.name + suffix)
+                    with contextlib.suppress(FileNotFoundError):
+                        side.rename(aside.with_name(aside.name + suffix))
+        except OSError as err:
+            msg = (
+                f"the run store at {self.path} is damaged ({exc}) and cannot be moved aside: "
+                f"{err}; {_fix(self.path, err)}"
+            )
+            raise StoreError(msg) from err
+        _log.warning(
+            "the run store at %s was damaged (%s): moved it to %s and started a new one",
+            self.path, exc, aside.name,
+        )
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return  # the common case: no write, no lock
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -192,7 +365,7 @@ class Store:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     def add(
@@ -201,8 +374,10 @@ class Store:
         """Insert one run, and an outbox row per sink in ``sinks``, in one transaction.
 
         Idempotent by ``run_id``. ``times`` are the run's marker times (monotonic ns).
+
+        Raises:
+            StoreError: The run could not be written (the message names the fix).
         """
-        conn = self._connect()
         markers = None
         if times is not None:
             markers = json.dumps(
@@ -216,27 +391,32 @@ class Store:
                     "first_stderr_ns": times.first_stderr_ns,
                 }
             )
-        with _transaction(conn):
-            conn.execute(
-                "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id,"
-                " conversation_id, turn_ordinal, status, record_json, markers_json)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    record.run_id,
-                    record.started_at,
-                    record.agent,
-                    record.session_id,
-                    record.conversation_id,
-                    record.turn_ordinal,
-                    record.status.value,
-                    record.to_json(),
-                    markers,
-                ),
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO deliveries (run_id, sink) VALUES (?, ?)",
-                [(record.run_id, sink) for sink in sinks],
-            )
+        row = (
+            record.run_id,
+            record.started_at,
+            record.agent,
+            record.session_id,
+            record.conversation_id,
+            record.turn_ordinal,
+            record.status.value,
+            record.to_json(),
+            markers,
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id,"
+                    " conversation_id, turn_ordinal, status, record_json, markers_json)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    row,
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO deliveries (run_id, sink) VALUES (?, ?)",
+                    [(record.run_id, sink) for sink in sinks],
+                )
+
+        self._run("write to", insert)
 
     # --- the outbox ------------------------------------------------------------------
 
@@ -250,9 +430,21 @@ class Store:
         mid-delivery). ``due_only``: skip rows whose backoff has not expired. ``now`` is
         Unix time in seconds (wall clock: leases outlive the process).
         """
-        conn = self._connect()
         # Backoff applies unless the caller delivers everything now (`ttft-probe flush`).
         not_before = now if due_only else float("inf")
+        return self._run("claim runs in", lambda conn: self._claim(
+            conn, sink, limit, lease_s=lease_s, now=now, not_before=not_before))
+
+    @staticmethod
+    def _claim(
+        conn: sqlite3.Connection,
+        sink: str,
+        limit: int,
+        *,
+        lease_s: float,
+        now: float,
+        not_before: float,
+    ) -> list[tuple[RunRecord, MarkerTimes | None]]:
         with _transaction(conn):
             # Leases held by processes that died (SIGKILL mid-delivery) are free at once.
             holders = conn.execute(
@@ -292,40 +484,42 @@ class Store:
 
         The backoff after the n-th failed attempt is min(2**n, 300) seconds.
         """
-        conn = self._connect()
-        with _transaction(conn):
-            conn.executemany(
-                "UPDATE deliveries SET delivered_at = ?, lease_until = 0, last_error = NULL"
-                " WHERE run_id = ? AND sink = ?",
-                [(now, run_id, sink) for run_id in delivered],
-            )
-            conn.executemany(
-                "UPDATE deliveries SET attempts = attempts + 1, lease_until = 0, last_error = ?,"
-                " next_attempt_at = ? + MIN(300, 1 << MIN(attempts + 1, 9))"
-                " WHERE run_id = ? AND sink = ?",
-                [(error, now, run_id, sink) for run_id in failed],
-            )
+
+        def update(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    "UPDATE deliveries SET delivered_at = ?, lease_until = 0, last_error = NULL"
+                    " WHERE run_id = ? AND sink = ?",
+                    [(now, run_id, sink) for run_id in delivered],
+                )
+                conn.executemany(
+                    "UPDATE deliveries SET attempts = attempts + 1, lease_until = 0,"
+                    " last_error = ?, next_attempt_at = ? + MIN(300, 1 << MIN(attempts + 1, 9))"
+                    " WHERE run_id = ? AND sink = ?",
+                    [(error, now, run_id, sink) for run_id in failed],
+                )
+
+        self._run("write to", update)
 
     def pending(self) -> dict[str, int]:
         """Undelivered runs per sink."""
-        rows = self._connect().execute(
+        rows = self._run("read", lambda conn: conn.execute(
             "SELECT sink, COUNT(*) FROM deliveries WHERE delivered_at IS NULL GROUP BY sink"
-        ).fetchall()
+        ).fetchall())
         return dict(rows)
 
     def last(self, n: int | None = None) -> list[RunRecord]:
         """The ``n`` most recent runs (all when ``None``), oldest first."""
-        conn = self._connect()
         if n is None:
-            rows = conn.execute(
+            rows = self._run("read", lambda conn: conn.execute(
                 "SELECT record_json FROM runs ORDER BY started_at, rowid"
-            ).fetchall()
+            ).fetchall())
         else:
-            rows = conn.execute(
+            rows = self._run("read", lambda conn: conn.execute(
                 "SELECT record_json FROM (SELECT record_json, started_at, rowid FROM runs"
                 " ORDER BY started_at DESC, rowid DESC LIMIT ?) ORDER BY started_at, rowid",
                 (n,),
-            ).fetchall()
+            ).fetchall())
         return [RunRecord.from_dict(json.loads(r[0])) for r in rows]
 
     def __iter__(self) -> Iterator[RunRecord]:
@@ -334,11 +528,9 @@ class Store:
 
     def marker_times(self, run_id: str) -> MarkerTimes | None:
         """The stored marker times (monotonic ns) of a run, ``None`` if unknown."""
-        row = (
-            self._connect()
-            .execute("SELECT markers_json FROM runs WHERE run_id = ?", (run_id,))
-            .fetchone()
-        )
+        row = self._run("read", lambda conn: conn.execute(
+            "SELECT markers_json FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone())
         if row is None or row[0] is None:
             return None
         return MarkerTimes(**json.loads(row[0]))
@@ -349,24 +541,28 @@ class Store:
         The turn ordinal of a resumed run is the number of earlier turns plus one; the
         conversation id is carried over from the session's first run.
         """
-        conn = self._connect()
-        row = conn.execute(
-            "SELECT COUNT(*), MAX(turn_ordinal) FROM runs WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        count, max_turn = row
-        conv = conn.execute(
-            "SELECT conversation_id FROM runs WHERE session_id = ? AND conversation_id IS NOT NULL"
-            " ORDER BY started_at LIMIT 1",
-            (session_id,),
-        ).fetchone()
+
+        def query(conn: sqlite3.Connection) -> tuple[tuple[int, int | None], tuple[str] | None]:
+            row = conn.execute(
+                "SELECT COUNT(*), MAX(turn_ordinal) FROM runs WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            conv = conn.execute(
+                "SELECT conversation_id FROM runs WHERE session_id = ?"
+                " AND conversation_id IS NOT NULL ORDER BY started_at LIMIT 1",
+                (session_id,),
+            ).fetchone()
+            return row, conv
+
+        (count, max_turn), conv = self._run("read", query)
         return max(count, max_turn or 0), (conv[0] if conv else None)
 
     def close(self) -> None:
         """Close this thread's connection."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.close()
             self._local.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     # --- A/B experiments (ttft-probe ab) ------------------------------------------------
 
@@ -378,24 +574,27 @@ class Store:
         ``arm`` is ``fresh``, ``resumed`` or ``priming``; ``pair`` is 1-based (``None`` for
         the priming run); ``position`` is the run's place in its pair (1 = ran first).
         """
-        conn = self._connect()
-        with _transaction(conn):
-            conn.execute(
-                "INSERT OR REPLACE INTO experiment_runs"
-                " (run_id, experiment_id, arm, pair, position) VALUES (?,?,?,?,?)",
-                (run_id, experiment_id, arm, pair, position),
-            )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO experiment_runs"
+                    " (run_id, experiment_id, arm, pair, position) VALUES (?,?,?,?,?)",
+                    (run_id, experiment_id, arm, pair, position),
+                )
+
+        self._run("write to", insert)
 
     def experiment_runs(
         self, experiment_id: str
     ) -> list[tuple[RunRecord, str, int | None, int | None]]:
         """The stored runs of an experiment as (record, arm, pair, position), in pair order."""
-        rows = self._connect().execute(
+        rows = self._run("read", lambda conn: conn.execute(
             "SELECT r.record_json, e.arm, e.pair, e.position FROM experiment_runs e"
             " JOIN runs r ON r.run_id = e.run_id WHERE e.experiment_id = ?"
             " ORDER BY e.pair IS NOT NULL, e.pair, e.position",
             (experiment_id,),
-        ).fetchall()
+        ).fetchall())
         return [
             (RunRecord.from_dict(json.loads(rec)), arm, pair, pos) for rec, arm, pair, pos in rows
         ]
