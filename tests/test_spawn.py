@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import CHILDREN, PROBE, assert_valid, script, stored
+from reliability import fault_case
 from ttft_probe import Probe
 from ttft_probe.record import RunRecord
 
@@ -63,6 +64,8 @@ def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*PROBE, *args], capture_output=True, timeout=60, check=False, **kw)
 
 
+@pytest.mark.fault("Child", "non-zero exit (3), output on stdout and stderr",
+                   outcome="bytes & exit code identical; record `failed`")
 def test_cli_output_and_exit_code_identical_with_and_without_probe(
     tmp_path: Path, probe_home: Path
 ) -> None:
@@ -109,6 +112,9 @@ def test_cli_prints_breakdown_and_stores_a_valid_record(tmp_path: Path, probe_ho
     assert json.loads(out.stdout) == record
 
 
+@pytest.mark.fault("Child", "exits before its first line",
+                   outcome="output & exit code identical; record `failed`, "
+                   "`process_exited_before_ready`")
 def test_child_exits_before_its_first_line(tmp_path: Path, probe_home: Path) -> None:
     probed = run_cli(
         [
@@ -130,6 +136,8 @@ def test_child_exits_before_its_first_line(tmp_path: Path, probe_home: Path) -> 
     assert record["status"] == "failed"
 
 
+@pytest.mark.fault("Child", "SIGKILL mid-stream (after the init line)",
+                   outcome="exit 137; record signal 9, `no_first_token`")
 def test_child_killed_by_signal_exits_128_plus_n(tmp_path: Path, probe_home: Path) -> None:
     argv = script(tmp_path, [line(INIT), {"kill": signal.SIGKILL}])
     probed = run_cli(["run", "--quiet", "--family", "claude-stream-json", "--", *argv])
@@ -141,6 +149,9 @@ def test_child_killed_by_signal_exits_128_plus_n(tmp_path: Path, probe_home: Pat
     assert record["timing_unavailable_reason"] == "no_first_token"
 
 
+@pytest.mark.fault("Child", "grandchild holding stdout open (30 s)",
+                   outcome="probe exits with the child (< 10 s), not the grandchild; "
+                   "record kept")
 def test_grandchild_holding_stdout_open(tmp_path: Path, probe_home: Path) -> None:
     argv = script(tmp_path, [line(INIT), line(DELTA), {"spawn_holder": 30}, {"exit": 0}])
     started = time.monotonic()
@@ -151,6 +162,8 @@ def test_grandchild_holding_stdout_open(tmp_path: Path, probe_home: Path) -> Non
     assert record["spawn_to_first_token_ms"] is not None
 
 
+@pytest.mark.fault("Child", "1 MiB on stderr, then 1 MiB on stdout",
+                   outcome="no deadlock; every byte through")
 def test_one_mib_unread_stdout_does_not_deadlock(tmp_path: Path, probe_home: Path) -> None:
     # 1 MiB on stderr first, then 1 MiB on stdout, with stdout going to a file nobody
     # reads until the end: a probe that drained one stream before the other would hang.
@@ -167,8 +180,12 @@ def test_one_mib_unread_stdout_does_not_deadlock(tmp_path: Path, probe_home: Pat
     assert probed.returncode == 0
     assert out_file.stat().st_size == 1 << 20
     assert len(probed.stderr) == 1 << 20
+    assert len(stored(probe_home)) == 1
 
 
+@pytest.mark.fault("Child", "SIGINT/SIGTERM to the probe, child handles it",
+                   outcome="forwarded; probe exits with the child's own status (7); "
+                   "record `cancelled`")
 def test_sigterm_to_the_probe_reaches_the_child(tmp_path: Path, probe_home: Path) -> None:
     child = tmp_path / "trap.py"
     child.write_text(
@@ -190,10 +207,14 @@ def test_sigterm_to_the_probe_reaches_the_child(tmp_path: Path, probe_home: Path
         out, _ = proc.communicate(timeout=20)
         assert out == f"child got {int(sig)}\n".encode()
         assert proc.returncode == 7
+        fault_case()
     records = stored(probe_home)
     assert [r["status"] for r in records] == ["cancelled", "cancelled"]
 
 
+@pytest.mark.fault("Child", "hang (--timeout 0.5)",
+                   outcome="SIGTERM at the timeout (SIGKILL 5 s later if ignored); exit "
+                   "143/137; record `timed_out`")
 def test_timeout_ends_the_child_and_records_timed_out(tmp_path: Path, probe_home: Path) -> None:
     argv = script(tmp_path, [line(INIT), {"sleep_ms": 30000}])
     started = time.monotonic()
@@ -204,6 +225,9 @@ def test_timeout_ends_the_child_and_records_timed_out(tmp_path: Path, probe_home
     assert record["status"] == "timed_out"
 
 
+@pytest.mark.fault("Child", "executable not found",
+                   outcome="CLI exits 2 naming it; library re-raises FileNotFoundError; "
+                   "record `failed`")
 def test_missing_executable_is_the_agents_own_error(probe_home: Path) -> None:
     probed = run_cli(["run", "--", "no-such-agent-xyz", "-p", "hi"])
     assert probed.returncode == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import subprocess
@@ -29,11 +30,33 @@ __all__ = ["main"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_USAGE = 2
+STORE_WAIT_S = 2.0
+"""How long `run` waits for its runs to be written after the agent exited (s)."""
 
 
 def _fail(message: str) -> NoReturn:
     click.echo(f"ttft-probe: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+class _StderrLines(logging.Handler):
+    """The library's warnings as ``ttft-probe: warning: …`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"ttft-probe: {record.levelname.lower()}: {self.format(record)}", err=True)
+        except Exception:  # noqa: BLE001 - a closed stderr: nowhere left to say it
+            self.handleError(record)
+
+
+def _say_warnings() -> None:
+    """Print the library's warnings (a store that cannot be written, …) in the CLI's voice.
+
+    Without a handler they would go out bare, through logging's last-resort handler.
+    """
+    logger = logging.getLogger("ttft_probe")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
 
 
 _store_option = click.option(
@@ -160,6 +183,7 @@ def run(
     from ttft_probe.adapters._base import AdapterOptions  # noqa: PLC0415 - keep start-up cheap
     from ttft_probe.spawn import Probe  # noqa: PLC0415
 
+    _say_warnings()
     if observe_provider or upstream:
         # This process runs the observer thread next to the pump threads: hand the GIL
         # over within 0.5 ms rather than the default 5 ms, so that a request is
@@ -196,7 +220,13 @@ def run(
             for hint in (_hint(result.record), _granularity_hint(result.record)):
                 if hint:
                     click.echo(f"ttft-probe: hint: {hint}", err=True)
-    probe.close(timeout=2.0)
+    if not probe.close(timeout=STORE_WAIT_S):
+        from ttft_probe.sinks.store import default_store_path  # noqa: PLC0415
+
+        where = store or default_store_path()
+        click.echo(f"ttft-probe: warning: the run was not stored: the store at {where} was "
+                   f"still busy after {STORE_WAIT_S:g} s (locked by another process, or a slow "
+                   "disk); set TTFT_PROBE_HOME or --store to another location", err=True)
     _deliver_in_background(store, delivery_wait)
     _exit_now(outcome.exit_status)
 
@@ -338,6 +368,7 @@ def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:
     """List stored runs, oldest first: a table, or `--json` records (one per line)."""
     from ttft_probe.sinks.store import Store  # noqa: PLC0415 - keep start-up cheap
 
+    _say_warnings()
     try:
         records = Store(store).last(None if show_all else last)
     except TtftProbeError as exc:

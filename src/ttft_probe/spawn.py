@@ -471,19 +471,26 @@ class Probe:
         left = max(0.0, (deadline - monotonic_ns()) / 1e9)
         return self._recorder.flush(left)
 
-    def close(self, timeout: float = 5.0, delivery_wait: float = 5.0) -> None:
+    def close(self, timeout: float = 5.0, delivery_wait: float = 5.0) -> bool:
         """Store every finished run and flush telemetry (bounded by ``timeout`` s).
 
         Then wait up to ``delivery_wait`` s for the sinks to confirm; whatever they have
         not confirmed by then stays in the outbox.
+
+        Returns:
+            ``False`` when finished runs were still waiting for the store after
+            ``timeout`` (another process kept it locked): they are written later only
+            if this process lives on. A store that failed (a read-only or full disk)
+            was already logged, once, and does not count here.
         """
-        self._recorder.flush(timeout)
+        written = self._recorder.flush(timeout)
         self._recorder.deliver(delivery_wait)
         if self._telemetry is not None and self._options["telemetry"] is True:
             try:
                 self._telemetry.shutdown(int(timeout * 1000))
             except Exception:  # noqa: BLE001 - telemetry never reaches the application
                 _log.warning("telemetry shutdown failed", exc_info=True)
+        return written
 
     # --- sync --------------------------------------------------------------------
 
@@ -628,35 +635,56 @@ class Probe:
             The child's exit status as a shell reports it (128+N when killed by signal N)
             and the finished runs. Exceptions from spawning (a missing executable) are
             recorded as a failed run and re-raised unchanged.
+
+        A standard fd that is closed in this process (``ttft-probe run -- agent >&-``) is
+        closed in the child too, as it would be without the probe: the child gets the
+        same EBADF, and that stream is not observed.
         """
-        tracked, argv, env = self._launch([os.fspath(a) for a in args], None)
-        tee = tracked.tracker.tees_stdin
-        with _forwarding_signals(tracked) as forward:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE if tee else None,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                )
-            except BaseException:
-                tracked.finish(None, monotonic_ns(), 0)
-                raise
-            forward.proc = proc
-            tracked.bind(proc.poll)
-            self._recorder.start_delivery()
-            assert proc.stdout is not None  # noqa: S101 - spawned with PIPE
-            assert proc.stderr is not None  # noqa: S101
-            tracked.pump(os.dup(proc.stdout.fileno()), os.dup(1), kind="stdout", close_dst=True)
-            tracked.pump(os.dup(proc.stderr.fileno()), os.dup(2), kind="stderr", close_dst=True)
-            proc.stdout.close()
-            proc.stderr.close()
-            if tee and proc.stdin is not None:
-                tracked.pump(os.dup(0), os.dup(proc.stdin.fileno()), kind="stdin", close_dst=True)
-                proc.stdin.close()
-            returncode = _wait(proc, tracked, timeout)
-            t_exit = monotonic_ns()
+        # Before anything of ours can land on a closed fd 0-2: hold them until the spawn
+        # (non-inheritable, so the child finds them closed), then let them go again.
+        closed = _closed_std_fds()
+        holders = [os.open(os.devnull, os.O_RDWR) for _ in closed]
+        try:
+            tracked, argv, env = self._launch([os.fspath(a) for a in args], None)
+            tee = tracked.tracker.tees_stdin and 0 not in closed
+            with _forwarding_signals(tracked) as forward:
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.PIPE if tee else None,
+                        stdout=None if 1 in closed else subprocess.PIPE,
+                        stderr=None if 2 in closed else subprocess.PIPE,
+                        env=env,
+                    )
+                except BaseException:
+                    tracked.finish(None, monotonic_ns(), 0)
+                    raise
+                finally:
+                    for fd in holders:
+                        os.close(fd)
+                    holders = []
+                forward.proc = proc
+                tracked.bind(proc.poll)
+                self._recorder.start_delivery()
+                if proc.stdout is None:
+                    tracked.stdout_closed()
+                else:
+                    src = os.dup(proc.stdout.fileno())
+                    tracked.pump(src, os.dup(1), kind="stdout", close_dst=True)
+                    proc.stdout.close()
+                if proc.stderr is not None:
+                    src = os.dup(proc.stderr.fileno())
+                    tracked.pump(src, os.dup(2), kind="stderr", close_dst=True)
+                    proc.stderr.close()
+                if tee and proc.stdin is not None:
+                    dst = os.dup(proc.stdin.fileno())
+                    tracked.pump(os.dup(0), dst, kind="stdin", close_dst=True)
+                    proc.stdin.close()
+                returncode = _wait(proc, tracked, timeout)
+                t_exit = monotonic_ns()
+        finally:
+            for fd in holders:
+                os.close(fd)
         tracked.finish(returncode, t_exit, float(self._options["drain_timeout"]))
         status = 128 - returncode if returncode < 0 else returncode
         return RunOutcome(exit_status=status, results=tracked.results)
@@ -902,6 +930,17 @@ def probe_of(proc: object) -> Probe | None:
     """The probe a decorated launch attached to ``proc``, if any."""
     found = getattr(proc, "ttft_probe", None)
     return found if isinstance(found, Probe) else None
+
+
+def _closed_std_fds() -> frozenset[int]:
+    """Which of fds 0, 1 and 2 are not open in this process."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    return frozenset(closed)
 
 
 def _settle(processes: list[TrackedProcess], recorder: Recorder, timeout: float = 5.0) -> None:

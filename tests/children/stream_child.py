@@ -4,7 +4,9 @@ Usage: stream_child.py SCRIPT.json — the script is a list of steps:
   {"out": "text"}   write to stdout (flushed), {"err": "text"} to stderr,
   {"sleep_ms": N},  {"read_line": true} (block for one stdin line),
   {"exit": CODE},   {"kill": SIGNUM} (kill itself), {"spawn_holder": SECONDS}
-  (start a grandchild that inherits stdout and sleeps), {"bytes": N} (write N bytes).
+  (start a grandchild that inherits stdout and sleeps), {"bytes": N} (write N bytes),
+  {"close_stdout": true} (close fd 1 and go on), {"ignore": SIGNUM} (ignore a signal),
+  {"count_lines": N} (write "line 0".."line N-1", flushed one by one).
 Each write is followed by a "ready" marker on fd 3 if it is open (readiness signal).
 """
 
@@ -12,9 +14,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+
+
+def _fault_step(step: dict[str, int]) -> bool:
+    """Run a close_stdout, ignore or count_lines step; ``False`` for any other step."""
+    if "close_stdout" in step:
+        sys.stdout.flush()
+        os.close(1)
+    elif "ignore" in step:
+        signal.signal(step["ignore"], signal.SIG_IGN)
+    elif "count_lines" in step:
+        for i in range(step["count_lines"]):
+            sys.stdout.write(f"line {i}\n")
+            sys.stdout.flush()
+    else:
+        return False
+    return True
 
 
 def main() -> int:
@@ -43,6 +62,8 @@ def main() -> int:
             subprocess.Popen(
                 [sys.executable, "-c", f"import time; time.sleep({step['spawn_holder']})"]
             )
+        elif _fault_step(step):
+            pass
         elif "kill" in step:
             os.kill(os.getpid(), step["kill"])
             time.sleep(5)
