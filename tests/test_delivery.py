@@ -66,6 +66,8 @@ def test_one_run_is_delivered_to_posthog_with_the_record_as_properties(
     assert Store(home / "runs.sqlite3").pending() == {}
 
 
+@pytest.mark.fault("Delivery", "PostHog down",
+                   outcome="run +<50 ms; stays queued; a later flush delivers each once")
 def test_backend_down_does_not_slow_the_run_and_flush_delivers_later(tmp_path: Path) -> None:
     home = tmp_path / "probe"
     argv = script(tmp_path, [{"sleep_ms": 300}, *HELLO])
@@ -92,6 +94,8 @@ def test_backend_down_does_not_slow_the_run_and_flush_delivers_later(tmp_path: P
     assert Store(home / "runs.sqlite3").pending() == {}
 
 
+@pytest.mark.fault("Delivery", "PostHog answering after 10 s",
+                   outcome="run ends within --delivery-wait (0.2 s) + start-up")
 def test_slow_backend_waits_only_the_delivery_bound(tmp_path: Path) -> None:
     home = tmp_path / "probe"
     with FakePostHog(mode="slow", delay_s=10) as ph:
@@ -101,6 +105,7 @@ def test_slow_backend_waits_only_the_delivery_bound(tmp_path: Path) -> None:
         elapsed = time.monotonic() - t0
     assert (done.returncode, done.stdout) == (0, b"hello\n")
     assert elapsed < 3, elapsed
+    assert len(Store(home / "runs.sqlite3").last()) == 1
 
 
 def _lease_holder(db: Path) -> int | None:
@@ -113,6 +118,8 @@ def _lease_holder(db: Path) -> int | None:
     return None if row is None or row[0] is None else int(row[0].rpartition(":")[2])
 
 
+@pytest.mark.fault("Delivery", "flush SIGKILLed mid-request",
+                   outcome="its lease is freed; the next flush delivers the run once")
 def test_delivery_killed_mid_request_loses_nothing(tmp_path: Path) -> None:
     home = tmp_path / "probe"
     db = home / "runs.sqlite3"
@@ -134,6 +141,8 @@ def test_delivery_killed_mid_request_loses_nothing(tmp_path: Path) -> None:
         assert [e["uuid"] for e in ph.events] == [record.run_id]
 
 
+@pytest.mark.fault("Delivery", "PostHog failing every other request (1000 runs)",
+                   outcome="0 lost, 0 duplicated (counted by uuid)", agent="—")
 @pytest.mark.timeout(600)
 def test_a_thousand_runs_with_a_flapping_backend_lose_and_duplicate_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -217,6 +226,8 @@ def test_one_run_reaches_all_three_backends_with_the_same_record(tmp_path: Path)
         assert set(metadata) >= set(fields)
 
 
+@pytest.mark.fault("Delivery", "OTLP, PostHog and Langfuse all down",
+                   outcome="run +<50 ms; a later flush delivers each run once to each")
 def test_all_three_down_cost_nothing_and_flush_delivers_exactly_once(tmp_path: Path) -> None:
     home = tmp_path / "probe"
     argv = script(tmp_path, [{"sleep_ms": 300}, *HELLO])
