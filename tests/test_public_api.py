@@ -58,3 +58,27 @@ def test_cli_run_with_nothing_configured_imports_no_telemetry_or_backend(tmp_pat
     assert "ttft_probe.spawn" in imported  # the scan sees the run path
     top = {m.split(".")[0] for m in imported}
     assert top.isdisjoint({"opentelemetry", "posthog", "langfuse", "grpc", "asyncio", "rich"})
+
+
+def test_console_script_resumes_the_collector_before_the_agent_starts(tmp_path: Path) -> None:
+    hook = (
+        "import gc, sys\n"
+        "sys.argv = ['ttft-probe', 'run', '--', 'true']\n"
+        "import ttft_probe.spawn as sp\n"
+        "run = sp.Probe.run\n"
+        "def spy(self, *a, **k):\n"
+        "    print('at spawn', gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)\n"
+        "    return run(self, *a, **k)\n"
+        "sp.Probe.run = spy\n"
+        "print('loading', gc.isenabled(), file=sys.stderr)\n"
+        "from ttft_probe._entry import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "TTFT_PROBE_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", hook], capture_output=True, text=True, timeout=60, env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "loading True" in out.stderr  # the hook ran before the entry point paused it
+    assert "at spawn True True" in out.stderr

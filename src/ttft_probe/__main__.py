@@ -1,5 +1,5 @@
 """``python -m ttft_probe`` is ``ttft-probe``."""
 
-from ttft_probe.cli import main
+from ttft_probe._entry import main
 
 main()

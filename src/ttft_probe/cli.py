@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import re
@@ -81,9 +82,21 @@ _EPILOG = """Examples:
 """
 
 
+def _resume_gc() -> None:
+    """Turn the cycle collector back on if the console script paused it while loading.
+
+    What was loaded so far is frozen first: it is never garbage, and later collections
+    during a long agent run need not walk it again.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 @click.group(context_settings=CONTEXT, epilog=_EPILOG)
 @click.version_option(VERSION, prog_name="ttft-probe")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Where does an AI coding agent's wait before the first token go?
 
     Put `ttft-probe run --` in front of an agent command. The agent runs exactly as it
@@ -94,6 +107,8 @@ def main() -> None:
     `ttft-probe report` and `ttft-probe gate` answer what to fix, `ttft-probe ab`
     measures fresh against resumed, `ttft-probe flush` delivers queued runs.
     """
+    if ctx.invoked_subcommand != "run":  # `run` resumes it once the probe is loaded
+        _resume_gc()
 
 
 @main.command(context_settings=CONTEXT)
@@ -207,6 +222,7 @@ def run(
             # Delivery happens in a detached `flush`, never in this process (see below).
             deliver=False,
         )
+        _resume_gc()
         outcome = probe.run(list(command), timeout=timeout)
     except TtftProbeError as exc:
         _fail(str(exc))
