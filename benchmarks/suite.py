@@ -662,11 +662,12 @@ def bench_startup(cfg: Config, steps: Steps, home: Path) -> Section:
     all_imports = f"python -c 'import …' (the {len(run_imports)} top-level imports of run)"
     probe_cmd = "ttft-probe run -- true"
     quit_now = "; import os; os._exit(0)"
+    paused = "import gc; gc.disable(); "  # as the console script loads (ttft_probe._entry)
     cmds = {
         "true": [true],
         floor: [PY, "-c", quit_now.removeprefix("; ")],
-        cli: [PY, "-c", "import ttft_probe.cli" + quit_now],
-        all_imports: [PY, "-c", "import " + ", ".join(run_imports) + quit_now],
+        cli: [PY, "-c", paused + "import ttft_probe.cli" + quit_now],
+        all_imports: [PY, "-c", paused + "import " + ", ".join(run_imports) + quit_now],
         probe_cmd: [PROBE, "run", "--", true],
     }
     times: dict[str, list[float]] = {k: [] for k in cmds}
@@ -686,8 +687,9 @@ def bench_startup(cfg: Config, steps: Steps, home: Path) -> Section:
         f"split the probe's time: the interpreter, importing the CLI module, importing "
         f"everything `run` imports (the top-level names of `-X importtime`: "
         f"`{' '.join(run_imports)}`); "
-        f"the rest is the run's own work (spawn, pump threads, store). Each ends with "
-        f"`os._exit(0)`, as `ttft-probe run` does, so none pays for interpreter teardown.",
+        f"the rest is the run's own work (spawn, pump threads, store). The import rows pause "
+        f"the cycle collector and each row ends with `os._exit(0)`, as `ttft-probe run` "
+        f"does, so none pays for interpreter teardown.",
     )
     for name, values in times.items():
         sec.figures.append(
