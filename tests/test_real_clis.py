@@ -32,7 +32,13 @@ from ttft_probe.testing.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.realcli
 
-DELTA_TOLERANCE_NS = 25_000_000  # the probe's firstToken lies within 25 ms after the send
+DELTA_TOLERANCE_NS = 25_000_000
+"""The median delta-granularity firstToken lies within 25 ms after the provider's send."""
+DELTA_RUN_BOUND_NS = 100_000_000
+"""Every single run within 100 ms: the lag is the agent's own forwarding (its event loop
+parsing the stream and writing the line) plus the probe's ~10 µs (BENCHMARKS.md); on two
+shared cores a busy node process has taken 30 ms for one run."""
+DELTA_LAGS: list[int] = []
 MS = 1_000_000
 
 
@@ -91,7 +97,8 @@ def assert_first_token_matches(provider: AnyProvider, times: MarkerTimes, record
     if record.first_token_granularity is not None and record.first_token_granularity.value == "delta":
         log = [{k: (v - times.start_ns) / MS if k.endswith("_ns") and v else v for k, v in e.items()}
                for e in provider.log if e["arrival_ns"] >= times.start_ns - 60_000 * MS]
-        assert 0 <= lag <= DELTA_TOLERANCE_NS, (
+        DELTA_LAGS.append(lag)
+        assert 0 <= lag <= DELTA_RUN_BOUND_NS, (
             f"firstToken {lag / MS:.3f} ms after the send; markers {times.as_offsets_ms()}; "
             f"provider log (ms from run start): {log}")
     else:
@@ -286,3 +293,11 @@ def test_ci_has_the_agent_clis() -> None:
 
     for exe in ("claude", "codex", "gemini", "claude-code-acp", "codex-acp"):
         assert os.access(agent_bin_dir() / exe, os.X_OK), exe
+
+
+def test_delta_first_tokens_lag_the_send_by_under_25_ms_at_the_median() -> None:
+    # Runs last in this module: the delta-granularity runs above recorded their lags.
+    assert len(DELTA_LAGS) >= 4, "run the whole module: its delta runs record the lags"
+    lags = sorted(DELTA_LAGS)
+    median = lags[len(lags) // 2]
+    assert median <= DELTA_TOLERANCE_NS, [lag / MS for lag in lags]
