@@ -349,8 +349,7 @@ class Store:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return  # the common case: no write, no lock
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 msg = (
@@ -363,10 +362,6 @@ class Store:
                     if statement.strip():
                         conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
 
     def add(
         self, record: RunRecord, times: MarkerTimes | None = None, sinks: Sequence[str] = ()
