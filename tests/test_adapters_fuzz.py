@@ -189,9 +189,14 @@ def run_reads(
     options: AdapterOptions | None = None,
     fault_at: int | None = None,
     returncode: int = KILLED,
+    adapter: Adapter | None = None,
 ) -> Outcome:
-    """Feed timed reads (``t_ns`` increasing) to a tracker, then EOF and exit after the last."""
-    spy = spy_on(adapter_for(family.value, options), fault_at)
+    """Feed timed reads (``t_ns`` increasing) to a tracker, then EOF and exit after the last.
+
+    ``adapter``: drive this one (a plugin-style test adapter) instead of the family's own.
+    """
+    inner = adapter if adapter is not None else adapter_for(family.value, options)
+    spy = spy_on(inner, fault_at)
     results: list[RunResult] = []
     tracker = ProcessTracker(
         agent=resolve_agent(["agent"], family=family.value),
@@ -1841,23 +1846,9 @@ class _NeverEndingAcp:
     **TRACKER_ONLY,
 )
 def test_regression_second_prompt_on_an_open_turn_loses_no_record() -> None:
-    results: list[RunResult] = []
-    tracker = ProcessTracker(
-        agent=resolve_agent(["agent"], family=ACP.value),
-        adapter=_NeverEndingAcp(),
-        spawn_ns=0,
-        anchor=ANCHOR,
-        caller=CallerContext(),
-        emit=results.append,
-        probe_version="fuzz",
-    )
-    for t, (stream, data) in enumerate(
-        [("stdin", b"p1\n"), ("stdout", b"tok\n"), ("stdin", b"p2\n"), ("stdin", b"p3\n")],
-        start=1,
-    ):
-        (tracker.on_stdin if stream == "stdin" else tracker.on_stdout)(data, t)
-    tracker.on_stdout_eof(5)
-    tracker.on_exit(ExitInfo(t_ns=6, returncode=0))
+    reads: list[Read] = [("stdin", b"p1\n"), ("stdout", b"tok\n"), ("stdin", b"p2\n"),
+                         ("stdin", b"p3\n")]  # fmt: skip
+    results = run_reads(ACP, timed(reads), adapter=_NeverEndingAcp(), returncode=0).results
     prompts = sorted(r.times.prompt_sent_ns or 0 for r in results)
     assert prompts == [1, 3, 4]
     first = next(r for r in results if r.times.prompt_sent_ns == 1)
