@@ -505,10 +505,12 @@ def test_streaming_generation_is_observed_and_identical(
         assert end.t_ns >= first.t_ns
         request_gaps.append(entry["arrival_ns"] - request.t_ns)
         content_gaps.append(first.t_ns - entry["first_token_ns"])
-    # Within 2 ms: the median of the three warm requests, so that one scheduling hiccup of
-    # the fake provider (its first request also waits for its new handler thread) on a
-    # loaded machine does not fail the test; the order above holds for every request.
-    assert statistics.median(request_gaps[1:]) < 2 * MS, request_gaps
+    # The median of the three warm requests, so that one scheduling hiccup of the fake
+    # provider (its first request also waits for its new handler thread) on a loaded
+    # machine does not fail the test; the order above holds for every request. A request
+    # gap is the forward itself (the observer reads the head before it forwards it, the
+    # provider after parsing it in Python): about 1 ms idle, over 2 ms on a loaded CI run.
+    assert statistics.median(request_gaps[1:]) < 5 * MS, request_gaps
     assert statistics.median(content_gaps[1:]) < 2 * MS, content_gaps
 
 

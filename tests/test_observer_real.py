@@ -2,8 +2,9 @@
 
 With `ttft-probe run --observe-provider`, the agent's base URL points at the observer,
 which forwards to the fake provider. The fake provider's own monotonic log is the
-ground truth: the run's sessionInitDone must be the generation request's arrival and the
-provider's first content byte its first-token send, each within 2 ms.
+ground truth: the run's sessionInitDone must be the generation request's arrival (read by
+the observer before it forwards the request, so never after the provider's own reading),
+and the provider's first content byte its first-token send within 2 ms.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def provider(provider_process: ProviderProcess) -> ProviderProcess:
     return provider_process
 
 WITHIN_NS = 2 * MS
+# The observer reads a request before it forwards it; the provider's own reading comes
+# after the forward and the fake provider's http.server parsing the head in Python: about
+# 1 ms on the 2-core CI machine when idle, 2.1 ms in a loaded CI run.
+FORWARD_NS = 5 * MS
 
 
 def _shape(stdout: bytes) -> list[Any]:
@@ -96,18 +101,20 @@ def test_one_shot_session_init_is_the_model_request(
         assert times.session_init_done_ns is not None
         first_request = min(e["arrival_ns"] for e in _generations_during(provider, times))
         # The observer sees the request just before the provider does (it forwards it).
-        gaps_ns.append(abs(times.session_init_done_ns - first_request))
+        gaps_ns.append(first_request - times.session_init_done_ns)
         assert record.session_init_ms is not None
         assert record.session_init_ms > 0  # no longer hidden inside cli_ready_ms
         lags_ns.append(assert_provider_timings(provider, record, times))
         # The observer splits the model segment: provider time + the CLI forwarding it.
         assert record.provider_first_byte_ms is not None
         assert record.provider_first_byte_ms >= 400 - 1
-    # Within 2 ms of the provider's own arrival reading: the median of three runs, so
-    # that one scheduling hiccup of the provider process (two cores shared with a busy
-    # node agent) cannot fail it; no single run may be off by more than 10 ms.
-    assert sorted(gaps_ns)[1] <= WITHIN_NS, gaps_ns
-    assert max(gaps_ns) <= 10 * MS, gaps_ns
+    # Never after the provider's own arrival reading, and ahead of it by no more than the
+    # forward takes: the median of three runs within 5 ms, so that one scheduling hiccup
+    # of the provider process (two cores shared with a busy node agent) cannot fail it,
+    # and no single run more than 25 ms ahead (an idle run once took 7.4 ms).
+    assert min(gaps_ns) >= 0, gaps_ns
+    assert sorted(gaps_ns)[1] <= FORWARD_NS, gaps_ns
+    assert max(gaps_ns) <= 25 * MS, gaps_ns
     assert sorted(lags_ns)[1] <= WITHIN_NS, lags_ns
 
 
