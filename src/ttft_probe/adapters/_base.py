@@ -35,6 +35,7 @@ __all__ = [
     "AdapterOptions",
     "AgentInfo",
     "AgentReportedTimings",
+    "ContentObserved",
     "Event",
     "LineSplitter",
     "MarkerObserved",
@@ -46,6 +47,7 @@ __all__ = [
     "decode_ms",
     "decode_name",
     "decode_object",
+    "decode_text",
     "registered_families",
 ]
 
@@ -132,8 +134,29 @@ class AgentReportedTimings:
     duration_api_ms: float | None = None
 
 
+@attrs.frozen
+class ContentObserved:
+    """Message text the adapter saw; emitted only when ``AdapterOptions.capture_content``.
+
+    ``role`` is ``"user"`` for prompt text, ``"assistant"`` for answer text (a delta or a
+    whole message: the run appends them in order). ``session_id`` attributes it on
+    request-driven agents; ``None`` for stream agents. See :mod:`ttft_probe.content` for
+    the protocol fields each family reads.
+    """
+
+    role: Literal["user", "assistant"]
+    text: str
+    session_id: str | None = None
+
+
 Event = (
-    MarkerObserved | SessionObserved | TurnEnded | UsageReported | AgentInfo | AgentReportedTimings
+    MarkerObserved
+    | SessionObserved
+    | TurnEnded
+    | UsageReported
+    | AgentInfo
+    | AgentReportedTimings
+    | ContentObserved
 )
 
 
@@ -146,12 +169,16 @@ class AdapterOptions:
     pattern first matches (searched in decoded stdout text, line by line).
     ``provider_observed``: the provider observer (DESIGN §6) reports the first model
     request through :meth:`Adapter.model_request`.
+    ``capture_content``: emit :class:`ContentObserved` for prompt and answer text (the
+    opt-in content capture, :mod:`ttft_probe.content`); while it is on, ``line_filter``
+    returns ``None`` (every line is parsed).
     """
 
     cli_ready_regex: re.Pattern[str] | None = None
     session_init_regex: re.Pattern[str] | None = None
     first_token_regex: re.Pattern[str] | None = None
     provider_observed: bool = False
+    capture_content: bool = False
 
 
 @runtime_checkable
@@ -228,6 +255,24 @@ def decode_name(value: object) -> str | None:
     with each surrogate as its ``\udXXX`` escape, so it stays distinct and the same wherever
     the agent repeats it (a session id on stdout and stdin).
     """
+    return _storable(value, readable=False)
+
+
+def decode_text(value: object) -> str | None:
+    r"""Message text for content capture: a non-empty JSON string, else ``None`` (never raises).
+
+    Lone UTF-16 surrogates (``"\ud800"`` in JSON) become U+FFFD: the text is kept for
+    reading, and no UTF-8 sink could store them.
+    """
+    return _storable(value, readable=True)
+
+
+def _storable(value: object, *, readable: bool) -> str | None:
+    r"""A non-empty string made UTF-8-safe, else ``None``.
+
+    Lone surrogates become U+FFFD (``readable``) or their ``\udXXX`` escapes (ids stay
+    distinct).
+    """
     if not isinstance(value, str) or not value:
         return None
     if value.isascii():
@@ -235,6 +280,8 @@ def decode_name(value: object) -> str | None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
+        if readable:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 

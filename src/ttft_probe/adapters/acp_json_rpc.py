@@ -55,6 +55,18 @@ marker / event      protocol message and field
                     ``cachedWriteTokens`` (ACP's context-window ``used``/``size`` is not
                     token usage); app-server ``thread/tokenUsage/updated``
                     ``params.tokenUsage.last``
+``ContentObserved`` only with ``capture_content``. ``user``: the non-empty ``text`` of
+                    each ``params.prompt[]`` block with ``type == "text"`` of a
+                    ``session/prompt`` request on stdin that marks ``promptSent``
+                    (app-server: ``turn/start`` ``params.input[]``).
+                    ``assistant``: the non-empty ``update.content.text`` of each
+                    ``agent_message_chunk`` whose ``content.type`` is ``"text"``
+                    (app-server: ``item/agentMessage/delta`` ``params.delta``), by the
+                    same attribution as ``firstToken``: only for a session whose prompt
+                    is in flight and no earlier prompt of which is still answering.
+                    ``session_id`` as for the markers. History replayed by
+                    ``session/load``, thoughts and ``user_message_chunk`` echoes are
+                    not content.
 ==================  ====================================================================
 
 Hazards handled here, each seen on the real agents:
@@ -86,6 +98,7 @@ from typing import Any, ClassVar, Final, Literal
 from ttft_probe.adapters._base import (
     AdapterOptions,
     AgentInfo,
+    ContentObserved,
     Event,
     MarkerObserved,
     SessionObserved,
@@ -94,6 +107,7 @@ from ttft_probe.adapters._base import (
     decode_count,
     decode_name,
     decode_object,
+    decode_text,
 )
 from ttft_probe.record import (
     FirstTokenGranularity,
@@ -109,6 +123,8 @@ _CREATE_METHODS: Final = frozenset({"session/new", "thread/start"})
 _RESUME_METHODS: Final = frozenset({"session/load", "session/resume", "thread/resume"})
 _ACP_PROMPT: Final = "session/prompt"
 _APP_SERVER_PROMPT: Final = "turn/start"
+# Where a prompt request carries its content blocks (``{"type": "text", "text": …}``).
+_PROMPT_BLOCKS: Final = {_ACP_PROMPT: "prompt", _APP_SERVER_PROMPT: "input"}
 _TRACKED_METHODS: Final = frozenset(
     {"initialize", _ACP_PROMPT, _APP_SERVER_PROMPT} | _CREATE_METHODS | _RESUME_METHODS
 )
@@ -214,8 +230,9 @@ class AcpJsonRpcAdapter:
     tees_stdin: ClassVar[bool] = True
 
     def __init__(self, options: AdapterOptions | None = None) -> None:
-        """Create an adapter; ``options`` are accepted for the protocol and unused."""
+        """Create an adapter; of ``options`` only ``capture_content`` is used."""
         self._options = options or AdapterOptions()
+        self._capture = self._options.capture_content
         self._cli_ready = False
         # request id → (method, session id named in its params)
         self._pending: dict[_RequestKey, tuple[str, str | None]] = {}
@@ -239,7 +256,8 @@ class AcpJsonRpcAdapter:
         # ``in`` a frozenset hashes the value: a list or object as method would raise.
         if key is None or not isinstance(method, str) or method not in _TRACKED_METHODS:
             return []
-        session_id = _session_param(_dict(msg.get("params")))
+        params = _dict(msg.get("params"))
+        session_id = _session_param(params)
         self._remember(key, str(method), session_id)
         events: list[Event] = []
         if method in _RESUME_METHODS:
@@ -247,17 +265,20 @@ class AcpJsonRpcAdapter:
             session.loading = method == "session/load"
             session.user_runs = 0
             session.in_user_run = False
-        elif method in {_ACP_PROMPT, _APP_SERVER_PROMPT}:
-            self._on_prompt(key, session_id, t_ns, events)
+        elif method in _PROMPT_BLOCKS:
+            started = self._on_prompt(key, session_id, t_ns, events)
+            if started and self._capture:
+                self._prompt_content(params.get(_PROMPT_BLOCKS[method]), session_id, events)
         self._refresh()
         return events
 
     def _on_prompt(
         self, key: _RequestKey, session_id: str | None, t_ns: int, events: list[Event]
-    ) -> None:
+    ) -> bool:
+        """Start the prompt's turn; ``False`` when it is the one in flight, sent again."""
         session = self._session(session_id)
         if session.prompt_key == key:
-            return  # the request in flight, sent again: still the same turn
+            return False  # the request in flight, sent again: still the same turn
         if session.prompt_key is not None:
             # One prompt at a time per session (ACP): the turn in flight ends here, its
             # result unseen, and until that result (app-server: its turn/completed) comes,
@@ -267,11 +288,27 @@ class AcpJsonRpcAdapter:
         session.prompt_key = key
         session.first_token = False
         events.append(MarkerObserved(Marker.PROMPT_SENT, t_ns, session_id=session_id))
+        return True
+
+    def _prompt_content(self, blocks: object, session_id: str | None, events: list[Event]) -> None:
+        """The text blocks of a prompt that started a turn, as ``user`` content."""
+        if not isinstance(blocks, list):
+            return
+        for block in blocks:
+            if isinstance(block, dict) and block.get("type") == "text":
+                text = decode_text(block.get("text"))
+                if text is not None:
+                    events.append(ContentObserved("user", text, session_id=session_id))
 
     # --- stdout: the agent's responses and notifications -----------------------------
 
     def line_filter(self) -> tuple[bytes, ...] | None:
-        """With no prompt awaiting its first token, only results, errors and usage matter."""
+        """With no prompt awaiting its first token, only results, errors and usage matter.
+
+        ``None`` (every line) while capturing content: later chunks matter too.
+        """
+        if self._capture:
+            return None
         return _LATE_NEEDLES if self._cli_ready and not self._awaiting else None
 
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
@@ -399,8 +436,7 @@ class AcpJsonRpcAdapter:
         if method == "session/update":
             self._on_session_update(session_id, _dict(params.get("update")), t_ns, events)
         elif method in _APP_SERVER_DELTAS:
-            if _text(params.get("delta")) is not None:
-                self._mark_token(session_id, _APP_SERVER_DELTAS[method], t_ns, events)
+            self._on_app_server_delta(method, session_id, params.get("delta"), t_ns, events)
         elif method == "turn/completed":
             named = self._sessions.get(session_id)
             if named is not None and named.superseded:
@@ -423,6 +459,14 @@ class AcpJsonRpcAdapter:
             if usage is not None:
                 events.append(usage)
 
+    def _on_app_server_delta(
+        self, method: str, session_id: str | None, delta: object, t_ns: int, events: list[Event]
+    ) -> None:
+        if _text(delta) is not None:
+            self._mark_token(session_id, _APP_SERVER_DELTAS[method], t_ns, events)
+        if self._capture and method == "item/agentMessage/delta":
+            self._answer_content(session_id, delta, events)
+
     def _on_session_update(
         self, session_id: str | None, update: dict[str, Any], t_ns: int, events: list[Event]
     ) -> None:
@@ -434,13 +478,16 @@ class AcpJsonRpcAdapter:
                 if not session.in_user_run:
                     session.user_runs += 1
                     session.in_user_run = True
-            elif kind in _RUN_BREAKERS:
+            elif isinstance(kind, str) and kind in _RUN_BREAKERS:  # a list would not hash
                 session.in_user_run = False
             return
         token_kind = _CHUNK_KINDS.get(str(kind))
         if token_kind is not None:
-            if _text(_dict(update.get("content")).get("text")) is not None:
+            content = _dict(update.get("content"))
+            if _text(content.get("text")) is not None:
                 self._mark_token(session_id, token_kind, t_ns, events)
+            if self._capture and kind == "agent_message_chunk" and content.get("type") == "text":
+                self._answer_content(session_id, content.get("text"), events)
         elif kind == "usage_update":
             usage = _usage(update, session_id)
             if usage is not None:
@@ -464,6 +511,16 @@ class AcpJsonRpcAdapter:
                 kind=kind,
             )
         )
+
+    def _answer_content(self, session_id: str | None, value: object, events: list[Event]) -> None:
+        """Answer text for the session's turn in flight, attributed as ``firstToken`` is."""
+        text = decode_text(value)
+        if text is None:
+            return
+        session_id, session = self._in_flight(session_id)
+        if session is None or session.superseded:
+            return
+        events.append(ContentObserved("assistant", text, session_id=session_id))
 
     def _end_turn(
         self,

@@ -30,6 +30,14 @@ marker / event            protocol message and field
                           ``cache_read_input_tokens``, ``cache_creation_input_tokens``
 ``AgentReportedTimings``  ``result.ttft_ms``, ``result.time_to_request_ms``,
                           ``result.duration_api_ms`` (Claude's own clock; never a marker)
+``ContentObserved``       only with ``capture_content``, role ``assistant``: each
+                          ``text_delta``'s non-empty ``delta.text``; in a turn without
+                          ``stream_event`` lines, the non-empty ``text`` of each
+                          ``assistant`` message's ``text`` blocks (not ``<synthetic>``
+                          ones) — never both, so no text is doubled. Thinking and tool
+                          input are not content; like ``firstToken``, messages are not
+                          told apart by ``parent_tool_use_id``. No prompt text: it is on
+                          the command line (or stdin), which this family does not read.
 ========================  =============================================================
 
 ``cliReady`` is marked once per process; the other markers once per turn (a ``result``
@@ -47,6 +55,7 @@ from ttft_probe.adapters._base import (
     AdapterOptions,
     AgentInfo,
     AgentReportedTimings,
+    ContentObserved,
     Event,
     MarkerObserved,
     SessionObserved,
@@ -56,6 +65,7 @@ from ttft_probe.adapters._base import (
     decode_ms,
     decode_name,
     decode_object,
+    decode_text,
 )
 from ttft_probe.record import (
     FirstTokenGranularity,
@@ -92,8 +102,9 @@ class ClaudeStreamJsonAdapter:
     tees_stdin: ClassVar[bool] = False
 
     def __init__(self, options: AdapterOptions | None = None) -> None:
-        """Create an adapter; ``options`` are accepted for the protocol and unused."""
+        """Create an adapter; of ``options`` only ``capture_content`` is used."""
         self._options = options or AdapterOptions()
+        self._capture = self._options.capture_content
         self._cli_ready = False
         self._new_turn()
 
@@ -108,7 +119,12 @@ class ClaudeStreamJsonAdapter:
         return True
 
     def line_filter(self) -> tuple[bytes, ...] | None:
-        """After the turn's init and first token only its ``result`` line can matter."""
+        """After the turn's init and first token only its ``result`` line can matter.
+
+        ``None`` (every line) while capturing content: later text matters too.
+        """
+        if self._capture:
+            return None
         return _RESULT_NEEDLES if self._first_token and self._init_seen else None
 
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
@@ -167,7 +183,7 @@ class ClaudeStreamJsonAdapter:
             events.append(AgentInfo(model=model, agent_version=version))
 
     def _on_stream_event(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
-        if self._first_token:
+        if self._first_token and not self._capture:
             return
         event = msg.get("event")
         if not isinstance(event, dict) or event.get("type") != "content_block_delta":
@@ -182,6 +198,8 @@ class ClaudeStreamJsonAdapter:
         text = delta.get(field)
         if isinstance(text, str) and text:
             self._mark_token(t_ns, events, FirstTokenGranularity.DELTA, token_kind)
+            if self._capture and token_kind is FirstTokenKind.TEXT:
+                events.append(ContentObserved("assistant", decode_text(text) or text))
 
     def _mark_token(
         self,
@@ -198,8 +216,8 @@ class ClaudeStreamJsonAdapter:
 
     def _on_assistant(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
         # With --include-partial-messages the deltas came first; the whole message that
-        # follows them is never a token.
-        if self._first_token or self._saw_stream_event:
+        # follows them is never a token, nor content (the deltas were).
+        if self._saw_stream_event or (self._first_token and not self._capture):
             return
         message = msg.get("message")
         if not isinstance(message, dict) or message.get("model") == _SYNTHETIC_MODEL:
@@ -215,10 +233,14 @@ class ClaudeStreamJsonAdapter:
                 continue
             field, token_kind = rule
             text = block.get(field)
-            if isinstance(text, str) and text:
-                # The message's first non-empty block is the token; later blocks are not.
-                self._mark_token(t_ns, events, FirstTokenGranularity.MESSAGE, token_kind)
+            if not isinstance(text, str) or not text:
+                continue
+            # The message's first non-empty block is the token; later blocks are not.
+            self._mark_token(t_ns, events, FirstTokenGranularity.MESSAGE, token_kind)
+            if not self._capture:
                 return
+            if token_kind is FirstTokenKind.TEXT:
+                events.append(ContentObserved("assistant", decode_text(text) or text))
 
     def _on_result(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
         usage = msg.get("usage")

@@ -40,6 +40,16 @@ marker / event      protocol message and field
                     ``output_tokens``); gemini ``result.stats`` (``input_tokens``,
                     ``output_tokens``, ``cached`` → ``cache_read_input_tokens``); cursor
                     ``result.usage`` when present
+``ContentObserved`` only with ``capture_content``. Codex: ``item.text`` of each
+                    ``item.completed`` whose ``item.type`` is ``agent_message``
+                    (``assistant``; ``item.started``/``item.updated`` would repeat it).
+                    Gemini: ``content`` of each ``{"type":"message"}``, role ``user`` →
+                    ``user`` (the prompt, echoed), role ``assistant`` → ``assistant``
+                    (delta or whole). Cursor: ``result.result`` of a result that did
+                    not fail (``assistant``), the turn's answer text — its
+                    ``assistant`` frames are not used: with ``--stream-partial-output``
+                    they repeat the deltas as snapshots.
+                    Only non-empty strings; reasoning and thinking are not content.
 ==================  ====================================================================
 
 ``cliReady`` is marked once per process, the other markers once per turn. Token counts
@@ -53,6 +63,7 @@ from typing import Any, ClassVar, Final, Literal
 from ttft_probe.adapters._base import (
     AdapterOptions,
     AgentInfo,
+    ContentObserved,
     Event,
     MarkerObserved,
     SessionObserved,
@@ -61,6 +72,7 @@ from ttft_probe.adapters._base import (
     decode_count,
     decode_name,
     decode_object,
+    decode_text,
 )
 from ttft_probe.record import (
     FirstTokenGranularity,
@@ -129,8 +141,9 @@ class JsonEventStreamAdapter:
     tees_stdin: ClassVar[bool] = False
 
     def __init__(self, options: AdapterOptions | None = None) -> None:
-        """Create an adapter; ``options`` are accepted for the protocol and unused."""
+        """Create an adapter; of ``options`` only ``capture_content`` is used."""
         self._options = options or AdapterOptions()
+        self._capture = self._options.capture_content
         self._cli_ready = False
         self._new_turn()
 
@@ -145,7 +158,12 @@ class JsonEventStreamAdapter:
         return True
 
     def line_filter(self) -> tuple[bytes, ...] | None:
-        """After the turn's start and first token only lines naming a late event matter."""
+        """After the turn's start and first token only lines naming a late event matter.
+
+        ``None`` (every line) while capturing content: later text matters too.
+        """
+        if self._capture:
+            return None
         return _LATE_NEEDLES if self._first_token and self._init_seen else None
 
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
@@ -236,6 +254,16 @@ class JsonEventStreamAdapter:
         self._first_token = True
         events.append(MarkerObserved(Marker.FIRST_TOKEN, t_ns, granularity=granularity, kind=kind))
 
+    def _content(
+        self, role: Literal["user", "assistant"], value: object, events: list[Event]
+    ) -> None:
+        """Report ``value`` as ``role``'s text when capturing and it is a non-empty string."""
+        if not self._capture:
+            return
+        text = decode_text(value)
+        if text is not None:
+            events.append(ContentObserved(role, text))
+
     def _end_turn(
         self, t_ns: int, events: list[Event], *, failed: bool, usage: UsageReported | None
     ) -> None:
@@ -258,12 +286,18 @@ class JsonEventStreamAdapter:
         kind = _CODEX_ITEM_KINDS.get(str(item.get("type")))
         if kind is not None and _text(item.get("text")) is not None:
             self._mark_token(t_ns, events, FirstTokenGranularity.MESSAGE, kind)
+            if kind is FirstTokenKind.TEXT and msg.get("type") == "item.completed":
+                self._content("assistant", item.get("text"), events)
 
     # --- gemini stream-json ----------------------------------------------------------
 
     def _gemini_message(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
-        if msg.get("role") == "assistant" and _text(msg.get("content")) is not None:
+        role = msg.get("role")
+        if role == "assistant" and _text(msg.get("content")) is not None:
             self._mark_token(t_ns, events, FirstTokenGranularity.DELTA, FirstTokenKind.TEXT)
+            self._content("assistant", msg.get("content"), events)
+        elif role == "user":
+            self._content("user", msg.get("content"), events)
 
     def _result(self, msg: dict[str, Any], t_ns: int, events: list[Event]) -> None:
         if "status" in msg:  # gemini
@@ -272,6 +306,8 @@ class JsonEventStreamAdapter:
         else:  # cursor-agent, shaped like Claude's result
             failed = msg.get("is_error") is True or msg.get("subtype") != "success"
             usage = _usage(msg.get("usage"))
+            if not failed:  # a failed result's text is the error message, not an answer
+                self._content("assistant", msg.get("result"), events)
         self._end_turn(t_ns, events, failed=failed, usage=usage)
 
     # --- cursor-agent stream-json ----------------------------------------------------

@@ -20,6 +20,12 @@ marker / event       rule
                      first non-empty chunk itself, so ``firstToken`` equals
                      ``cliReady``. Granularity ``delta``, kind ``text``.
 ``TurnEnded``        :meth:`PlainAdapter.close` (stdout EOF)
+``ContentObserved``  only with ``capture_content``: all stdout text, role ``assistant``,
+                     one event per chunk that completes some text, after that chunk's
+                     markers. It is decoded incrementally as UTF-8 (undecodable bytes
+                     replaced), so a character split across reads comes out whole;
+                     :meth:`PlainAdapter.close` flushes an unfinished one (as U+FFFD)
+                     before ``TurnEnded``. The prompt is on the command line: not read.
 ===================  ===================================================================
 
 With the provider observer (``AdapterOptions.provider_observed``) and no
@@ -40,7 +46,13 @@ from __future__ import annotations
 import codecs
 from typing import TYPE_CHECKING, ClassVar, Final, Literal
 
-from ttft_probe.adapters._base import AdapterOptions, Event, MarkerObserved, TurnEnded
+from ttft_probe.adapters._base import (
+    AdapterOptions,
+    ContentObserved,
+    Event,
+    MarkerObserved,
+    TurnEnded,
+)
 from ttft_probe.record import (
     FirstTokenGranularity,
     FirstTokenKind,
@@ -69,6 +81,7 @@ class PlainAdapter:
     def __init__(self, options: AdapterOptions | None = None) -> None:
         """Create an adapter; ``options`` may carry the three marker regexes."""
         opts = options or AdapterOptions()
+        self._capture = opts.capture_content
         self._cli_re = opts.cli_ready_regex
         self._init_re = opts.session_init_regex
         self._token_re = opts.first_token_regex
@@ -108,28 +121,52 @@ class PlainAdapter:
 
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
         """Take one raw stdout chunk that arrived at ``t_ns``."""
+        if self._capture:
+            return self._feed_capturing(data, t_ns)
         if not data or self._done():
             return []
         events: list[Event] = []
+        self._feed_markers(data, None, t_ns, events)
+        return events
+
+    def _feed_capturing(self, data: bytes, t_ns: int) -> list[Event]:
+        """:meth:`feed_stdout` with content capture: every chunk is decoded and reported."""
+        if not data:
+            return []
+        text = self._decoder.decode(data)
+        events: list[Event] = []
+        if not self._done():
+            self._feed_markers(data, text, t_ns, events)
+        if text:
+            events.append(ContentObserved("assistant", text))
+        return events
+
+    def _feed_markers(self, data: bytes, text: str | None, t_ns: int, events: list[Event]) -> None:
+        """The marker rules for one chunk; ``text`` is its decoded text if already decoded."""
         if self._cli_re is None:
             self._mark(Marker.CLI_READY, t_ns, events)
         if self._armed:
             self._mark(Marker.FIRST_TOKEN, t_ns, events)
         if self._done() or not self._needs_text():
-            return events
-        self._scan(self._decoder.decode(data), t_ns, events)
-        return events
+            return
+        self._scan(self._decoder.decode(data) if text is None else text, t_ns, events)
 
     def feed_stdin(self, line: bytes, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
         """Stdin is not teed for this family; nothing to parse."""
         return []
 
     def close(self, t_ns: int) -> list[Event]:
-        """Stdout EOF ends the turn."""
+        """Stdout EOF ends the turn (after the last, unfinished character, when capturing)."""
         if self._ended:
             return []
         self._ended = True
-        return [TurnEnded(t_ns)]
+        events: list[Event] = []
+        if self._capture:
+            tail = self._decoder.decode(b"", final=True)
+            if tail:
+                events.append(ContentObserved("assistant", tail))
+        events.append(TurnEnded(t_ns))
+        return events
 
     def _done(self) -> bool:
         return Marker.FIRST_TOKEN in self._seen and Marker.CLI_READY in self._seen and (

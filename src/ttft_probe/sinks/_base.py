@@ -12,11 +12,14 @@ twice downstream.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
 from ttft_probe.record import MarkerTimes, RunRecord
+
+if TYPE_CHECKING:
+    from ttft_probe.content import CapturedContent
 
 __all__ = ["Delivery", "Preparable", "Sink"]
 
@@ -27,11 +30,14 @@ class Delivery:
 
     ``started_wall_ns`` is the run's start as Unix ns (wall clock), so sinks can place
     every marker in wall time: ``started_wall_ns + (marker_ns - times.start_ns)``.
+    ``content`` is the run's prompt and answer text, present only when the run was made
+    with the opt-in content capture (:mod:`ttft_probe.content`); a sink sends it only then.
     """
 
     record: RunRecord
     times: MarkerTimes | None
     started_wall_ns: int
+    content: CapturedContent | None = None
 
     def wall_ns(self, mono_ns: int | None) -> int | None:
         """Unix ns (wall) of a marker's monotonic reading, ``None`` if it is ``None``."""
