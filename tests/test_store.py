@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from test_record import _record
+from ttft_probe.content import CapturedContent
 from ttft_probe.errors import StoreError
 from ttft_probe.record import MarkerTimes
-from ttft_probe.sinks.store import SCHEMA_VERSION, Store, default_store_path
+from ttft_probe.sinks.store import MIGRATIONS, SCHEMA_VERSION, Store, default_store_path
 
 
 def test_default_path_honours_ttft_probe_home(
@@ -71,3 +72,46 @@ def test_unwritable_location_names_the_fix(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StoreError, match="TTFT_PROBE_HOME"):
         Store(blocker / "sub" / "s.sqlite3")
+
+
+def test_captured_content_is_kept_beside_the_record_and_handed_to_the_outbox(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    plain = _record(run_id="00000000-0000-4000-8000-000000000001",
+                    started_at="2026-11-21T08:00:00.000000+00:00")
+    captured = _record(run_id="00000000-0000-4000-8000-000000000002",
+                       started_at="2026-11-21T08:00:01.000000+00:00")
+    content = CapturedContent(input_text="Say hello", output_text="Hello — 日本語",
+                              truncated=True)
+    store.add(plain, None, ["posthog"])
+    store.add(captured, None, ["posthog"], content)
+    claimed = store.claim("posthog", 10, lease_s=60, now=1.0)
+    assert [(r, c) for r, _, c in claimed] == [(plain, None), (captured, content)]
+    assert store.content(captured.run_id) == content
+    assert store.content(plain.run_id) is None
+    assert store.content("no-such-run") is None
+    # The record itself stays the contract: no text in it.
+    assert "Hello" not in captured.to_json()
+
+
+def test_a_version_3_store_gains_the_content_column_and_delivers_its_pending_runs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for migration in MIGRATIONS[:3]:
+        conn.executescript(migration)
+    conn.execute("PRAGMA user_version = 3")
+    old = _record()
+    conn.execute(
+        "INSERT INTO runs (run_id, started_at, agent, status, record_json) VALUES (?,?,?,?,?)",
+        (old.run_id, old.started_at, old.agent, "succeeded", old.to_json()),
+    )
+    conn.execute("INSERT INTO deliveries (run_id, sink) VALUES (?, 'langfuse')", (old.run_id,))
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.claim("langfuse", 10, lease_s=60, now=1.0) == [(old, None, None)]
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
+    assert version == (SCHEMA_VERSION,) == (4,)

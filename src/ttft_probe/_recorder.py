@@ -121,7 +121,7 @@ class Recorder:
                     name for name in self._sink_names
                     if name != "otlp" or result.needs_span_delivery
                 ]
-                self._store.add(result.record, result.times, sinks)
+                self._store.add(result.record, result.times, sinks, result.content)
                 self.start_delivery()
                 if self._deliverer is not None:
                     self._deliverer.kick()

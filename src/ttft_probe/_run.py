@@ -24,6 +24,7 @@ from ttft_probe.adapters._base import (
     Adapter,
     AgentInfo,
     AgentReportedTimings,
+    ContentObserved,
     Event,
     LineSplitter,
     MarkerObserved,
@@ -47,6 +48,7 @@ from ttft_probe.record import (
 if TYPE_CHECKING:
     from ttft_probe._clock import WallAnchor
     from ttft_probe.agents import ResolvedAgent
+    from ttft_probe.content import CapturedContent, ContentBuffer
     from ttft_probe.sinks.otel import RunSpan, Telemetry
 
 __all__ = ["CallerContext", "ExitInfo", "ProcessTracker", "RunResult"]
@@ -86,6 +88,8 @@ class RunResult:
     needs_span_delivery: bool = False
     """The run's spans were recorded by ttft_probe's private provider and still have to be
     sent by the durable OTLP sink (an application's provider exports its own)."""
+    content: CapturedContent | None = None
+    """The run's prompt and answer text; only with the opt-in content capture."""
 
 
 @attrs.define
@@ -110,6 +114,7 @@ class _Turn:
     span: RunSpan | None = None
     # Provider observer: generation request id -> (arrival ns, first content ns | None).
     provider: dict[int, tuple[int, int | None]] = attrs.Factory(dict)
+    content: ContentBuffer | None = None  # only with content capture
 
 
 @attrs.define
@@ -152,6 +157,9 @@ class ProcessTracker:
         probe_version: Goes into every record.
         telemetry: Starts and finishes the OTel spans; ``None`` for no telemetry.
         history: Looks up a resumed session's earlier runs: (turns, conversation_id).
+        capture_content: Keep the prompt and answer text the adapter reports
+            (:class:`ContentObserved`) on each run; the adapter must have been built with
+            ``AdapterOptions(capture_content=True)``. Off: such events are ignored.
     """
 
     def __init__(
@@ -166,6 +174,7 @@ class ProcessTracker:
         probe_version: str,
         telemetry: Telemetry | None = None,
         history: Callable[[str], tuple[int, str | None]] | None = None,
+        capture_content: bool = False,
     ) -> None:
         self.agent = agent
         self._adapter: Adapter | None = adapter
@@ -180,6 +189,7 @@ class ProcessTracker:
         self._version = probe_version
         self._telemetry = telemetry
         self._history = history
+        self._capture = capture_content
         self._lock = threading.Lock()
         self._arrivals: collections.deque[Arrival] = collections.deque()
         self._out_split = LineSplitter()
@@ -281,7 +291,7 @@ class ProcessTracker:
 
     def _stdout_lines(self, adapter: Adapter, data: bytes) -> list[bytes]:
         """The stdout lines of ``data`` the adapter needs (all, unless it has a line filter)."""
-        line_filter = getattr(adapter, "line_filter", None)
+        line_filter = None if self._capture else getattr(adapter, "line_filter", None)
         needles = None
         if line_filter is not None:
             try:
@@ -403,17 +413,37 @@ class ProcessTracker:
                 self._on_session(ev)
             elif isinstance(ev, TurnEnded):
                 self._on_turn_ended(ev)
-            elif isinstance(ev, UsageReported):
-                turn = self._turn_for(ev.session_id)
-                if turn is not None:
-                    turn.usage = ev
-            elif isinstance(ev, AgentInfo):
-                self._model = ev.model or self._model
-                self._agent_version = ev.agent_version or self._agent_version
-            elif isinstance(ev, AgentReportedTimings):
-                turn = self._turn_for(None)
-                if turn is not None:
-                    turn.reported = ev
+            elif isinstance(ev, ContentObserved):
+                self._on_content(ev)
+            else:
+                self._on_report(ev)
+
+    def _on_report(self, ev: UsageReported | AgentInfo | AgentReportedTimings) -> None:
+        """What the agent says about itself: usage, model and version, its own timings."""
+        if isinstance(ev, UsageReported):
+            turn = self._turn_for(ev.session_id)
+            if turn is not None:
+                turn.usage = ev
+        elif isinstance(ev, AgentInfo):
+            self._model = ev.model or self._model
+            self._agent_version = ev.agent_version or self._agent_version
+        elif isinstance(ev, AgentReportedTimings):
+            turn = self._turn_for(None)
+            if turn is not None:
+                turn.reported = ev
+
+    def _on_content(self, ev: ContentObserved) -> None:
+        """Append prompt or answer text to its turn's content (capture on only)."""
+        if not self._capture or not isinstance(ev.text, str):
+            return
+        turn = self._turn_for(ev.session_id)
+        if turn is None:
+            return
+        if turn.content is None:
+            from ttft_probe.content import ContentBuffer  # noqa: PLC0415 - capture only
+
+            turn.content = ContentBuffer()
+        turn.content.add("user" if ev.role == "user" else "assistant", ev.text)
 
     def _turn_for(self, session_id: str | None) -> _Turn | None:
         if not self._request_driven:
@@ -575,15 +605,21 @@ class ProcessTracker:
             probe_version=self._version,
             started_at=_iso(self._anchor.wall_ns_at(turn.start_ns)),
         )
+        content = None
+        if self._capture:
+            from ttft_probe.content import ContentBuffer  # noqa: PLC0415 - capture only
+
+            content = (turn.content or ContentBuffer()).result()
         if turn.span is not None:
             try:
-                turn.span.finish(record, times)
+                turn.span.finish(record, times, content=content)
             except Exception:  # noqa: BLE001 - telemetry never reaches the run
                 _log.warning("could not finish the run span", exc_info=True)
         return RunResult(
             record=record,
             times=times,
             needs_span_delivery=turn.span is not None and turn.span.needs_delivery,
+            content=content,
         )
 
     def _identity(self, turn: _Turn) -> _Identity:

@@ -166,6 +166,11 @@ def main(ctx: click.Context) -> None:
               help="Delivery to the configured sinks (OTLP, PostHog, Langfuse) runs in a "
               "detached `ttft-probe flush` after the agent exits; wait at most this long for it. "
               "What is not confirmed stays queued for the next run or `ttft-probe flush`.")
+@click.option("--capture-content", is_flag=True,
+              help="Also keep each turn's prompt and answer text, as the agent's stdin and "
+              "stdout carry them, in the store and in the spans, PostHog and Langfuse. Off "
+              "by default: without it no prompt or answer text, argv or environment is kept "
+              "or sent. Even with it, argv and the environment never are.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the breakdown to stderr.")
 @_store_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -182,6 +187,7 @@ def run(
     observe_provider: bool,
     upstream: str | None,
     delivery_wait: float,
+    capture_content: bool,
     quiet: bool,
     store: str | None,
     command: tuple[str, ...],
@@ -221,6 +227,7 @@ def run(
             observe_provider=upstream or observe_provider,
             # Delivery happens in a detached `flush`, never in this process (see below).
             deliver=False,
+            capture_content=capture_content,
         )
         _resume_gc()
         outcome = probe.run(list(command), timeout=timeout)

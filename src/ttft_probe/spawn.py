@@ -288,6 +288,10 @@ class Probe:
             PostHog, Langfuse; see :mod:`ttft_probe.sinks.outbox`), from a background
             thread through the store's outbox. ``False``: queue them in the outbox only,
             for ``ttft-probe flush`` (or a later probe) to deliver.
+        capture_content: Keep each run's prompt and answer text, as the agent's streams
+            carry them (:mod:`ttft_probe.content`), in the store and in the spans,
+            PostHog and Langfuse. Off by default; this is the only switch. Even on, argv
+            and the environment are never captured.
 
     Raises:
         ConfigError: An unknown family or agent/family mismatch (before any spawn).
@@ -308,6 +312,7 @@ class Probe:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
         observe_provider: bool | str = False,
         deliver: bool = True,
+        capture_content: bool = False,
     ) -> None:
         """See the class docstring."""
         if turn_ordinal is not None and turn_ordinal < 1:
@@ -328,6 +333,7 @@ class Probe:
             "drain_timeout": drain_timeout,
             "observe_provider": observe_provider,
             "deliver": deliver,
+            "capture_content": bool(capture_content),
         }
         self.processes: list[TrackedProcess] = []
         specs = configured_sinks() if store is not False else []
@@ -391,9 +397,14 @@ class Probe:
         resolved = self._resolve(argv)
         options = self._options["adapter_options"] or AdapterOptions()
         observed = observer is not None and observer.status is ObserverStatus.ON
-        adapter = adapter_for(resolved.family, attrs.evolve(options, provider_observed=observed))
-        telemetry = self._get_telemetry()
         o = self._options
+        adapter = adapter_for(
+            resolved.family,
+            attrs.evolve(
+                options, provider_observed=observed, capture_content=o["capture_content"]
+            ),
+        )
+        telemetry = self._get_telemetry()
         anchor = WallAnchor.now()
         if spawn_ns is None:
             spawn_ns = monotonic_ns()
@@ -407,6 +418,7 @@ class Probe:
             probe_version=_version.VERSION,
             telemetry=telemetry,
             history=self._history,
+            capture_content=o["capture_content"],
         )
         tracked = TrackedProcess(tracker)
         if observer is not None:

@@ -28,10 +28,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from ttft_probe.errors import StoreError
 from ttft_probe.record import MarkerTimes, RunRecord
+
+if TYPE_CHECKING:
+    from ttft_probe.content import CapturedContent
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "default_store_path"]
 
@@ -87,6 +90,11 @@ MIGRATIONS: Final[Sequence[str]] = (
         position INTEGER
     );
     CREATE INDEX experiment_runs_experiment ON experiment_runs (experiment_id, pair);
+    """,
+    # 4: the prompt and answer text of a run made with the opt-in content capture
+    # (ttft_probe.content); NULL for every other run. Kept out of the record.
+    """
+    ALTER TABLE runs ADD COLUMN content_json TEXT;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -188,6 +196,14 @@ def _owner_alive(owner: str) -> bool:
 
 def _times(markers_json: str | None) -> MarkerTimes | None:
     return None if markers_json is None else MarkerTimes(**json.loads(markers_json))
+
+
+def _content(content_json: str | None) -> CapturedContent | None:
+    if content_json is None:
+        return None
+    from ttft_probe.content import CapturedContent  # noqa: PLC0415 - only with capture on
+
+    return CapturedContent.from_json(content_json)
 
 
 def default_store_path() -> Path:
@@ -364,11 +380,16 @@ class Store:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def add(
-        self, record: RunRecord, times: MarkerTimes | None = None, sinks: Sequence[str] = ()
+        self,
+        record: RunRecord,
+        times: MarkerTimes | None = None,
+        sinks: Sequence[str] = (),
+        content: CapturedContent | None = None,
     ) -> None:
         """Insert one run, and an outbox row per sink in ``sinks``, in one transaction.
 
         Idempotent by ``run_id``. ``times`` are the run's marker times (monotonic ns).
+        ``content`` is the run's captured prompt and answer text (opt-in; else ``None``).
 
         Raises:
             StoreError: The run could not be written (the message names the fix).
@@ -396,14 +417,15 @@ class Store:
             record.status.value,
             record.to_json(),
             markers,
+            None if content is None else content.to_json(),
         )
 
         def insert(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 conn.execute(
                     "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id,"
-                    " conversation_id, turn_ordinal, status, record_json, markers_json)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    " conversation_id, turn_ordinal, status, record_json, markers_json,"
+                    " content_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     row,
                 )
                 conn.executemany(
@@ -417,8 +439,10 @@ class Store:
 
     def claim(
         self, sink: str, limit: int, *, lease_s: float, now: float, due_only: bool = True
-    ) -> list[tuple[RunRecord, MarkerTimes | None]]:
+    ) -> list[tuple[RunRecord, MarkerTimes | None, CapturedContent | None]]:
         """Lease up to ``limit`` undelivered runs of ``sink`` for ``lease_s`` seconds.
+
+        Each comes as (record, marker times or ``None``, captured content or ``None``).
 
         A leased row is invisible to other claims (another probe process delivering at
         the same time) until it is settled or its lease runs out (a process killed
@@ -439,7 +463,7 @@ class Store:
         lease_s: float,
         now: float,
         not_before: float,
-    ) -> list[tuple[RunRecord, MarkerTimes | None]]:
+    ) -> list[tuple[RunRecord, MarkerTimes | None, CapturedContent | None]]:
         with _transaction(conn):
             # Leases held by processes that died (SIGKILL mid-delivery) are free at once.
             holders = conn.execute(
@@ -449,7 +473,8 @@ class Store:
             ).fetchall()
             dead = [h for (h,) in holders if h is not None and not _owner_alive(h)]
             rows = conn.execute(
-                "SELECT d.run_id, r.record_json, r.markers_json FROM deliveries d"
+                "SELECT d.run_id, r.record_json, r.markers_json, r.content_json"
+                " FROM deliveries d"
                 " JOIN runs r ON r.run_id = d.run_id"
                 " WHERE d.sink = ? AND d.delivered_at IS NULL AND d.next_attempt_at <= ?"
                 " AND (d.lease_until <= ? OR d.lease_owner IN (SELECT value FROM json_each(?)))"
@@ -460,10 +485,11 @@ class Store:
             conn.executemany(
                 "UPDATE deliveries SET lease_until = ?, lease_owner = ?"
                 " WHERE run_id = ? AND sink = ?",
-                [(now + lease_s, owner, run_id, sink) for run_id, _, _ in rows],
+                [(now + lease_s, owner, run_id, sink) for run_id, *_ in rows],
             )
         return [
-            (RunRecord.from_dict(json.loads(rec)), _times(markers)) for _, rec, markers in rows
+            (RunRecord.from_dict(json.loads(rec)), _times(markers), _content(content))
+            for _, rec, markers, content in rows
         ]
 
     def settle(
@@ -529,6 +555,16 @@ class Store:
         if row is None or row[0] is None:
             return None
         return MarkerTimes(**json.loads(row[0]))
+
+    def content(self, run_id: str) -> CapturedContent | None:
+        """The prompt and answer text captured with a run (``--capture-content``).
+
+        ``None`` when the run is unknown or was made without content capture.
+        """
+        row = self._run("read", lambda conn: conn.execute(
+            "SELECT content_json FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone())
+        return None if row is None else _content(row[0])
 
     def session_history(self, session_id: str) -> tuple[int, str | None]:
         """For a resumed session: (runs stored with this session id, their conversation id).
