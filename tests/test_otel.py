@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otlp_receiver import OtlpReceiver, attributes_of
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor
+from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
 from ttft_probe.sinks.otel import RunSpan, Telemetry, provider_name
 
@@ -92,11 +93,20 @@ class Harness:
     exporter: InMemorySpanExporter
     reader: InMemoryMetricReader
 
-    def run(self, record: RunRecord, times: MarkerTimes, agent: str | None = None) -> RunSpan:
+    def run(
+        self,
+        record: RunRecord,
+        times: MarkerTimes,
+        agent: str | None = None,
+        content: CapturedContent | None = None,
+    ) -> RunSpan:
         span = self.tel.start_run(
             agent=agent or record.agent, start_ns=times.start_ns, anchor=ANCHOR
         )
-        span.finish(record, times)
+        if content is None:
+            span.finish(record, times)
+        else:
+            span.finish(record, times, content=content)
         return span
 
     def spans(self) -> dict[str, ReadableSpan]:
@@ -413,6 +423,56 @@ def test_provider_name_is_omitted_when_unknown(h: Harness) -> None:
     h.run(make_record(times, agent="opencode_acp", runtime_family="acp-json-rpc"), times)
     assert sc.GEN_AI_PROVIDER_NAME not in (h.root().attributes or {})
     assert sc.GEN_AI_PROVIDER_NAME not in (h.point(sc.METRIC_CLI_READY).attributes or {})
+
+
+# --- opt-in captured content ---
+
+PROMPT = "naïve — 日本語: what is 2+2?"
+ANSWER = "réponse — 日本語の答え 🚀 4"
+CONTENT_KEYS = (sc.GEN_AI_INPUT_MESSAGES, sc.GEN_AI_OUTPUT_MESSAGES, sc.TTFT_CONTENT_TRUNCATED)
+
+
+def test_captured_content_is_on_the_root_span_as_genai_messages(h: Harness) -> None:
+    times = stream_times()
+    content = CapturedContent(input_text=PROMPT, output_text=ANSWER)
+    h.run(make_record(times), times, content=content)
+    spans = h.spans()
+    a = dict(spans["invoke_agent claude_code"].attributes or {})
+    assert a[sc.GEN_AI_OPERATION_NAME] == "invoke_agent"  # the span of the GenAI operation
+    assert json.loads(str(a[sc.GEN_AI_INPUT_MESSAGES])) == [
+        {"role": "user", "parts": [{"type": "text", "content": PROMPT}]}
+    ]
+    assert json.loads(str(a[sc.GEN_AI_OUTPUT_MESSAGES])) == [
+        {"role": "assistant", "parts": [{"type": "text", "content": ANSWER}]}
+    ]
+    assert PROMPT in str(a[sc.GEN_AI_INPUT_MESSAGES])  # non-ASCII kept, not \u-escaped
+    assert ANSWER in str(a[sc.GEN_AI_OUTPUT_MESSAGES])
+    assert sc.TTFT_CONTENT_TRUNCATED not in a
+    for name in ("cli_ready", "session_init", "model_first_token"):
+        assert not set(CONTENT_KEYS) & set(spans[name].attributes or {})
+
+
+def test_truncated_content_is_flagged_and_an_unseen_text_is_omitted(h: Harness) -> None:
+    times = stream_times()
+    h.run(make_record(times), times, content=CapturedContent(output_text=ANSWER, truncated=True))
+    a = dict(h.root().attributes or {})
+    assert sc.GEN_AI_INPUT_MESSAGES not in a
+    assert json.loads(str(a[sc.GEN_AI_OUTPUT_MESSAGES]))[0]["parts"][0]["content"] == ANSWER
+    assert a[sc.TTFT_CONTENT_TRUNCATED] is True
+
+
+def test_without_content_no_span_has_content_attributes(h: Harness) -> None:
+    times = stream_times()
+    record = make_record(times)
+    h.run(record, times)  # finish(record, times): the call without the keyword
+    without = {s.name: dict(s.attributes or {}) for s in h.exporter.get_finished_spans()}
+    h.exporter.clear()
+    h.run(record, times, content=CapturedContent())  # nothing seen: nothing added either
+    empty = {s.name: dict(s.attributes or {}) for s in h.exporter.get_finished_spans()}
+    assert without == empty
+    for attributes in without.values():
+        assert not set(CONTENT_KEYS) & set(attributes)
+        assert not any("messages" in key or "content" in key for key in attributes)
 
 
 # --- metrics ---

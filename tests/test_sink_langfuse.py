@@ -17,6 +17,7 @@ import pytest
 
 from conftest import TESTS
 from fake_langfuse import TRACES_PATH, FakeLangfuse, ReceivedSpan
+from ttft_probe.content import CapturedContent
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks._base import Delivery, Sink
@@ -255,6 +256,62 @@ def test_deliver_sends_one_trace_with_a_generation(
     assert request.headers["x-langfuse-ingestion-version"] == "4"
     assert request.headers["x-langfuse-public-key"] == PK
     assert request.headers["x-langfuse-sdk-name"] == "python"
+
+
+# --- opt-in captured content ---
+
+PROMPT = "naïve — 日本語: what is 2+2?"
+ANSWER = "réponse — 日本語の答え 🚀 4"
+INPUT = "langfuse.observation.input"
+OUTPUT = "langfuse.observation.output"
+
+
+def with_content(delivery: Delivery, content: CapturedContent | None) -> Delivery:
+    return Delivery(delivery.record, delivery.times, delivery.started_wall_ns, content=content)
+
+
+def test_captured_content_is_the_input_and_output_of_both_observations(
+    fake: FakeLangfuse, make_sink: Callable[..., LangfuseSink]
+) -> None:
+    content = CapturedContent(input_text=PROMPT, output_text=ANSWER)
+    delivery = with_content(make_delivery(), content)
+    assert make_sink(fake.url).deliver([delivery], timeout_s=10) == [True]
+
+    spans = by_name(fake.spans())
+    root = spans["invoke_agent claude_code"]  # the root observation: the trace's input/output
+    gen = spans["chat claude-sonnet-4-5"]
+    for span in (root, gen):
+        assert json.loads(span.attributes[INPUT]) == [{"role": "user", "content": PROMPT}]
+        assert json.loads(span.attributes[OUTPUT]) == {"role": "assistant", "content": ANSWER}
+        # the metadata is the record alone: no truncation flag
+        metadata = decoded_metadata(span, "langfuse.observation.metadata")
+        assert metadata == delivery.record.to_dict()
+
+
+def test_only_the_text_seen_is_sent_and_truncation_is_in_the_metadata(
+    fake: FakeLangfuse, make_sink: Callable[..., LangfuseSink]
+) -> None:
+    content = CapturedContent(input_text=PROMPT, truncated=True)
+    delivery = with_content(make_delivery(), content)
+    assert make_sink(fake.url).deliver([delivery], timeout_s=10) == [True]
+    for span in fake.spans():
+        assert json.loads(span.attributes[INPUT]) == [{"role": "user", "content": PROMPT}]
+        assert OUTPUT not in span.attributes
+        metadata = decoded_metadata(span, "langfuse.observation.metadata")
+        assert metadata == {**delivery.record.to_dict(), "content_truncated": True}
+
+
+def test_without_content_no_input_or_output_is_sent(
+    fake: FakeLangfuse, make_sink: Callable[..., LangfuseSink]
+) -> None:
+    assert make_sink(fake.url).deliver([make_delivery()], timeout_s=10) == [True]
+    spans = fake.spans()
+    assert len(spans) == 2
+    for span in spans:
+        payload = json.dumps(span.attributes)
+        for key in (INPUT, OUTPUT, "content_truncated", "trace.input", "trace.output"):
+            assert key not in payload
+        assert '"role"' not in payload
 
 
 def test_missing_fields_arrive_as_null_and_failed_runs_as_errors(

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otlp_receiver import OtlpReceiver, attributes_of
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor
+from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
 from ttft_probe.sinks._base import Delivery, Sink
 from ttft_probe.sinks.otel import Telemetry
@@ -285,7 +286,9 @@ class _DeliveryWithParent(Delivery):
 def test_the_roots_parent_is_kept(rx: OtlpReceiver) -> None:
     sink = sink_for(rx.endpoint)
     d = delivery()
-    with_parent = _DeliveryWithParent(d.record, d.times, d.started_wall_ns, PARENT_ID)
+    with_parent = _DeliveryWithParent(
+        d.record, d.times, d.started_wall_ns, parent_span_id=PARENT_ID
+    )
     assert sink.deliver([with_parent], 10) == [True]
     spans = {span.name: span for _, span in rx.spans()}
     assert spans[ROOT].parent_span_id.hex() == PARENT_ID
@@ -359,6 +362,99 @@ def test_gzip_compression_on_the_wire(rx: OtlpReceiver) -> None:
     sink = sink_for(rx.endpoint, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
     assert sink.deliver([delivery()], 10) == [True]
     assert rx.encodings == ["gzip"]
+
+
+# --- opt-in captured content ---
+
+PROMPT = "naïve — 日本語: what is 2+2?"
+ANSWER = "réponse — 日本語の答え 🚀 4"
+CONTENT_KEYS = (sc.GEN_AI_INPUT_MESSAGES, sc.GEN_AI_OUTPUT_MESSAGES, sc.TTFT_CONTENT_TRUNCATED)
+
+
+def with_content(d: Delivery, content: CapturedContent | None) -> Delivery:
+    return Delivery(d.record, d.times, d.started_wall_ns, content=content)
+
+
+def test_captured_content_arrives_on_the_root_span(rx: OtlpReceiver) -> None:
+    d = with_content(delivery(), CapturedContent(input_text=PROMPT, output_text=ANSWER))
+    assert sink_for(rx.endpoint).deliver([d], 10) == [True]
+
+    spans = {span.name: attributes_of(span.attributes) for _, span in rx.spans()}
+    root = spans[ROOT]
+    assert root[sc.GEN_AI_OPERATION_NAME] == "invoke_agent"
+    assert json.loads(root[sc.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "user", "parts": [{"type": "text", "content": PROMPT}]}
+    ]
+    assert json.loads(root[sc.GEN_AI_OUTPUT_MESSAGES]) == [
+        {"role": "assistant", "parts": [{"type": "text", "content": ANSWER}]}
+    ]
+    assert PROMPT in root[sc.GEN_AI_INPUT_MESSAGES]  # UTF-8 on the wire, not \u-escaped
+    assert sc.TTFT_CONTENT_TRUNCATED not in root
+    for name in PHASES:
+        assert not set(CONTENT_KEYS) & set(spans[name])
+
+
+def test_truncated_content_is_flagged_on_the_wire(rx: OtlpReceiver) -> None:
+    d = with_content(delivery(), CapturedContent(input_text=PROMPT, truncated=True))
+    assert sink_for(rx.endpoint).deliver([d], 10) == [True]
+    root = {span.name: attributes_of(span.attributes) for _, span in rx.spans()}[ROOT]
+    assert json.loads(root[sc.GEN_AI_INPUT_MESSAGES])[0]["parts"][0]["content"] == PROMPT
+    assert sc.GEN_AI_OUTPUT_MESSAGES not in root
+    assert root[sc.TTFT_CONTENT_TRUNCATED] is True
+
+
+def test_without_content_the_wire_has_no_content_keys(rx: OtlpReceiver) -> None:
+    assert sink_for(rx.endpoint).deliver([delivery()], 10) == [True]
+    (request,) = rx.traces
+    payload = request.SerializeToString()
+    for key in CONTENT_KEYS:
+        assert key.encode() not in payload
+    assert b"messages" not in payload
+
+
+def test_live_and_rebuilt_root_spans_carry_the_same_content() -> None:
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(shutdown_on_exit=False)
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    tel = Telemetry(tracer_provider=tp, meter_provider=None)
+    times = stream_times()
+    content = CapturedContent(input_text=PROMPT, output_text=ANSWER, truncated=True)
+    run = tel.start_run(agent="claude_code", start_ns=START, anchor=ANCHOR)
+    record = make_record(times, trace_id=run.trace_id_hex, span_id=run.span_id_hex)
+    run.finish(record, times, content=content)
+    live = {s.name: dict(s.attributes or {}) for s in exporter.get_finished_spans()}
+    rebuilt = {
+        s.name: dict(s.attributes or {})
+        for s in build_spans(Delivery(record, times, wall(START), content=content))
+    }
+    tp.shutdown()
+    assert live == rebuilt
+    assert live[ROOT][sc.TTFT_CONTENT_TRUNCATED] is True
+
+
+def test_large_content_is_split_into_several_exports(
+    rx: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ttft_probe.sinks import otlp
+
+    monkeypatch.setattr(otlp, "_MAX_EXPORT_BYTES", 40_000)
+    big = CapturedContent(input_text=PROMPT, output_text="日本語" * 5_000)  # 45 kB UTF-8
+    runs = [with_content(delivery(run_id=f"r{i}", trace_id=f"{i + 1:032x}"), big) for i in range(3)]
+    small = [delivery(run_id=f"s{i}", trace_id=f"{i + 11:032x}") for i in range(3)]
+    assert sink_for(rx.endpoint).deliver([*runs, *small], 10) == [True] * 6
+
+    # each large run alone, the three runs without content together
+    def traces_in(request: ExportTraceServiceRequest) -> set[str]:
+        return {
+            span.trace_id.hex()
+            for rs in request.resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        }
+
+    assert [len(traces_in(request)) for request in rx.traces] == [1, 1, 1, 3]
+    roots = [attributes_of(s.attributes) for _, s in rx.spans() if s.name == ROOT]
+    assert sum(sc.GEN_AI_OUTPUT_MESSAGES in a for a in roots) == 3
 
 
 # --- failures: False, bounded, never raised ---

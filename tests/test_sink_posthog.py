@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from fake_posthog import FakePostHog, Mode
+from ttft_probe.content import CapturedContent
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
 from ttft_probe.sinks._base import Delivery, Sink
@@ -167,6 +169,109 @@ def test_ai_generation_of_a_failed_run_without_trace() -> None:
     assert props["$ai_error"] == "failed"
     for absent in ("$ai_span_id", "$ai_time_to_first_token", "$ai_input_tokens"):
         assert absent not in props
+
+
+# --- opt-in captured content ---
+
+PROMPT = "naïve — 日本語: what is 2+2?"
+ANSWER = "réponse — 日本語の答え 🚀 4"
+CONTENT_KEYS = ("$ai_input", "$ai_output_choices", "content_truncated")
+
+
+def with_content(record: RunRecord, content: CapturedContent | None) -> Delivery:
+    return Delivery(record, None, 1_735_787_045_678_901_000, content=content)
+
+
+def test_captured_content_goes_into_the_ai_properties(server: FakePostHog) -> None:
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
+    record = make_record()
+    content = CapturedContent(input_text=PROMPT, output_text=ANSWER)
+    try:
+        assert sink.deliver([with_content(record, content)], timeout_s=5) == [True]
+    finally:
+        sink.close()
+    run_finished, generation = server.events
+    props = run_finished["properties"]
+    assert props["$ai_input"] == [{"role": "user", "content": PROMPT}]
+    assert props["$ai_output_choices"] == [{"role": "assistant", "content": ANSWER}]
+    assert "content_truncated" not in props
+    # everything else exactly as without content
+    plain = sink.events(record)
+    assert {k: v for k, v in props.items() if k not in CONTENT_KEYS} == plain[0]["properties"]
+    gen = generation["properties"]
+    assert gen["$ai_input"] == props["$ai_input"]
+    assert gen["$ai_output_choices"] == props["$ai_output_choices"]
+    assert {k: v for k, v in gen.items() if k not in CONTENT_KEYS} == plain[1]["properties"]
+
+
+def test_only_the_text_seen_is_sent_and_truncation_is_flagged(server: FakePostHog) -> None:
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
+    content = CapturedContent(output_text=ANSWER, truncated=True)
+    try:
+        assert sink.deliver([with_content(make_record(), content)], timeout_s=5) == [True]
+    finally:
+        sink.close()
+    (event,) = server.events
+    props = event["properties"]
+    assert "$ai_input" not in props
+    assert props["$ai_output_choices"] == [{"role": "assistant", "content": ANSWER}]
+    assert props["content_truncated"] is True
+
+
+def test_without_content_the_body_has_no_content_keys(server: FakePostHog) -> None:
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
+    try:
+        assert sink.deliver([delivery(make_record())], timeout_s=5) == [True]
+    finally:
+        sink.close()
+    (request,) = server.requests
+    body = json.dumps(request.body)
+    for key in CONTENT_KEYS:
+        assert f'"{key}"' not in body  # as a key ("$ai_input_tokens" is another one)
+    assert '"role"' not in body
+
+
+def test_an_oversized_answer_is_cut_to_fit_posthogs_event_limit(server: FakePostHog) -> None:
+    from ttft_probe.sinks import posthog
+
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
+    answer = "日本語 answer " * 100_000  # 1.2 M characters, far over 900 KiB as JSON
+    content = CapturedContent(input_text=PROMPT, output_text=answer)
+    try:
+        assert sink.deliver([with_content(make_record(), content)], timeout_s=10) == [True]
+    finally:
+        sink.close()
+    for event in server.events:
+        assert len(json.dumps(event)) <= posthog._MAX_EVENT_BYTES
+        props = event["properties"]
+        assert props["$ai_input"] == [{"role": "user", "content": PROMPT}]  # short: kept
+        sent = props["$ai_output_choices"][0]["content"]
+        assert answer.startswith(sent)
+        assert len(sent) > 50_000
+        assert props["content_truncated"] is True
+
+
+def test_large_content_is_split_into_requests_each_confirmed_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ttft_probe.sinks import posthog
+
+    monkeypatch.setattr(posthog, "_MAX_REQUEST_BYTES", 20_000)
+    content = CapturedContent(input_text=PROMPT, output_text="x" * 15_000)
+    batch = [with_content(make_record(), content) for _ in range(2)]
+    batch.append(delivery(make_record()))
+    with FakePostHog(mode="flapping") as server:  # 500 on requests 1, 3 …; 200 on 2, 4 …
+        sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
+        try:
+            assert sink.deliver(batch, timeout_s=5) == [False, True, True]
+        finally:
+            sink.close()
+        # 15 kB runs cannot share a 20 kB request; the small run joins the second one
+        first, second, small = (d.record.run_id for d in batch)
+        assert [[e["uuid"] for e in r.events] for r in server.requests] == [
+            [first],
+            [second, small],
+        ]
 
 
 def test_retried_delivery_keeps_its_uuid(server: FakePostHog) -> None:

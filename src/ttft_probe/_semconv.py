@@ -19,7 +19,9 @@ __all__ = [
     "GEN_AI_AGENT_VERSION",
     "GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK",
     "GEN_AI_CONVERSATION_ID",
+    "GEN_AI_INPUT_MESSAGES",
     "GEN_AI_OPERATION_NAME",
+    "GEN_AI_OUTPUT_MESSAGES",
     "GEN_AI_PROVIDER_NAME",
     "GEN_AI_REQUEST_MODEL",
     "GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS",
@@ -40,6 +42,7 @@ __all__ = [
     "SPAN_CLI_READY",
     "SPAN_MODEL_FIRST_TOKEN",
     "SPAN_SESSION_INIT",
+    "TTFT_CONTENT_TRUNCATED",
     "TTFT_PREFIX",
     "TTFT_PROCESS_REUSED",
     "TTFT_SESSION_RESUMED",
@@ -59,6 +62,10 @@ GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
 GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
+"""Opt-in content: the prompt as a JSON string of the GenAI input-messages shape."""
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+"""Opt-in content: the answer as a JSON string of the GenAI output-messages shape."""
 
 INVOKE_AGENT: Final = "invoke_agent"
 """Value of ``gen_ai.operation.name`` and the first word of the root span's name."""
@@ -77,6 +84,8 @@ TTFT_SESSION_RESUMED: Final = "ttft_probe.session_resumed"
 TTFT_PROCESS_REUSED: Final = "ttft_probe.process_reused"
 TTFT_TURN_COHORT: Final = "ttft_probe.turn_cohort"
 """Metric attribute: ``"turn_1"`` or ``"turn_2+"`` (absent when the ordinal is unknown)."""
+TTFT_CONTENT_TRUNCATED: Final = "ttft_probe.content_truncated"
+"""``True`` on the span carrying opt-in content when a text was cut at its cap."""
 
 
 def record_key(field: str) -> str:

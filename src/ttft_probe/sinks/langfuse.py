@@ -30,8 +30,17 @@ What Langfuse receives for each run (OTLP/HTTP protobuf, gzip, Basic auth, at
 - on both observations every contract field as metadata (``record.to_dict()``, one
   ``langfuse.observation.metadata.<field>`` each, JSON-encoded; a ``None`` field arrives
   as JSON ``null``, not absent). ``failed``/``timed_out`` runs have level ``ERROR``,
-  ``cancelled`` ``WARNING``, with the status as status message. No prompt or answer
-  text is sent (no ``input``/``output``).
+  ``cancelled`` ``WARNING``, with the status as status message.
+- the prompt and answer text only when the run was made with the opt-in content capture
+  (``Probe(capture_content=True)`` / ``--capture-content``; ``Delivery.content``,
+  :mod:`ttft_probe.content`): on both observations ``input`` =
+  ``[{"role": "user", "content": <prompt>}]`` and ``output`` =
+  ``{"role": "assistant", "content": <answer>}`` (the ChatML shapes of Langfuse's own
+  OpenAI integration, which its UI shows as a chat), each only when that text was seen,
+  and ``content_truncated: true`` in the metadata when a text was cut at its cap. With
+  this SDK (Langfuse v4 data model) the trace's input/output *is* its root
+  observation's: trace-level input/output is deprecated and no longer written by the
+  SDK. Without capture no ``input``/``output`` is sent at all.
 
 Ids are fixed by the record (:func:`langfuse_ids`), so a redelivery is the same trace and
 the same observations, never a second trace: the trace id is ``record.trace_id`` (the
@@ -109,6 +118,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
+    from ttft_probe.content import CapturedContent
+
 __all__ = [
     "DEFAULT_HOST",
     "TRACES_PATH",
@@ -140,6 +151,7 @@ _TRACER_NAME: Final = "langfuse-sdk"
 """The SDK's tracer (instrumentation scope) name: ``langfuse._client.constants``."""
 _METADATA_PREFIX: Final = "langfuse.observation.metadata"
 _GENERATION: Final = "generation"
+_CONTENT_TRUNCATED: Final = "content_truncated"
 _DEFAULT_TIMEOUT_S: Final = 5.0
 _SPANS_PER_RUN: Final = 2
 """The SDK's batch size: one run's spans fill a batch and wake its export thread at once."""
@@ -229,6 +241,21 @@ def _usage(record: RunRecord) -> dict[str, int] | None:
     }
     present = {k: v for k, v in usage.items() if v is not None}
     return present or None
+
+
+def _content_io(content: CapturedContent | None) -> tuple[Any, Any]:
+    """Observation ``input`` / ``output`` of opt-in captured content (ChatML), or ``None``."""
+    if content is None:
+        return None, None
+    prompt = (
+        None if content.input_text is None else [{"role": "user", "content": content.input_text}]
+    )
+    answer = (
+        None
+        if content.output_text is None
+        else {"role": "assistant", "content": content.output_text}
+    )
+    return prompt, answer
 
 
 def _level(status: Status) -> SpanLevel | None:
@@ -718,6 +745,10 @@ def _make_spans(
     wall = _wall_times(delivery)
     name = f"{sc.INVOKE_AGENT} {record.agent}"
     metadata = record.to_dict()
+    prompt, answer = _content_io(delivery.content)
+    observation_metadata = metadata
+    if delivery.content is not None and delivery.content.truncated:
+        observation_metadata = {**metadata, _CONTENT_TRUNCATED: True}
     level = _level(record.status)
     status_message = None if level is None else record.status.value
     trace_metadata = {k: metadata[k] for k in TRACE_METADATA_FIELDS if metadata.get(k) is not None}
@@ -743,7 +774,9 @@ def _make_spans(
             root = LangfuseAgent(
                 otel_span=root_span,
                 langfuse_client=pipeline.client,
-                metadata=metadata,
+                input=prompt,
+                output=answer,
+                metadata=observation_metadata,
                 version=record.agent_version,
                 level=level,
                 status_message=status_message,
@@ -754,7 +787,9 @@ def _make_spans(
             generation = LangfuseGeneration(
                 otel_span=gen_span,
                 langfuse_client=pipeline.client,
-                metadata=metadata,
+                input=prompt,
+                output=answer,
+                metadata=observation_metadata,
                 model=record.model,
                 usage_details=_usage(record),
                 completion_start_time=None

@@ -10,7 +10,7 @@ How the spawn wrapper uses it::
         child_env["TRACEPARENT"] = run.traceparent      # before the child starts
     ...                                                  # spawn, pump, adapter
     record = RunRecord(..., trace_id=run.trace_id_hex, span_id=run.span_id_hex)
-    run.finish(record, times)                            # spans, events, metrics; ends the root
+    run.finish(record, times, content=content)           # spans, events, metrics; ends the root
     if run.needs_delivery:                               # private provider: nothing exported yet
         ...                                              # outbox row for the OTLP sink (otlp.py)
     tel.shutdown(timeout_ms=2000)                        # private providers only, bounded
@@ -27,9 +27,9 @@ API:
   returns a :class:`RunSpan` with ``traceparent``, ``trace_id_hex``, ``span_id_hex`` and
   ``context`` (all ``None`` when the provider in use records nothing: ``OTEL_SDK_DISABLED``,
   a no-op provider, or an internal fault).
-- :meth:`RunSpan.finish` adds the record's attributes, the marker events and the phase
-  spans, sets the status, ends the root span at ``times.end_ns`` (or now) and records
-  the histograms. Idempotent.
+- :meth:`RunSpan.finish` adds the record's attributes (and the opt-in captured content,
+  when given), the marker events and the phase spans, sets the status, ends the root span
+  at ``times.end_ns`` (or now) and records the histograms. Idempotent.
 - :attr:`RunSpan.needs_delivery` says whether the run's spans still have to be delivered
   by the durable OTLP sink (:mod:`ttft_probe.sinks.otlp`); :attr:`RunSpan.parent_span_id_hex`
   is the root span's parent, for that sink to rebuild the same link.
@@ -51,6 +51,16 @@ What is emitted (names in :mod:`ttft_probe._semconv`):
   only) also ``ttft_probe.turn_cohort`` (``turn_1``/``turn_2+``) and
   ``ttft_probe.dominant_segment`` (the largest of ``cli_ready``, ``session_init``,
   ``client_wait``, ``model_first_token``; only when the breakdown is complete).
+- Captured content, only when the run was made with the opt-in content capture
+  (``Probe(capture_content=True)`` / ``--capture-content``; :mod:`ttft_probe.content`),
+  on the root span, the one carrying the GenAI operation (there is no separate model
+  span; the phase spans never get it): ``gen_ai.input.messages`` (the prompt) and
+  ``gen_ai.output.messages`` (the answer), each the JSON string of the GenAI message
+  list (``[{"role": "user", "parts": [{"type": "text", "content": …}]}]``, non-ASCII
+  kept as it is) and each omitted when that text was not seen;
+  ``ttft_probe.content_truncated`` = ``True`` only when a text was cut at its cap
+  (:func:`content_attributes`). Without capture none of these keys exists: the spans
+  are exactly as before.
 - Child spans ``cli_ready``, ``session_init``, ``client_wait`` (only when
   ``client_wait_ms`` is non-zero) and ``model_first_token``, each only when both of its
   markers exist and are in order, with explicit start and end times. They carry the
@@ -109,6 +119,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import random
@@ -137,6 +148,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
     from opentelemetry.util.types import AttributeValue
 
+    from ttft_probe.content import CapturedContent
+
 __all__ = [
     "ATEXIT_TIMEOUT_MS",
     "GRPC",
@@ -144,6 +157,7 @@ __all__ = [
     "RunShape",
     "RunSpan",
     "Telemetry",
+    "content_attributes",
     "otlp_configured",
     "otlp_protocol",
     "provider_name",
@@ -653,12 +667,21 @@ class RunSpan:
 
         return set_span_in_context(self._span)
 
-    def finish(self, record: RunRecord, times: MarkerTimes) -> None:
+    def finish(
+        self,
+        record: RunRecord,
+        times: MarkerTimes,
+        *,
+        content: CapturedContent | None = None,
+    ) -> None:
         """Emit the run: attributes, events, phase spans, status, end, histograms.
 
         Args:
             record: The run's ``run_finished`` record.
             times: The run's markers (monotonic ns); the same ones the record came from.
+            content: The run's prompt and answer text, only when it was captured with the
+                opt-in content capture: the root span then also gets
+                :func:`content_attributes`. ``None`` (the default) adds nothing.
 
         Idempotent, never raises; a fault is logged once and the rest still runs.
         """
@@ -670,7 +693,7 @@ class RunSpan:
             return
         assert setup.tracer is not None  # noqa: S101 - a real span comes from a real tracer
         try:
-            self._emit_spans(span, setup.tracer, record, times)
+            self._emit_spans(span, setup.tracer, record, times, content)
         except Exception:  # noqa: BLE001 - instrumentation must not reach the run
             self._telemetry._warn_once(  # noqa: SLF001 - one logger-once per Telemetry
                 "finish_spans", "ttft_probe: could not emit the run's spans", exc_info=True
@@ -697,12 +720,17 @@ class RunSpan:
         return _SpanIds(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
 
     def _emit_spans(
-        self, span: Span, tracer: Tracer, record: RunRecord, times: MarkerTimes
+        self,
+        span: Span,
+        tracer: Tracer,
+        record: RunRecord,
+        times: MarkerTimes,
+        content: CapturedContent | None,
     ) -> None:
         from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context  # noqa: PLC0415
 
         wall = self._anchor.wall_ns_at
-        shape = run_shape(record, times)
+        shape = run_shape(record, times, content)
         span.set_attributes(shape.attributes)
         for name, t_ns in shape.events:
             span.add_event(name, timestamp=wall(t_ns))
@@ -748,7 +776,7 @@ class RunShape:
     Attributes:
         name: The root span's name, ``invoke_agent {agent}`` (kind ``CLIENT``).
         attributes: The root span's attributes (record fields, GenAI keys, ``error.type``,
-            search keys).
+            search keys; the captured content's keys when content was given).
         phase_attributes: The attributes of every phase span (the cohort keys).
         events: Marker events ``(name, monotonic ns)``, in contract order.
         phases: Phase spans ``(name, begin ns, end ns)`` (kind ``INTERNAL``).
@@ -774,8 +802,15 @@ def root_span_name(agent: str) -> str:
     return f"{sc.INVOKE_AGENT} {agent}"
 
 
-def run_shape(record: RunRecord, times: MarkerTimes | None) -> RunShape:
+def run_shape(
+    record: RunRecord,
+    times: MarkerTimes | None,
+    content: CapturedContent | None = None,
+) -> RunShape:
     """The spans of a run, from its record and markers; without markers, the root alone.
+
+    ``content`` (opt-in capture only) adds :func:`content_attributes` to the root span,
+    the span carrying the GenAI operation; the phase spans never get them.
 
     Pure: imports no OpenTelemetry module, reads no clock.
     """
@@ -783,6 +818,7 @@ def run_shape(record: RunRecord, times: MarkerTimes | None) -> RunShape:
     error_type = record.status.value if record.status in _ERROR_STATUSES else None
     if error_type is not None:
         attributes[sc.ERROR_TYPE] = error_type
+    attributes.update(content_attributes(content))
     phase_attributes: dict[str, AttributeValue] = {
         sc.GEN_AI_OPERATION_NAME: sc.INVOKE_AGENT,
         sc.GEN_AI_AGENT_NAME: record.agent,
@@ -796,6 +832,29 @@ def run_shape(record: RunRecord, times: MarkerTimes | None) -> RunShape:
         phases=() if times is None else tuple(_phases(record, times)),
         error_type=error_type,
     )
+
+
+def content_attributes(content: CapturedContent | None) -> dict[str, AttributeValue]:
+    """The span attributes of a run's opt-in captured content; empty without content.
+
+    ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (OTel GenAI semantic
+    conventions): the JSON strings of :meth:`CapturedContent.input_messages` /
+    :meth:`CapturedContent.output_messages` (``ensure_ascii=False``), each only when its
+    list is not empty; ``ttft_probe.content_truncated`` = ``True`` only when a text was
+    cut at its cap. The one rendering of content for the live spans and the OTLP sink.
+    """
+    if content is None:
+        return {}
+    attributes: dict[str, AttributeValue] = {}
+    for key, messages in (
+        (sc.GEN_AI_INPUT_MESSAGES, content.input_messages()),
+        (sc.GEN_AI_OUTPUT_MESSAGES, content.output_messages()),
+    ):
+        if messages:
+            attributes[key] = json.dumps(messages, ensure_ascii=False)
+    if content.truncated:
+        attributes[sc.TTFT_CONTENT_TRUNCATED] = True
+    return attributes
 
 
 def _turn_cohort(turn_ordinal: int | None) -> str | None:

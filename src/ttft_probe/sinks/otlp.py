@@ -27,6 +27,15 @@ attributes, events and status the live path emits — as SDK ``ReadableSpan`` ob
   run's anchor gave it. The root ends at ``end_ns``; without it, at the last marker
   observed. A delivery without marker times sends the root alone, from
   ``started_wall_ns`` for ``total_duration_ms`` (0 when unknown).
+- the run's prompt and answer text, only when the run was made with the opt-in content
+  capture (``Delivery.content``; :mod:`ttft_probe.content`): on the root span, the one
+  carrying the GenAI operation, ``gen_ai.input.messages`` / ``gen_ai.output.messages``
+  (JSON strings of the GenAI message lists, each only when that text was seen) and
+  ``ttft_probe.content_truncated`` = ``True`` when a text was cut — the same attributes
+  the live root span gets (:func:`ttft_probe.sinks.otel.content_attributes`). Without
+  content the spans are exactly as before. Runs whose content makes a batch larger than
+  about 3 MiB are exported in several requests (OTLP/gRPC receivers refuse messages over
+  4 MiB by default), each run's spans in one.
 
 Configuration (the OpenTelemetry SDK's variables, read from the mapping given to
 :meth:`OtlpSink.from_environment`): ``OTEL_EXPORTER_OTLP_ENDPOINT`` (``/v1/traces`` is
@@ -85,6 +94,12 @@ _SAMPLED: Final = 0x01
 _HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
 _HEX_SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
 _COMPRESSIONS: Final = frozenset({"gzip", "deflate", "none"})
+_MAX_EXPORT_BYTES: Final = 3 * 1024 * 1024
+"""Estimated size bound of one export: the runs of a batch are split into exports below
+it (a run never split), since OTLP/gRPC receivers (the OTel Collector's, Jaeger's)
+refuse a message over 4 MiB by default. Only captured content makes a batch that large."""
+_SPAN_BYTES: Final = 1024
+"""Estimated encoded size of a span apart from its string attribute values."""
 
 
 def child_span_id(run_id: str, name: str) -> int:
@@ -130,7 +145,8 @@ def build_spans(
     """The run's spans, rebuilt from its record and marker times; root first.
 
     Args:
-        delivery: The stored run (record, marker times, start as Unix ns).
+        delivery: The stored run (record, marker times, start as Unix ns, and the opt-in
+            captured content, which goes on the root span when present).
         resource: The spans' resource (default: :func:`ttft_probe.sinks.otel.resource_from`
             of the process environment).
         parent_span_id: The root span's parent (16 hex digits, same trace); default: the
@@ -151,7 +167,7 @@ def build_spans(
     if resource is None:
         resource = resource_from(os.environ)
     scope = InstrumentationScope(_SCOPE, VERSION)
-    shape = run_shape(record, times)
+    shape = run_shape(record, times, delivery.content)
 
     trace_id = _hex_id(record.trace_id, _HEX_TRACE_ID)
     root_id = _hex_id(record.span_id, _HEX_SPAN_ID)
@@ -346,10 +362,15 @@ class OtlpSink:
     def deliver(self, batch: Sequence[Delivery], timeout_s: float) -> list[bool]:
         """Export the spans of every run of ``batch`` in one OTLP request.
 
+        Runs with captured content larger than about 3 MiB together are sent in several
+        requests, one after the other (each run's spans in one); runs without content
+        always fit in one.
+
         Returns:
             One bool per run, in order: ``True`` only when the exporter returned
-            ``SUCCESS`` (the collector answered 2xx / gRPC OK) within ``timeout_s``
-            seconds. A run whose spans cannot be built is ``False`` alone. Never raises.
+            ``SUCCESS`` for its request (the collector answered 2xx / gRPC OK) within
+            ``timeout_s`` seconds. A run whose spans cannot be built is ``False`` alone.
+            Never raises.
         """
         results = [False] * len(batch)
         if not batch or self._closed:
@@ -368,8 +389,7 @@ class OtlpSink:
             self._warn_once(
                 "timeout", "ttft_probe: OTLP export did not finish within %.1f s", timeout_s
             )
-            return results
-        for index, ok in outcome.items():
+        for index, ok in dict(outcome).items():  # requests answered in time, if any
             results[index] = ok
         return results
 
@@ -386,28 +406,29 @@ class OtlpSink:
             from opentelemetry.sdk.trace.export import SpanExportResult  # noqa: PLC0415
 
             resource = self._get_resource()
-            spans: list[ReadableSpan] = []
-            built: list[int] = []
+            built: list[tuple[int, list[ReadableSpan]]] = []
             for index, delivery in enumerate(batch):
                 try:
-                    spans.extend(build_spans(delivery, resource))
+                    built.append((index, build_spans(delivery, resource)))
                 except Exception:  # noqa: BLE001 - one bad run must not block the batch
                     self._warn_once(
                         "build", "ttft_probe: could not rebuild a run's spans", exc_info=True
                     )
-                else:
-                    built.append(index)
-            if not spans:
+            if not built:
                 return
             exporter = self._exporter(min(self._config.timeout_s, timeout_s))
             try:
-                ok = exporter.export(spans) is SpanExportResult.SUCCESS
+                for group in _export_groups(built, _MAX_EXPORT_BYTES):
+                    spans = [span for _, run_spans in group for span in run_spans]
+                    ok = exporter.export(spans) is SpanExportResult.SUCCESS
+                    if not ok:
+                        self._warn_once(
+                            "export", "ttft_probe: the OTLP collector did not accept spans"
+                        )
+                    for index, _ in group:
+                        outcome[index] = ok
             finally:
                 exporter.shutdown()
-            if not ok:
-                self._warn_once("export", "ttft_probe: the OTLP collector did not accept spans")
-            for index in built:
-                outcome[index] = ok
         except Exception:  # noqa: BLE001 - exporter faults are a False, never an exception
             self._warn_once("export_fault", "ttft_probe: OTLP export failed", exc_info=True)
 
@@ -439,6 +460,36 @@ class OtlpSink:
                 return
             self._warned.add(key)
         _log.warning(msg, *args, exc_info=exc_info)
+
+
+def _estimated_size(spans: Sequence[ReadableSpan]) -> int:
+    """A rough encoded size of ``spans``: long strings (captured content) dominate."""
+    size = 0
+    for span in spans:
+        size += _SPAN_BYTES
+        for value in (span.attributes or {}).values():
+            if isinstance(value, str):
+                size += len(value.encode())
+    return size
+
+
+def _export_groups(
+    built: list[tuple[int, list[ReadableSpan]]], limit: int
+) -> list[list[tuple[int, list[ReadableSpan]]]]:
+    """Runs (index, spans) grouped into exports of at most ``limit`` estimated bytes.
+
+    A run is never split; a run larger than ``limit`` is an export of its own.
+    """
+    groups: list[list[tuple[int, list[ReadableSpan]]]] = []
+    size = 0
+    for run in built:
+        run_size = _estimated_size(run[1])
+        if not groups or size + run_size > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(run)
+        size += run_size
+    return groups
 
 
 def _grpc_exporter(config: _Config, timeout_s: float) -> SpanExporter:

@@ -5,7 +5,8 @@ defaults to ``https://us.i.posthog.com``. ``TTFT_PROBE_POSTHOG_AI_GENERATION=1``
 ``$ai_generation`` event per run for PostHog's LLM analytics.
 
 Wire format: the SDK's ``/batch/`` capture endpoint (capture v0), one ``POST`` per
-:meth:`PostHogSink.deliver` call, body gzipped as the SDK does it::
+:meth:`PostHogSink.deliver` call (split only past the SDK's 5 MiB batch size, each run's
+events in one request), body gzipped as the SDK does it::
 
     {"api_key": "<key>", "batch": [event, ...], "historical_migration": false,
      "sent_at": "<now, ISO-8601 UTC>"}
@@ -18,6 +19,20 @@ Wire format: the SDK's ``/batch/`` capture endpoint (capture v0), one ``POST`` p
         "properties": {**record.to_dict(),
                        "$process_person_profile": False, "$geoip_disable": True},
     }
+
+Captured content: only when the run was made with the opt-in content capture
+(``Probe(capture_content=True)`` / ``--capture-content``; ``Delivery.content``,
+:mod:`ttft_probe.content`), the ``properties`` also hold the prompt and the answer in
+PostHog's LLM-analytics properties, each only when that text was seen::
+
+    "$ai_input": [{"role": "user", "content": "<prompt text>"}],
+    "$ai_output_choices": [{"role": "assistant", "content": "<answer text>"}],
+
+and so does the optional ``$ai_generation`` event (the event PostHog's LLM analytics
+shows them on). ``content_truncated: true`` is added when a text was cut: at capture
+(its cap) or here, where the texts are shortened so that each event stays within the
+SDK's 900 KiB per event (PostHog answers a larger event with 413, failing its whole
+request). Without capture none of these keys is sent; the properties are as above.
 
 ``$process_person_profile: false`` keeps PostHog from creating a person per install;
 ``$geoip_disable: true`` is the SDK's own default for server-side capture (no location
@@ -32,8 +47,8 @@ layer (``posthog.request.batch_post``) directly and synchronously, with a privat
 ``requests`` session without retries, in a short-lived worker thread that
 :meth:`PostHogSink.deliver` waits for at most ``timeout_s`` seconds (so even a hung DNS
 lookup cannot hold the outbox). A run is ``True`` only when PostHog answered 2xx; a
-refused connection, a timeout, any other status or any fault makes the whole batch
-``False``. No ``posthog.Client`` is created: no consumer threads, no atexit flush.
+refused connection, a timeout, any other status or any fault makes every run of that
+request ``False``. No ``posthog.Client`` is created: no consumer threads, no atexit flush.
 
 Distinct id: unless one is configured, a random UUID kept in ``install_id`` next to the
 run store (``$TTFT_PROBE_HOME``, else ``platformdirs.user_state_dir("ttft-probe")``). It
@@ -49,20 +64,27 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
 from ttft_probe.sinks._base import Delivery
 
+if TYPE_CHECKING:
+    from ttft_probe.content import CapturedContent
+
 __all__ = [
     "AI_GENERATION_EVENT",
+    "AI_INPUT",
+    "AI_OUTPUT_CHOICES",
     "DEFAULT_HOST",
     "EVENT",
     "INSTALL_ID_FILE",
@@ -78,6 +100,10 @@ EVENT: Final = "run_finished"
 AI_GENERATION_EVENT: Final = "$ai_generation"
 DEFAULT_HOST: Final = "https://us.i.posthog.com"
 INSTALL_ID_FILE: Final = "install_id"
+AI_INPUT: Final = "$ai_input"
+"""The prompt (opt-in content capture only): ``[{"role": "user", "content": text}]``."""
+AI_OUTPUT_CHOICES: Final = "$ai_output_choices"
+"""The answer (opt-in content capture only): ``[{"role": "assistant", "content": text}]``."""
 
 ENV_API_KEY: Final = "POSTHOG_API_KEY"
 ENV_PROJECT_API_KEY: Final = "POSTHOG_PROJECT_API_KEY"
@@ -91,6 +117,11 @@ _ERROR_STATUSES: Final = frozenset({Status.FAILED, Status.TIMED_OUT})
 _MS_PER_S: Final = 1000.0
 _CLOSE_WAIT_S: Final = 1.0
 """How long :meth:`PostHogSink.close` waits for requests still in flight (s)."""
+_MAX_EVENT_BYTES: Final = 900 * 1024
+"""The SDK's per-event cap (``posthog.consumer.MAX_MSG_SIZE``; PostHog's own is ~1 MB)."""
+_MAX_REQUEST_BYTES: Final = 5 * 1024 * 1024
+"""The SDK's batch cap (``posthog.consumer.BATCH_SIZE_LIMIT``; PostHog's body cap is 20 MiB)."""
+_CONTENT_TRUNCATED: Final = "content_truncated"
 
 # PostHog's own ``$ai_provider`` values, as its SDK wrappers send them.
 _PROVIDER_BY_PREFIX: Final = (
@@ -218,6 +249,82 @@ def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / _MS_PER_S
 
 
+def _json_size(value: object) -> int:
+    """Bytes of ``value`` as the SDK serialises it (``json.dumps``, ASCII escapes)."""
+    return len(json.dumps(value))
+
+
+def _fit(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose JSON string takes at most ``limit`` bytes."""
+    if _json_size(text) <= limit:
+        return text
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _json_size(text[:mid]) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low]
+
+
+def _content_properties(content: CapturedContent | None, base: Mapping[str, Any]) -> dict[str, Any]:
+    """``$ai_input`` / ``$ai_output_choices`` of opt-in captured content, each if seen.
+
+    The texts are shortened (prompt and answer sharing the room fairly) so that ``base``
+    (the largest event that carries them) plus these properties stays within
+    :data:`_MAX_EVENT_BYTES`; ``content_truncated`` is ``True`` when a text was cut,
+    here or at capture.
+    """
+    if content is None:
+        return {}
+    texts = [content.input_text, content.output_text]
+    sizes = [_json_size(t) for t in texts if t is not None]
+    cut = content.truncated
+    overhead = _json_size(_render(["", ""], truncated=True)) + 2  # keys, roles, separators
+    room = max(_MAX_EVENT_BYTES - _json_size(base) - overhead, 0)
+    if sum(sizes) > room:
+        cut = True
+        share = room // len(sizes)
+        if len(sizes) == 2 and min(sizes) <= share:  # the short text is kept whole
+            share = room - min(sizes)
+        texts = [None if t is None else _fit(t, share) for t in texts]
+    return _render(texts, truncated=cut)
+
+
+def _render(texts: list[str | None], *, truncated: bool) -> dict[str, Any]:
+    prompt, answer = texts
+    props: dict[str, Any] = {}
+    if prompt is not None:
+        props[AI_INPUT] = [{"role": "user", "content": prompt}]
+    if answer is not None:
+        props[AI_OUTPUT_CHOICES] = [{"role": "assistant", "content": answer}]
+    if truncated:
+        props[_CONTENT_TRUNCATED] = True
+    return props
+
+
+def _requests(
+    per_run: Sequence[list[dict[str, Any]]], limit: int
+) -> list[tuple[list[int], list[dict[str, Any]]]]:
+    """Runs' events grouped into requests of at most ``limit`` bytes, a run never split.
+
+    Each group is (the runs' indices, their events); one group unless the events are
+    larger than ``limit`` together (which only captured content makes them).
+    """
+    groups: list[tuple[list[int], list[dict[str, Any]]]] = []
+    size = 0
+    for index, events in enumerate(per_run):
+        run_size = sum(_json_size(e) for e in events)
+        if not groups or size + run_size > limit:
+            groups.append(([], []))
+            size = 0
+        groups[-1][0].append(index)
+        groups[-1][1].extend(events)
+        size += run_size
+    return groups
+
+
 class PostHogSink:
     """Delivers runs to PostHog as ``run_finished`` events (see the module docstring).
 
@@ -312,9 +419,17 @@ class PostHogSink:
 
     # --- the wire events ---
 
-    def events(self, record: RunRecord) -> list[dict[str, Any]]:
-        """The capture events for one run, exactly as they go on the wire (pure)."""
-        events = [
+    def events(
+        self, record: RunRecord, *, content: CapturedContent | None = None
+    ) -> list[dict[str, Any]]:
+        """The capture events for one run, exactly as they go on the wire (pure).
+
+        ``content`` is the run's opt-in captured prompt and answer text (``None`` unless
+        the run was made with content capture): it adds ``$ai_input`` /
+        ``$ai_output_choices`` to the events' properties, each only when that text exists
+        (and ``content_truncated`` when a text was cut; see the module docstring).
+        """
+        events: list[dict[str, Any]] = [
             {
                 "event": EVENT,
                 "uuid": record.run_id,
@@ -329,6 +444,10 @@ class PostHogSink:
         ]
         if self.ai_generation:
             events.append(self._ai_generation_event(record))
+        if content is not None:
+            content_props = _content_properties(content, max(events, key=_json_size))
+            for event in events:
+                event["properties"].update(content_props)
         return events
 
     def _ai_generation_event(self, record: RunRecord) -> dict[str, Any]:
@@ -370,27 +489,37 @@ class PostHogSink:
     def deliver(self, batch: Sequence[Delivery], timeout_s: float) -> list[bool]:
         """Send ``batch`` in one request; ``True`` per run when PostHog answered 2xx.
 
-        Waits at most ``timeout_s`` seconds. Never raises: any fault is ``False`` for
-        every run of the batch, logged once per kind (without properties or keys).
+        Only events larger than 5 MiB together (captured content) are split into several
+        requests, one after the other, each run's events in one. Waits at most
+        ``timeout_s`` seconds in all. Never raises: any fault is ``False`` for every run
+        of the request concerned, logged once per kind (without properties or keys).
         """
         if not batch:
             return []
-        failed = [False] * len(batch)
+        results = [False] * len(batch)
         if self._closed:
-            return failed
-        events: list[dict[str, Any]] = []
+            return results
+        deadline = time.monotonic() + max(timeout_s, 0.0)
         try:
-            for delivery in batch:
-                events.extend(self.events(delivery.record))
+            requests = _requests(
+                [self.events(d.record, content=d.content) for d in batch], _MAX_REQUEST_BYTES
+            )
             sdk = _sdk()
         except Exception as exc:  # noqa: BLE001 - a sink never raises into the outbox
             self._failed(type(exc).__name__, len(batch))
-            return failed
-        outcome = self._post(sdk, events, timeout_s)
-        if outcome is None:
-            return [True] * len(batch)
-        self._failed(outcome, len(batch))
-        return failed
+            return results
+        for number, (runs, events) in enumerate(requests):
+            remaining = timeout_s if number == 0 else deadline - time.monotonic()
+            if number and remaining <= 0:  # the time went on earlier requests
+                outcome: str | None = "timeout"
+            else:
+                outcome = self._post(sdk, events, remaining)
+            if outcome is not None:
+                self._failed(outcome, len(runs))
+                continue
+            for index in runs:
+                results[index] = True
+        return results
 
     def _post(self, sdk: Any, events: list[dict[str, Any]], timeout_s: float) -> str | None:
         """One ``POST /batch/``: ``None`` on 2xx, else the kind of failure."""
