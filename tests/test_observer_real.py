@@ -123,14 +123,7 @@ def test_acp_agents_get_provider_timings_per_turn(
     agent: str, provider: ProviderProcess, scratch: Path
 ) -> None:
     a = Agent(agent, provider, scratch)
-    client = AcpClient(a, "--observe-provider")
-    try:
-        client.start()
-        session = client.request("session/new", {"cwd": str(a.work), "mcpServers": []})["sessionId"]
-        client.prompt(session, "Say hello")
-        client.prompt(session, "Say it again")
-    finally:
-        client.end()
+    AcpClient(a, "--observe-provider").two_turns()
     lags_ns = []
     for record in _records(a):
         assert_complete(record)

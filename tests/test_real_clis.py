@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import DELAY_MS, PROBE, AnyProvider, assert_valid
+from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks.store import Store
 from ttft_probe.testing.agent_env import (
@@ -28,7 +29,7 @@ from ttft_probe.testing.agent_env import (
     find_session_id,
     one_shot_command,
 )
-from ttft_probe.testing.fake_provider import FakeProvider
+from ttft_probe.testing.fake_provider import DEFAULT_ANSWER, FakeProvider
 
 pytestmark = pytest.mark.realcli
 
@@ -205,6 +206,18 @@ class AcpClient:
         self.request("session/prompt", {"sessionId": session,
                                         "prompt": [{"type": "text", "text": text}]})
 
+    def two_turns(self) -> str:
+        """Start, make a session, prompt "Say hello" then "Say it again", end; the session id."""
+        try:
+            self.start()
+            new = self.request("session/new", {"cwd": str(self.agent.work), "mcpServers": []})
+            session: str = new["sessionId"]
+            self.prompt(session, "Say hello")
+            self.prompt(session, "Say it again")
+        finally:
+            self.end()
+        return session
+
     def stderr_tail(self) -> str:
         return "(see the test's captured output)"
 
@@ -226,6 +239,42 @@ class AcpClient:
             self.proc.communicate(timeout=30)
 
 
+@pytest.mark.parametrize("agent", ["claude_code", "codex", "gemini"])
+def test_capture_content_keeps_the_real_answer_and_changes_nothing_else(
+    agent: str, provider: FakeProvider, scratch: Path
+) -> None:
+    a = Agent(agent, provider, scratch)
+    plain, without = a.run(one_shot_command(agent, "Say hello"))
+    done, captured = a.run(one_shot_command(agent, "Say hello"), "--capture-content")
+    assert done.returncode == plain.returncode == 0, done.stderr.decode(errors="replace")
+    assert_complete(captured)
+    assert_first_token_matches(provider, a.times(captured), captured)
+    store = Store(a.store_path)
+    assert store.content(without.run_id) is None  # off by default
+    content = store.content(captured.run_id)
+    assert content is not None
+    # The answer is the fake provider's, whole, as the CLI printed it.
+    assert content.output_text == DEFAULT_ANSWER
+    # Only Gemini CLI echoes the prompt on stdout; the others have it in argv alone,
+    # which is never captured.
+    assert content.input_text == ("Say hello" if agent == "gemini" else None)
+    assert DEFAULT_ANSWER not in captured.to_json()
+
+
+@pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp", "gemini_acp"])
+def test_capture_content_of_two_acp_turns(
+    agent: str, provider: FakeProvider, scratch: Path
+) -> None:
+    a = Agent(agent, provider, scratch)
+    AcpClient(a, "--capture-content").two_turns()
+    first, second = _records(a)
+    store = Store(a.store_path)
+    assert [store.content(r.run_id) for r in (first, second)] == [
+        CapturedContent("Say hello", DEFAULT_ANSWER),
+        CapturedContent("Say it again", DEFAULT_ANSWER),
+    ]
+
+
 def _records(a: Agent) -> list[RunRecord]:
     return Store(a.store_path).last() if a.store_path.exists() else []
 
@@ -233,14 +282,7 @@ def _records(a: Agent) -> list[RunRecord]:
 @pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp", "gemini_acp"])
 def test_acp_two_turns_in_one_process(agent: str, provider: FakeProvider, scratch: Path) -> None:
     a = Agent(agent, provider, scratch)
-    client = AcpClient(a)
-    try:
-        client.start()
-        session = client.request("session/new", {"cwd": str(a.work), "mcpServers": []})["sessionId"]
-        client.prompt(session, "Say hello")
-        client.prompt(session, "Say it again")
-    finally:
-        client.end()
+    session = AcpClient(a).two_turns()
     first, second = _records(a)
     assert_complete(first)
     assert (first.turn_ordinal, first.process_reused, first.session_resumed) == (1, False, False)

@@ -12,8 +12,12 @@ fake server): every file the probe left in its home (the store, its WAL and shar
 memory, the outbox rows, lock and install-id files), its stderr, the output of
 `ttft-probe flush` and `runs`, each sink's decoded payloads and, for a library run, the
 DEBUG log are scanned. Each scan also finds the run id there (a positive control: the
-scan sees the bytes). There is no opt-in to capture content: no option, variable or
-argument makes the probe keep prompt or answer text.
+scan sees the bytes). The OTel GenAI variable
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`` is set in those runs: it does
+not turn capture on. Content capture has one switch, ``--capture-content``
+(``Probe(capture_content=True)``); with it on, the prompt that passes the probe and the
+answer reach the store and every sink, and argv, the environment and the API key still
+reach none of them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from fake_langfuse import FakeLangfuse
 from fake_posthog import FakePostHog
 from otlp_receiver import OtlpReceiver
 from ttft_probe import Probe
+from ttft_probe.record import RunRecord
 from ttft_probe.sinks.store import Store
 from ttft_probe.testing.agent_env import agent_environment, one_shot_command
 from ttft_probe.testing.fake_provider import FakeProvider
@@ -175,6 +180,8 @@ def _environment(home: Path, ph: FakePostHog, lf: FakeLangfuse,
         "ANTHROPIC_API_KEY": PLANTED["api key"],
         "MY_SERVICE_TOKEN": PLANTED["env value"],
         PLANTED["env name"]: "1",
+        # Other instrumentations' opt-in; not ttft-probe's switch (that is one option).
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true",
     })
     return env
 
@@ -205,15 +212,41 @@ def _home_bytes(home: Path) -> dict[str, bytes]:
     return files
 
 
-def _assert_clean(where: dict[str, bytes], run_id: str) -> None:
+def _assert_clean(
+    where: dict[str, bytes], run_id: str, secrets: dict[str, str] = PLANTED
+) -> None:
     for place, data in where.items():
-        for name, secret in PLANTED.items():
+        for name, secret in secrets.items():
             assert secret.encode() not in data, f"{name} secret in {place}"
     # Positive control: the scans see the bytes (the run id is there by design).
     forms = (run_id.encode(), run_id.replace("-", "").encode(),
              bytes.fromhex(run_id.replace("-", "")))
     for place in ("PostHog", "Langfuse", "OTLP", "store files"):
         assert any(form in where[place] for form in forms), place
+
+
+def _probe_run(
+    agent: str, tmp_path: Path, sinks: tuple[FakePostHog, FakeLangfuse, OtlpReceiver],
+    *options: str,
+) -> tuple[Path, dict[str, str], subprocess.CompletedProcess[bytes], RunRecord]:
+    """Run a stand-in agent directly, then under `ttft-probe run` with every sink on:
+    (the probe's home, the environment, the probe's run, its stored record)."""
+    home = tmp_path / "probe"
+    env = _environment(home, *sinks)
+    argv, stdin, opts = AGENTS[agent](tmp_path)
+    direct = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=60,
+                            check=False)
+    done = subprocess.run(
+        [*PROBE, "run", *opts, *options, "--delivery-wait", "60", "--", *argv],
+        input=stdin, capture_output=True, env=env, timeout=120, check=False)
+    assert done.returncode == direct.returncode == 0, done.stderr
+    assert done.stdout == direct.stdout  # the agent's own output is untouched
+    assert PLANTED["answer"].encode() in done.stdout
+    assert direct.stderr == b""
+    assert Store(home / "runs.sqlite3").pending() == {}  # every sink confirmed the run
+    [record] = Store(home / "runs.sqlite3").last()
+    assert record.spawn_to_first_token_ms is not None
+    return home, env, done, record
 
 
 @pytest.mark.fault("Redaction", "secrets in prompt, answer, argv, env value and name, API key "
@@ -224,28 +257,14 @@ def _assert_clean(where: dict[str, bytes], run_id: str) -> None:
 def test_no_secret_reaches_any_file_log_or_sink(
     agent: str, tmp_path: Path, sinks: tuple[FakePostHog, FakeLangfuse, OtlpReceiver]
 ) -> None:
-    ph, lf, otlp = sinks
-    home = tmp_path / "probe"
-    env = _environment(home, ph, lf, otlp)
-    argv, stdin, opts = AGENTS[agent](tmp_path)
-    direct = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=60,
-                            check=False)
-    done = subprocess.run([*PROBE, "run", *opts, "--delivery-wait", "60", "--", *argv],
-                          input=stdin, capture_output=True, env=env, timeout=120, check=False)
-    assert done.returncode == direct.returncode == 0, done.stderr
-    assert done.stdout == direct.stdout
-    assert PLANTED["answer"].encode() in done.stdout  # the agent's own output is untouched
-    assert direct.stderr == b""
-    assert Store(home / "runs.sqlite3").pending() == {}  # every sink confirmed the run
-    [record] = Store(home / "runs.sqlite3").last()
-    assert record.spawn_to_first_token_ms is not None
+    home, env, done, record = _probe_run(agent, tmp_path, sinks)
     flushed = subprocess.run([*PROBE, "flush"], capture_output=True, env=env, timeout=120,
                              check=False)
     listed = subprocess.run([*PROBE, "runs", "--all", "--json"], capture_output=True, env=env,
                             timeout=60, check=True)
     where = {
         **_home_bytes(home),
-        **_payloads(ph, lf, otlp),
+        **_payloads(*sinks),
         "probe stderr": done.stderr,
         "flush output": flushed.stdout + flushed.stderr,
         "runs output": listed.stdout + listed.stderr,
@@ -288,3 +307,28 @@ def test_no_secret_reaches_the_debug_log_or_the_live_wal_of_a_library_run(
     assert caplog.records  # something was logged at all
     _assert_clean(where, record.run_id)
     assert sys.platform.startswith("linux")
+
+
+@pytest.mark.fault("Redaction", "--capture-content on: secrets in argv, env value and name, "
+                   "API key (stand-in agents, all three sinks)",
+                   outcome="prompt (when it passes on stdin) and answer in the store and every "
+                   "sink; argv, environment and key in none")
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_capture_content_sends_the_text_and_still_no_argv_or_environment(
+    agent: str, tmp_path: Path, sinks: tuple[FakePostHog, FakeLangfuse, OtlpReceiver]
+) -> None:
+    home, _, done, record = _probe_run(agent, tmp_path, sinks, "--capture-content")
+    where = {**_home_bytes(home), **_payloads(*sinks), "probe stderr": done.stderr}
+    # The prompt passes the probe only on the ACP agent's stdin; the Claude-like one has
+    # it in argv, which is never captured.
+    prompt_seen = agent == "ACP, prompt on stdin"
+    for place in ("PostHog", "Langfuse", "OTLP", "store files"):
+        assert PLANTED["answer"].encode() in where[place], place
+        assert (PLANTED["prompt"].encode() in where[place]) is prompt_seen, place
+    never = {k: v for k, v in PLANTED.items() if k not in ("answer", "prompt")}
+    if not prompt_seen:
+        never["prompt"] = PLANTED["prompt"]
+    _assert_clean(where, record.run_id, never)
+    # The record (the analytics contract) never carries text, captured or not.
+    assert PLANTED["answer"] not in record.to_json()
+    assert PLANTED["answer"].encode() not in done.stderr
