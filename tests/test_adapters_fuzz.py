@@ -190,12 +190,18 @@ def run_reads(
     fault_at: int | None = None,
     returncode: int = KILLED,
     adapter: Adapter | None = None,
+    capture_content: bool = False,
 ) -> Outcome:
     """Feed timed reads (``t_ns`` increasing) to a tracker, then EOF and exit after the last.
 
     ``adapter``: drive this one (a plugin-style test adapter) instead of the family's own.
+    ``capture_content``: the run's content capture, for the tracker and the family's adapter.
     """
-    inner = adapter if adapter is not None else adapter_for(family.value, options)
+    if adapter is not None:
+        inner = adapter
+    else:
+        opts = attrs.evolve(options or AdapterOptions(), capture_content=capture_content)
+        inner = adapter_for(family.value, opts)
     spy = spy_on(inner, fault_at)
     results: list[RunResult] = []
     tracker = ProcessTracker(
@@ -206,6 +212,7 @@ def run_reads(
         caller=CallerContext(),
         emit=results.append,
         probe_version="fuzz",
+        capture_content=capture_content,
     )
     last = 0
     for stream, data, t_ns in reads:
@@ -1816,9 +1823,9 @@ def test_regression_acp_prompt_for_an_unknown_session_borrows_no_session_init() 
     assert stranger.record.session_init_ms is None
 
 
-class _NeverEndingAcp:
+class NeverEndingAcp:
     """A plugin-style request-driven adapter that never ends a turn: each stdin line is a
-    prompt for session ``S``, each stdout line a token."""
+    prompt for session ``S``, each stdout line a token (tests subclass it)."""
 
     family: ClassVar[RuntimeFamily] = ACP
     framing: ClassVar[Literal["lines", "chunks"]] = "lines"
@@ -1848,7 +1855,7 @@ class _NeverEndingAcp:
 def test_regression_second_prompt_on_an_open_turn_loses_no_record() -> None:
     reads: list[Read] = [("stdin", b"p1\n"), ("stdout", b"tok\n"), ("stdin", b"p2\n"),
                          ("stdin", b"p3\n")]  # fmt: skip
-    results = run_reads(ACP, timed(reads), adapter=_NeverEndingAcp(), returncode=0).results
+    results = run_reads(ACP, timed(reads), adapter=NeverEndingAcp(), returncode=0).results
     prompts = sorted(r.times.prompt_sent_ns or 0 for r in results)
     assert prompts == [1, 3, 4]
     first = next(r for r in results if r.times.prompt_sent_ns == 1)

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import ClassVar, Literal, cast
 
-from ttft_probe._clock import WallAnchor
-from ttft_probe._run import CallerContext, ExitInfo, ProcessTracker, RunResult
-from ttft_probe.adapters._base import (
-    Adapter,
-    ContentObserved,
-    Event,
-    MarkerObserved,
-    TurnEnded,
-)
-from ttft_probe.agents import resolve_agent
+from test_adapters_fuzz import ACP, NeverEndingAcp, Read, run_reads, timed
+from ttft_probe._run import RunResult
+from ttft_probe.adapters._base import ContentObserved, Event, TurnEnded
 from ttft_probe.content import MAX_CHARS, CapturedContent, ContentBuffer
-from ttft_probe.record import Marker, RuntimeFamily
-
-ANCHOR = WallAnchor(wall_ns=1_750_000_000_000_000_000, mono_ns=0)
 
 
 def test_buffer_appends_in_order_and_caps_each_role() -> None:
@@ -64,51 +52,26 @@ def test_stored_form_round_trips_and_bad_rows_read_as_none() -> None:
     assert odd == CapturedContent(None, None, truncated=False)
 
 
-class _TwoTurns:
-    """A request-driven plugin adapter: each stdin line is a prompt of session "s";
-    stdout "tok:X" is answer text X (the first one a token), "end" ends the turn."""
+class _TwoTurns(NeverEndingAcp):
+    """:class:`NeverEndingAcp` with text: a stdin line's text is its prompt, a stdout
+    line's its answer, and stdout "end" ends the turn."""
 
-    family: ClassVar[RuntimeFamily] = RuntimeFamily.ACP_JSON_RPC
-    framing: ClassVar[Literal["lines", "chunks"]] = "lines"
-    request_driven: ClassVar[bool] = True
-    tees_stdin: ClassVar[bool] = True
-    session_init_observable = True
+    def feed_stdin(self, line: bytes, t_ns: int) -> list[Event]:
+        return [*super().feed_stdin(line, t_ns), ContentObserved("user", line.decode(), "S")]
 
-    def feed_stdin(self, line: bytes, t_ns: int) -> Sequence[Event]:
-        return [MarkerObserved(Marker.PROMPT_SENT, t_ns, session_id="s"),
-                ContentObserved("user", line.decode(), session_id="s")]
-
-    def feed_stdout(self, data: bytes, t_ns: int) -> Sequence[Event]:
+    def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
         if data == b"end":
-            return [TurnEnded(t_ns, session_id="s")]
-        text = data.decode().removeprefix("tok:")
-        return [MarkerObserved(Marker.FIRST_TOKEN, t_ns, session_id="s"),
-                ContentObserved("assistant", text, session_id="s")]
-
-    def close(self, t_ns: int) -> Sequence[Event]:
-        return []
-
-    def model_request(self, t_ns: int) -> Sequence[Event]:
-        return []
+            return [TurnEnded(t_ns, session_id="S")]
+        text = ContentObserved("assistant", data.decode(), "S")
+        return [*super().feed_stdout(data, t_ns), text]
 
 
 def _two_turns(*, capture: bool) -> list[RunResult]:
-    results: list[RunResult] = []
-    tracker = ProcessTracker(
-        agent=resolve_agent(["agent"], family="acp-json-rpc"),
-        adapter=cast("Adapter", _TwoTurns()), spawn_ns=0, anchor=ANCHOR,
-        caller=CallerContext(), emit=results.append, probe_version="test",
-        capture_content=capture,
-    )  # fmt: skip
-    t = 0
-    for stream, data in [("stdin", b"first?"), ("stdout", b"tok:One"), ("stdout", b"tok:, two"),
-                         ("stdout", b"end"), ("stdin", b"second?"), ("stdout", b"tok:Three"),
-                         ("stdout", b"end")]:
-        t += 1_000_000
-        (tracker.on_stdin if stream == "stdin" else tracker.on_stdout)(data + b"\n", t)
-    tracker.on_stdout_eof(t + 1)
-    tracker.on_exit(ExitInfo(t + 2, 0))
-    return results
+    reads: list[Read] = [("stdin", b"first?\n"), ("stdout", b"One\n"), ("stdout", b", two\n"),
+                         ("stdout", b"end\n"), ("stdin", b"second?\n"), ("stdout", b"Three\n"),
+                         ("stdout", b"end\n")]  # fmt: skip
+    return run_reads(ACP, timed(reads), adapter=_TwoTurns(), returncode=0,
+                     capture_content=capture).results
 
 
 def test_the_tracker_keeps_each_turns_own_text_only_when_capture_is_on() -> None:
