@@ -121,35 +121,24 @@ class PlainAdapter:
 
     def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
         """Take one raw stdout chunk that arrived at ``t_ns``."""
-        if self._capture:
-            return self._feed_capturing(data, t_ns)
-        if not data or self._done():
+        if not data or (not self._capture and self._done()):
             return []
-        events: list[Event] = []
-        self._feed_markers(data, None, t_ns, events)
-        return events
-
-    def _feed_capturing(self, data: bytes, t_ns: int) -> list[Event]:
-        """:meth:`feed_stdout` with content capture: every chunk is decoded and reported."""
-        if not data:
-            return []
-        text = self._decoder.decode(data)
         events: list[Event] = []
         if not self._done():
-            self._feed_markers(data, text, t_ns, events)
-        if text:
+            if self._cli_re is None:
+                self._mark(Marker.CLI_READY, t_ns, events)
+            if self._armed:
+                self._mark(Marker.FIRST_TOKEN, t_ns, events)
+        scan = not self._done() and self._needs_text()
+        if not (scan or self._capture):
+            return events
+        # Decoded only while a pattern still needs text, or for content capture.
+        text = self._decoder.decode(data)
+        if scan:
+            self._scan(text, t_ns, events)
+        if self._capture and text:
             events.append(ContentObserved("assistant", text))
         return events
-
-    def _feed_markers(self, data: bytes, text: str | None, t_ns: int, events: list[Event]) -> None:
-        """The marker rules for one chunk; ``text`` is its decoded text if already decoded."""
-        if self._cli_re is None:
-            self._mark(Marker.CLI_READY, t_ns, events)
-        if self._armed:
-            self._mark(Marker.FIRST_TOKEN, t_ns, events)
-        if self._done() or not self._needs_text():
-            return
-        self._scan(self._decoder.decode(data) if text is None else text, t_ns, events)
 
     def feed_stdin(self, line: bytes, t_ns: int) -> list[Event]:  # noqa: ARG002 - protocol
         """Stdin is not teed for this family; nothing to parse."""
