@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from test_adapters_fuzz import ACP, NeverEndingAcp, Read, run_reads, timed
 from ttft_probe._run import RunResult
 from ttft_probe.adapters._base import ContentObserved, Event, TurnEnded
-from ttft_probe.content import MAX_CHARS, CapturedContent, ContentBuffer
+from ttft_probe.content import MAX_CHARS, CapturedContent, ContentBuffer, Role
 
 
 def test_buffer_appends_in_order_and_caps_each_role() -> None:
@@ -87,3 +88,18 @@ def test_the_tracker_keeps_each_turns_own_text_only_when_capture_is_on() -> None
     assert [{k: v for k, v in r.record.to_dict().items() if k not in strip} for r in on] == [
         {k: v for k, v in r.record.to_dict().items() if k not in strip} for r in off
     ]
+
+
+class _SystemText(_TwoTurns):
+    """A plugin that also reports text under a role that is neither prompt nor answer."""
+
+    def feed_stdout(self, data: bytes, t_ns: int) -> list[Event]:
+        other = ContentObserved(cast("Role", "system"), "not the answer", "S")
+        return [*super().feed_stdout(data, t_ns), other]
+
+
+def test_text_of_another_role_is_not_taken_for_the_answer() -> None:
+    reads: list[Read] = [("stdin", b"q\n"), ("stdout", b"A\n"), ("stdout", b"end\n")]
+    [run] = run_reads(ACP, timed(reads), adapter=_SystemText(), returncode=0,
+                      capture_content=True).results
+    assert run.content == CapturedContent("q", "A")

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["CallerContext", "ExitInfo", "ProcessTracker", "RunResult"]
 
 _log = logging.getLogger("ttft_probe")
+_ROLES = frozenset({"user", "assistant"})
+"""The roles of :class:`ContentObserved` text (``ttft_probe.content.Role``)."""
 
 
 @attrs.frozen
@@ -434,8 +436,8 @@ class ProcessTracker:
 
     def _on_content(self, ev: ContentObserved) -> None:
         """Append prompt or answer text to its turn's content (capture on only)."""
-        if not self._capture or not isinstance(ev.text, str):
-            return
+        if not self._capture or ev.role not in _ROLES or not isinstance(ev.text, str):
+            return  # off, or a plugin's event that is not prompt or answer text
         turn = self._turn_for(ev.session_id)
         if turn is None:
             return
@@ -443,7 +445,7 @@ class ProcessTracker:
             from ttft_probe.content import ContentBuffer  # noqa: PLC0415 - capture only
 
             turn.content = ContentBuffer()
-        turn.content.add("user" if ev.role == "user" else "assistant", ev.text)
+        turn.content.add(ev.role, ev.text)
 
     def _turn_for(self, session_id: str | None) -> _Turn | None:
         if not self._request_driven:

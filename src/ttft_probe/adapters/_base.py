@@ -30,6 +30,8 @@ from ttft_probe.record import (
 if TYPE_CHECKING:
     import re
 
+    from ttft_probe.content import Role
+
 __all__ = [
     "Adapter",
     "AdapterOptions",
@@ -144,7 +146,7 @@ class ContentObserved:
     the protocol fields each family reads.
     """
 
-    role: Literal["user", "assistant"]
+    role: Role
     text: str
     session_id: str | None = None
 

@@ -58,7 +58,7 @@ that are not integers ``>= 0`` are ignored (the record's schema admits none).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from ttft_probe.adapters._base import (
     AdapterOptions,
@@ -81,6 +81,9 @@ from ttft_probe.record import (
     RuntimeFamily,
     SessionInitSource,
 )
+
+if TYPE_CHECKING:
+    from ttft_probe.content import Role
 
 __all__ = ["JsonEventStreamAdapter"]
 
@@ -255,7 +258,7 @@ class JsonEventStreamAdapter:
         events.append(MarkerObserved(Marker.FIRST_TOKEN, t_ns, granularity=granularity, kind=kind))
 
     def _content(
-        self, role: Literal["user", "assistant"], value: object, events: list[Event]
+        self, role: Role, value: object, events: list[Event]
     ) -> None:
         """Report ``value`` as ``role``'s text when capturing and it is a non-empty string."""
         if not self._capture:
