@@ -293,7 +293,7 @@ class ProcessTracker:
 
     def _stdout_lines(self, adapter: Adapter, data: bytes) -> list[bytes]:
         """The stdout lines of ``data`` the adapter needs (all, unless it has a line filter)."""
-        line_filter = None if self._capture else getattr(adapter, "line_filter", None)
+        line_filter = getattr(adapter, "line_filter", None)
         needles = None
         if line_filter is not None:
             try:
