@@ -21,7 +21,7 @@ from ttft_probe.record import MarkerTimes, RunRecord
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
 
-__all__ = ["Delivery", "Preparable", "Sink"]
+__all__ = ["Delivery", "Preparable", "Sink", "size_groups"]
 
 
 @attrs.frozen
@@ -82,3 +82,20 @@ SinkFactory = type[Sink]
 """A sink class with ``from_environment(env: Mapping[str, str]) -> Sink | None``."""
 
 EnvMapping = Mapping[str, str]
+
+
+def size_groups(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """The indices of ``sizes``, in order, grouped so that each group sums to ``<= limit``.
+
+    For a sink that splits a batch across requests, one size per run (a run is never
+    split): an item larger than ``limit`` is a group of its own. Bytes, or any unit.
+    """
+    groups: list[list[int]] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if not groups or total + size > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += size
+    return groups

@@ -67,7 +67,7 @@ import attrs
 
 from ttft_probe import _semconv as sc
 from ttft_probe._version import VERSION
-from ttft_probe.sinks._base import Delivery
+from ttft_probe.sinks._base import Delivery, size_groups
 from ttft_probe.sinks.otel import (
     GRPC,
     HTTP_PROTOBUF,
@@ -418,14 +418,16 @@ class OtlpSink:
                 return
             exporter = self._exporter(min(self._config.timeout_s, timeout_s))
             try:
-                for group in _export_groups(built, _MAX_EXPORT_BYTES):
-                    spans = [span for _, run_spans in group for span in run_spans]
+                sizes = [_estimated_size(run_spans) for _, run_spans in built]
+                for group in size_groups(sizes, _MAX_EXPORT_BYTES):
+                    runs = [built[i] for i in group]
+                    spans = [span for _, run_spans in runs for span in run_spans]
                     ok = exporter.export(spans) is SpanExportResult.SUCCESS
                     if not ok:
                         self._warn_once(
                             "export", "ttft_probe: the OTLP collector did not accept spans"
                         )
-                    for index, _ in group:
+                    for index, _ in runs:
                         outcome[index] = ok
             finally:
                 exporter.shutdown()
@@ -471,25 +473,6 @@ def _estimated_size(spans: Sequence[ReadableSpan]) -> int:
             if isinstance(value, str):
                 size += len(value.encode())
     return size
-
-
-def _export_groups(
-    built: list[tuple[int, list[ReadableSpan]]], limit: int
-) -> list[list[tuple[int, list[ReadableSpan]]]]:
-    """Runs (index, spans) grouped into exports of at most ``limit`` estimated bytes.
-
-    A run is never split; a run larger than ``limit`` is an export of its own.
-    """
-    groups: list[list[tuple[int, list[ReadableSpan]]]] = []
-    size = 0
-    for run in built:
-        run_size = _estimated_size(run[1])
-        if not groups or size + run_size > limit:
-            groups.append([])
-            size = 0
-        groups[-1].append(run)
-        size += run_size
-    return groups
 
 
 def _grpc_exporter(config: _Config, timeout_s: float) -> SpanExporter:

@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
-from ttft_probe.sinks._base import Delivery
+from ttft_probe.sinks._base import Delivery, size_groups
 
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
@@ -304,27 +304,6 @@ def _render(texts: list[str | None], *, truncated: bool) -> dict[str, Any]:
     return props
 
 
-def _requests(
-    per_run: Sequence[list[dict[str, Any]]], limit: int
-) -> list[tuple[list[int], list[dict[str, Any]]]]:
-    """Runs' events grouped into requests of at most ``limit`` bytes, a run never split.
-
-    Each group is (the runs' indices, their events); one group unless the events are
-    larger than ``limit`` together (which only captured content makes them).
-    """
-    groups: list[tuple[list[int], list[dict[str, Any]]]] = []
-    size = 0
-    for index, events in enumerate(per_run):
-        run_size = sum(_json_size(e) for e in events)
-        if not groups or size + run_size > limit:
-            groups.append(([], []))
-            size = 0
-        groups[-1][0].append(index)
-        groups[-1][1].extend(events)
-        size += run_size
-    return groups
-
-
 class PostHogSink:
     """Delivers runs to PostHog as ``run_finished`` events (see the module docstring).
 
@@ -501,14 +480,15 @@ class PostHogSink:
             return results
         deadline = time.monotonic() + max(timeout_s, 0.0)
         try:
-            requests = _requests(
-                [self.events(d.record, content=d.content) for d in batch], _MAX_REQUEST_BYTES
-            )
+            per_run = [self.events(d.record, content=d.content) for d in batch]
+            sizes = [sum(_json_size(event) for event in events) for events in per_run]
             sdk = _sdk()
         except Exception as exc:  # noqa: BLE001 - a sink never raises into the outbox
             self._failed(type(exc).__name__, len(batch))
             return results
-        for number, (runs, events) in enumerate(requests):
+        # One request unless the events are larger than 5 MiB together (captured content).
+        for number, runs in enumerate(size_groups(sizes, _MAX_REQUEST_BYTES)):
+            events = [event for index in runs for event in per_run[index]]
             remaining = timeout_s if number == 0 else deadline - time.monotonic()
             if number and remaining <= 0:  # the time went on earlier requests
                 outcome: str | None = "timeout"
