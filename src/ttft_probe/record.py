@@ -81,6 +81,7 @@ class TimingUnavailableReason(enum.StrEnum):
 
     PROCESS_EXITED_BEFORE_READY = "process_exited_before_ready"
     NO_CLI_READY = "no_cli_ready"
+    CLI_READY_NOT_OBSERVABLE = "cli_ready_not_observable"
     SESSION_INIT_NOT_OBSERVABLE = "session_init_not_observable"
     NO_SESSION_INIT = "no_session_init"
     NO_PROMPT = "no_prompt"
@@ -152,6 +153,16 @@ class MarkerTimes:
     end_ns: int | None = None
     first_stderr_ns: int | None = None
 
+    @property
+    def prompt_first(self) -> bool:
+        """The turn was set up after its prompt (Claude Code in SDK mode, DESIGN §3).
+
+        Read off the markers' own order: ``promptSent`` before ``sessionInitDone``. ACP
+        sessions are set up before their prompts; stream agents have no ``promptSent``.
+        """
+        prompt, init = self.prompt_sent_ns, self.session_init_done_ns
+        return prompt is not None and init is not None and prompt < init
+
     def as_offsets_ms(self) -> dict[str, float | None]:
         """Each marker as ms since ``start_ns`` (monotonic), keyed by marker name."""
 
@@ -199,6 +210,8 @@ def compute_segments(
     session_init_observable: bool = True,
     exited_early: bool = False,
     adapter_failed: bool = False,
+    prompt_first: bool = False,
+    cli_ready_observable: bool = True,
 ) -> Segments:
     """Apply the timing contract to one run's markers.
 
@@ -207,12 +220,24 @@ def compute_segments(
         request_driven: ``True`` for ACP / app-server agents, whose model time starts at
             ``promptSent``; ``False`` for stream agents, where ``promptSent`` is
             ``sessionInitDone`` and ``client_wait_ms`` is 0.
-        process_reused: No spawn for this run: ``cli_ready_ms``, ``session_init_ms`` and
-            ``client_wait_ms`` are 0 and the run starts at ``promptSent``.
+        process_reused: No spawn for this run: it starts at ``promptSent``, and
+            ``cli_ready_ms``, ``session_init_ms`` and ``client_wait_ms`` are 0 — unless
+            ``prompt_first``, where the turn's own set-up is measured, and a prompt that
+            waited for the turn before it has that wait as ``cli_ready_ms`` (``cliReady``
+            is then the end of that turn: the CLI was not ready for it before).
         session_init_observable: ``False`` when the family cannot see ``sessionInitDone``
             at all (plain without the observer); the reason then says so.
         exited_early: The process exited before ``cliReady``.
         adapter_failed: The adapter faulted; markers after the fault are missing.
+        prompt_first: The agent sets up each turn after its prompt (Claude Code with
+            ``--input-format stream-json``): the chain is ``processSpawned → cliReady →
+            promptSent → sessionInitDone → firstToken`` with the segments ``cli_ready_ms``,
+            ``client_wait_ms``, ``session_init_ms``, ``model_first_token_ms``. A prompt
+            written before ``cliReady`` waited in the pipe for the CLI: its client wait is
+            0 and its session set-up starts at ``cliReady``. Without ``cliReady`` nothing
+            tells the CLI's boot from the set-up, so ``session_init_ms`` is ``None`` too.
+        cli_ready_observable: ``False`` when the family could not see this run's
+            ``cliReady`` (the reason then says so, not ``no_cli_ready``).
 
     Returns:
         The segments. Each is ``None`` when either of its markers is missing or the pair
@@ -220,17 +245,25 @@ def compute_segments(
         the first token.
     """
     start = times.start_ns
-    if process_reused:
-        chain: list[int | None] = [start, start, start, start, times.first_token_ns]
+    ready, init, prompt = times.cli_ready_ns, times.session_init_done_ns, times.prompt_sent_ns
+    if prompt_first:
+        if process_reused:
+            ready = start if ready is None else ready
+            prompt = start if prompt is None else prompt
+        if ready is None:
+            prompt = None
+        elif prompt is not None:
+            prompt = max(prompt, ready)
+        # The chain runs spawn, cliReady, promptSent, sessionInitDone, firstToken.
+        chain = [start, ready, prompt, init, times.first_token_ns]
+        names = ("cli_ready", "client_wait", "session_init", "model_first_token")
     else:
-        prompt = times.prompt_sent_ns if request_driven else times.session_init_done_ns
-        chain = [
-            start,
-            times.cli_ready_ns,
-            times.session_init_done_ns,
-            prompt,
-            times.first_token_ns,
-        ]
+        if process_reused:
+            ready = init = prompt = start
+        elif not request_driven:
+            prompt = init
+        chain = [start, ready, init, prompt, times.first_token_ns]
+        names = ("cli_ready", "session_init", "client_wait", "model_first_token")
 
     seg_ns: list[int | None] = []
     disordered = False
@@ -242,7 +275,7 @@ def compute_segments(
             disordered = True
         else:
             seg_ns.append(b - a)
-    segs = [None if d is None else _ms(d) for d in seg_ns]
+    segs = dict(zip(names, (None if d is None else _ms(d) for d in seg_ns), strict=True))
 
     first = times.first_token_ns
     s2ft_ns = first - start if first is not None and first >= start else None
@@ -251,19 +284,24 @@ def compute_segments(
     remainder = None if s2ft_ns is None else _ms(s2ft_ns - sum(d for d in seg_ns if d is not None))
 
     reason = _reason(
-        chain,
+        ready=chain[1],
+        init=init,
+        prompt=prompt,
+        first=first,
         disordered=disordered,
-        request_driven=request_driven,
+        request_driven=request_driven or prompt_first,
+        prompt_first=prompt_first,
         session_init_observable=session_init_observable,
+        cli_ready_observable=cli_ready_observable,
         exited_early=exited_early,
         adapter_failed=adapter_failed,
     )
     return Segments(
         spawn_to_first_token_ms=s2ft,
-        cli_ready_ms=segs[0],
-        session_init_ms=segs[1],
-        client_wait_ms=segs[2],
-        model_first_token_ms=segs[3],
+        cli_ready_ms=segs["cli_ready"],
+        session_init_ms=segs["session_init"],
+        client_wait_ms=segs["client_wait"],
+        model_first_token_ms=segs["model_first_token"],
         remainder_ms=remainder,
         total_duration_ms=None if times.end_ns is None else _ms(times.end_ns - start),
         first_stderr_ms=None
@@ -274,23 +312,37 @@ def compute_segments(
 
 
 def _reason(  # noqa: PLR0911 - one return per link of the chain reads best
-    chain: list[int | None],
     *,
+    ready: int | None,
+    init: int | None,
+    prompt: int | None,
+    first: int | None,
     disordered: bool,
     request_driven: bool,
+    prompt_first: bool,
     session_init_observable: bool,
+    cli_ready_observable: bool,
     exited_early: bool,
     adapter_failed: bool,
 ) -> TimingUnavailableReason | None:
+    """The first missing link, in the chain's own order.
+
+    (``prompt_first`` puts the prompt before the session set-up.)
+    """
     if adapter_failed:
         return TimingUnavailableReason.ADAPTER_ERROR
     if disordered:
         return TimingUnavailableReason.MARKERS_OUT_OF_ORDER
-    _, ready, init, prompt, first = chain
     if ready is None:
         if exited_early:
             return TimingUnavailableReason.PROCESS_EXITED_BEFORE_READY
-        return TimingUnavailableReason.NO_CLI_READY
+        return (
+            TimingUnavailableReason.NO_CLI_READY
+            if cli_ready_observable
+            else TimingUnavailableReason.CLI_READY_NOT_OBSERVABLE
+        )
+    if prompt_first and prompt is None:
+        return TimingUnavailableReason.NO_PROMPT
     if init is None:
         if not session_init_observable:
             return TimingUnavailableReason.SESSION_INIT_NOT_OBSERVABLE
