@@ -1,8 +1,11 @@
 """Run state: one :class:`ProcessTracker` per agent process turns adapter events into runs.
 
 A stream agent (one-shot CLI) has exactly one run, from spawn to exit. A request-driven
-agent (ACP, app-server) has one run per ``session/prompt``: the first starts at spawn,
-every later one is ``process_reused`` and starts at its prompt (DESIGN §3). The tracker
+agent (ACP, app-server, Claude Code in SDK mode) has one run per prompt: the first starts
+at spawn, every later one is ``process_reused`` and starts at its prompt (DESIGN §3). A
+``prompt_first`` adapter (Claude Code in SDK mode) sets each turn up after its prompt and
+serves its prompts one at a time, in order: a prompt sent while a turn is open waits in a
+queue, and its turn starts being served when the open one ends. The tracker
 is fed from the pump threads (stdout, stdin, stderr) under one lock, never raises into
 them, and hands each finished run to ``emit`` (the recorder thread).
 """
@@ -181,6 +184,7 @@ class ProcessTracker:
         self.agent = agent
         self._adapter: Adapter | None = adapter
         self._request_driven = adapter.request_driven
+        self._prompt_first = self._request_driven and getattr(adapter, "prompt_first", False)
         self.tees_stdin = adapter.tees_stdin
         self._init_observable = adapter.session_init_observable
         self._lines = adapter.framing == "lines"
@@ -204,6 +208,8 @@ class ProcessTracker:
         self._sessions: dict[str | None, _Session] = {}
         self._last_session: str | None = None
         self._turns: dict[str | None, _Turn] = {}
+        self._queued: list[_Turn] = []  # prompt_first: prompts waiting for the open turn
+        self._history_cache: tuple[int, str | None] | None = None
         self._runs_started = 0
         self._finished = False
         self._observer = ObserverStatus.OFF
@@ -313,8 +319,9 @@ class ProcessTracker:
         """The observer saw a request reach the provider at ``t_ns`` (monotonic ns).
 
         Generation requests belong to the turn in flight (a long-lived agent's requests
-        between turns, e.g. while loading a session, belong to none). For stream agents
-        the first one is ``sessionInitDone`` (DESIGN §3: "first model-bound request").
+        between turns, e.g. while loading a session, belong to none). For stream agents,
+        and each turn of a ``prompt_first`` agent, the first one is ``sessionInitDone``
+        (DESIGN §3: "first model-bound request").
         """
         if not generation:
             return
@@ -325,7 +332,7 @@ class ProcessTracker:
             first = not turn.provider
             turn.provider[request_id] = (t_ns, None)
             self._provider_turn[request_id] = turn
-            if first and not self._request_driven:
+            if first and (self._prompt_first or not self._request_driven):
                 turn.session_init_done_ns = t_ns
                 turn.session_init_source = SessionInitSource.MODEL_REQUEST
                 adapter = self._adapter
@@ -369,8 +376,9 @@ class ProcessTracker:
             if self._finished:
                 return
             self._finished = True
-            open_turns = list(self._turns.items())
+            open_turns = [*self._turns.items(), *((t.session_id, t) for t in self._queued)]
             self._turns.clear()
+            self._queued.clear()
             if self._request_driven and self._runs_started == 0 and _abnormal(info):
                 # Died before any prompt: one failed run says so.
                 open_turns = [(None, self._first)]
@@ -438,7 +446,10 @@ class ProcessTracker:
         """Append prompt or answer text to its turn's content (capture on only)."""
         if not self._capture or ev.role not in _ROLES or not isinstance(ev.text, str):
             return  # off, or a plugin's event that is not prompt or answer text
-        turn = self._turn_for(ev.session_id)
+        if self._prompt_first and ev.role == "user" and self._queued:
+            turn: _Turn | None = self._queued[-1]  # the prompt just queued
+        else:
+            turn = self._turn_for(ev.session_id)
         if turn is None:
             return
         if turn.content is None:
@@ -465,8 +476,8 @@ class ProcessTracker:
                 self._cli_ready_ns = ev.t_ns
             return
         if ev.marker is Marker.SESSION_INIT_DONE:
-            if not self._request_driven:
-                turn = self._turns.get(None)
+            if self._prompt_first or not self._request_driven:
+                turn = self._turn_for(ev.session_id)
                 # The observer's model request, when there is one, wins over init lines.
                 if turn is not None and turn.session_init_done_ns is None and not turn.provider:
                     turn.session_init_done_ns = ev.t_ns
@@ -492,6 +503,9 @@ class ProcessTracker:
         if not self._request_driven:
             return
         sid = ev.session_id
+        if self._prompt_first:
+            self._on_queued_prompt(ev)
+            return
         if self._runs_started > 0 and sid in self._turns:
             # A new prompt while the session's turn is still open (an adapter that did not
             # end it): that turn ends here, failed, rather than being overwritten and lost.
@@ -514,7 +528,29 @@ class ProcessTracker:
         self._session(sid).prompts += 1
         self._turns[sid] = turn
 
+    def _on_queued_prompt(self, ev: MarkerObserved) -> None:
+        """``prompt_first``: a prompt opens a turn, or waits behind the open one."""
+        if self._runs_started == 0:
+            turn = self._first
+        else:
+            turn = _Turn(start_ns=ev.t_ns, process_reused=True)
+            turn.span = self._start_span(ev.t_ns)
+        turn.run_index = self._runs_started
+        self._runs_started += 1
+        turn.session_id = ev.session_id
+        turn.prompt_sent_ns = ev.t_ns
+        if ev.session_id in self._turns:
+            self._queued.append(turn)
+        else:
+            self._turns[ev.session_id] = turn
+
     def _on_session(self, ev: SessionObserved) -> None:
+        if self._prompt_first:
+            # The session the turn in flight runs in (its own system/init names it).
+            turn = self._turn_for(None)
+            if turn is not None:
+                turn.session_id = ev.session_id
+            return
         if not self._request_driven:
             turn = self._turns.get(None)
             if turn is not None and turn.session_id is None:
@@ -539,16 +575,23 @@ class ProcessTracker:
         turn.ended = True
         key = ev.session_id if ev.session_id in self._turns else next(iter(self._turns))
         del self._turns[key]
+        if self._queued:
+            # The next prompt's turn is served now: the CLI was not ready for it before.
+            nxt = self._turns[key] = self._queued.pop(0)
+            nxt.cli_ready_ns = ev.t_ns
         self._done.append(self._finish(turn, None))
 
     def _finish(self, turn: _Turn, info: ExitInfo | None) -> RunResult:
         cli_ready = None if turn.process_reused else self._cli_ready_ns
+        # A reused process's run has no set-up of its own, except a prompt_first turn's.
+        own_init = self._prompt_first or not turn.process_reused
+        ready_observable = self._cli_ready_observable()
         times = MarkerTimes(
             start_ns=turn.start_ns,
-            cli_ready_ns=turn.start_ns if turn.process_reused else cli_ready,
-            session_init_done_ns=turn.start_ns
+            cli_ready_ns=(turn.cli_ready_ns or turn.start_ns)
             if turn.process_reused
-            else turn.session_init_done_ns,
+            else cli_ready,
+            session_init_done_ns=turn.session_init_done_ns if own_init else turn.start_ns,
             prompt_sent_ns=turn.prompt_sent_ns,
             first_token_ns=turn.first_token_ns,
             end_ns=turn.end_ns,
@@ -559,8 +602,10 @@ class ProcessTracker:
             request_driven=self._request_driven,
             process_reused=turn.process_reused,
             session_init_observable=self._init_observable,
-            exited_early=info is not None and cli_ready is None,
+            exited_early=info is not None and cli_ready is None and ready_observable,
             adapter_failed=self._adapter_error is not None and turn.first_token_ns is None,
+            prompt_first=self._prompt_first,
+            cli_ready_observable=ready_observable,
         )
         who = self._identity(turn)
         usage = turn.usage or UsageReported()
@@ -584,7 +629,7 @@ class ProcessTracker:
             if info is None or info.returncode is None or info.returncode >= 0
             else -info.returncode,
             **attrs.asdict(segs, recurse=False),
-            session_init_source=None if turn.process_reused else turn.session_init_source,
+            session_init_source=turn.session_init_source if own_init else None,
             first_token_granularity=turn.granularity,
             first_token_kind=turn.kind,
             input_tokens=usage.input_tokens,
@@ -624,15 +669,29 @@ class ProcessTracker:
             content=content,
         )
 
+    def _cli_ready_observable(self) -> bool:
+        """Whether the adapter could see ``cliReady`` (optional attribute; default yes)."""
+        adapter = self._adapter
+        try:
+            return adapter is None or bool(getattr(adapter, "cli_ready_observable", True))
+        except Exception:  # noqa: BLE001 - a plugin's faulty property means: observable
+            return True
+
     def _identity(self, turn: _Turn) -> _Identity:
         """conversation_id, session_id, turn_ordinal and session_resumed of a turn."""
         caller = self._caller
         sid = turn.session_id
         first_run = not turn.process_reused
-        if self._request_driven:
+        if self._prompt_first:
+            # One conversation per process: its turns in order, after a resumed
+            # session's earlier runs (looked up once: this process's own runs are not
+            # "earlier" ones, whatever session id the agent gives them).
+            resumed = self.agent.resumed
+            ordinal: int | None = None if resumed else turn.run_index + 1
+        elif self._request_driven:
             sess = self._sessions.get(sid) or _Session()
             resumed = bool(sess.resumed)
-            ordinal: int | None = None
+            ordinal = None
             if sess.resumed is False:
                 ordinal = sess.prompts
             elif sess.prior_turns is not None:
@@ -644,12 +703,9 @@ class ProcessTracker:
         if resumed and self._history is not None:
             lookup = self.agent.resume_session_id or sid
             if lookup is not None:
-                try:
-                    earlier, conv = self._history(lookup)
-                except Exception:  # noqa: BLE001 - the store is advisory here
-                    earlier, conv = 0, None
+                earlier, conv = self._earlier_runs(lookup)
                 if ordinal is None and earlier:
-                    ordinal = earlier + 1
+                    ordinal = earlier + 1 + (turn.run_index if self._prompt_first else 0)
                 conversation = conversation or conv
         if caller.session_resumed is not None and first_run:
             resumed = caller.session_resumed
@@ -661,6 +717,23 @@ class ProcessTracker:
             turn_ordinal=ordinal,
             session_resumed=resumed,
         )
+
+    def _earlier_runs(self, session_id: str) -> tuple[int, str | None]:
+        """The store's runs of ``session_id`` and its conversation id: ``(0, None)`` if none.
+
+        A ``prompt_first`` process looks up once, before its first turn is stored, so its
+        own turns never count as earlier ones.
+        """
+        if self._prompt_first and self._history_cache is not None:
+            return self._history_cache
+        assert self._history is not None  # noqa: S101 - the caller checked
+        try:
+            found = self._history(session_id)
+        except Exception:  # noqa: BLE001 - the store is advisory here
+            found = (0, None)
+        if self._prompt_first:
+            self._history_cache = found
+        return found
 
 
 def _abnormal(info: ExitInfo) -> bool:

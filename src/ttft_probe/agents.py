@@ -16,13 +16,20 @@ import attrs
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RuntimeFamily
 
-__all__ = ["AGENTS", "AgentSpec", "ResolvedAgent", "find_executable", "resolve_agent"]
+__all__ = [
+    "AGENTS",
+    "AgentSpec",
+    "ResolvedAgent",
+    "find_executable",
+    "flag_value",
+    "resolve_agent",
+]
 
 _F = RuntimeFamily
 
 
-def _flag_value(argv: Sequence[str], *names: str) -> str | None:
-    """Value of the first ``--flag VALUE`` / ``--flag=VALUE`` among ``names``."""
+def flag_value(argv: Sequence[str], *names: str) -> str | None:
+    """Value of the first ``--flag VALUE`` / ``--flag=VALUE`` among ``names``, else ``None``."""
     for i, arg in enumerate(argv):
         for name in names:
             if arg == name and i + 1 < len(argv):
@@ -47,7 +54,7 @@ class Resume:
 
 
 def _claude_resume(argv: Sequence[str]) -> Resume:
-    sid = _flag_value(argv, "--resume", "-r", "--session-id")
+    sid = flag_value(argv, "--resume", "-r", "--session-id")
     if _has(argv, "--resume", "-r"):
         return Resume(resumed=True, session_id=sid)
     if _has(argv, "--continue", "-c"):
@@ -66,14 +73,14 @@ def _codex_resume(argv: Sequence[str]) -> Resume:
 
 def _gemini_resume(argv: Sequence[str]) -> Resume:
     if _has(argv, "--resume", "-r"):
-        sid = _flag_value(argv, "--resume", "-r")
+        sid = flag_value(argv, "--resume", "-r")
         return Resume(resumed=True, session_id=None if sid in {None, "latest"} else sid)
     return Resume(resumed=False)
 
 
 def _opencode_resume(argv: Sequence[str]) -> Resume:
     if _has(argv, "--session", "-s"):
-        return Resume(resumed=True, session_id=_flag_value(argv, "--session", "-s"))
+        return Resume(resumed=True, session_id=flag_value(argv, "--session", "-s"))
     return Resume(resumed=_has(argv, "--continue", "-c"))
 
 
@@ -103,7 +110,7 @@ class AgentSpec:
 
 
 def _stream_json(argv: Sequence[str]) -> bool:
-    return _flag_value(argv, "--output-format", "-o") == "stream-json"
+    return flag_value(argv, "--output-format", "-o") == "stream-json"
 
 
 AGENTS: tuple[AgentSpec, ...] = (
@@ -181,7 +188,7 @@ def find_executable(argv: Sequence[str]) -> tuple[int, str]:
     """Index and name of the agent executable, looking past launchers such as ``npx``."""
     known = {s.executable for s in AGENTS}
     for i, arg in enumerate(argv):
-        base = os.path.basename(arg).removesuffix(".js")
+        base = os.path.basename(arg).removesuffix(".js").removesuffix(".exe")
         if base in known:
             return i, base
         if i > 0 and not arg.startswith("-") and "=" not in arg:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ttft_probe.analysis.gate import AbEffect as AbEffectForGate
-    from ttft_probe.record import RunRecord
+    from ttft_probe.record import MarkerTimes, RunRecord
 
 __all__ = ["main"]
 
@@ -239,8 +239,8 @@ def run(
         _fail(f"command not executable: {command[0]}")
     if not quiet:
         for result in outcome.results:
-            click.echo(breakdown_line(result.record), err=True)
-            for hint in (_hint(result.record), _granularity_hint(result.record)):
+            click.echo(breakdown_line(result.record, result.times), err=True)
+            for hint in (_hint(result.record, result.times), _granularity_hint(result.record)):
                 if hint:
                     click.echo(f"ttft-probe: hint: {hint}", err=True)
     if not probe.close(timeout=STORE_WAIT_S):
@@ -311,8 +311,13 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def breakdown_line(record: RunRecord) -> str:
-    """The one-line breakdown of a run that ``ttft-probe run`` prints to stderr."""
+def breakdown_line(record: RunRecord, times: MarkerTimes | None = None) -> str:
+    """The one-line breakdown of a run that ``ttft-probe run`` prints to stderr.
+
+    The segments are listed in the order they happened: a turn set up after its prompt
+    (Claude Code in SDK mode, ``times.prompt_first``) shows ``client_wait`` before
+    ``session_init``.
+    """
     turn = f"turn {record.turn_ordinal}" if record.turn_ordinal else "turn ?"
     how = (
         "reused process"
@@ -322,12 +327,11 @@ def breakdown_line(record: RunRecord) -> str:
     if record.spawn_to_first_token_ms is None:
         body = "no first token"
     else:
-        parts = [
-            f"cli_ready {_ms(record.cli_ready_ms)}",
-            f"session_init {_ms(record.session_init_ms)}",
-        ]
-        if record.client_wait_ms:
-            parts.append(f"client_wait {_ms(record.client_wait_ms)}")
+        parts = [f"cli_ready {_ms(record.cli_ready_ms)}"]
+        init = f"session_init {_ms(record.session_init_ms)}"
+        wait = f"client_wait {_ms(record.client_wait_ms)}" if record.client_wait_ms else None
+        prompt_first = times is not None and times.prompt_first
+        parts += [p for p in ((wait, init) if prompt_first else (init, wait)) if p]
         model = f"model_first_token {_ms(record.model_first_token_ms)}"
         if record.provider_first_byte_ms is not None and record.cli_forward_ms is not None:
             model += (f" (provider {_ms(record.provider_first_byte_ms)}"
@@ -343,12 +347,20 @@ def breakdown_line(record: RunRecord) -> str:
     return f"ttft-probe: {record.agent} {turn} {how}: {body} | {tail}"
 
 
-def _hint(record: RunRecord) -> str | None:
+def _hint(record: RunRecord, times: MarkerTimes | None = None) -> str | None:
     if record.observer_error is not None:
         return f"the provider observer was off: {record.observer_error}"
-    if record.session_init_source is not None and record.session_init_source.value == (
-        "init_message"
-    ) and not record.process_reused:
+    reason = record.timing_unavailable_reason
+    if reason is not None and reason.value == "cli_ready_not_observable":
+        return ("the client wrote its first message before the CLI showed it was ready, so "
+                "the CLI's boot cannot be told from the client's wait: send a control_request "
+                "initialize first and wait for its control_response (the Agent SDKs do)")
+    if record.session_init_source is None or record.session_init_source.value != "init_message":
+        return None
+    if times is not None and times.prompt_first:
+        return ("session_init_ms ends at the turn's init line, not at its first model "
+                "request; add --observe-provider to time that request")
+    if not record.process_reused:
         return ("session_init_ms is from the agent's init line, so the session set-up is "
                 "inside cli_ready_ms; add --observe-provider to time the first model request")
     return None

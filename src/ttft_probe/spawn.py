@@ -401,7 +401,10 @@ class Probe:
         adapter = adapter_for(
             resolved.family,
             attrs.evolve(
-                options, provider_observed=observed, capture_content=o["capture_content"]
+                options,
+                provider_observed=observed,
+                capture_content=o["capture_content"],
+                argv=argv,
             ),
         )
         telemetry = self._get_telemetry()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -162,6 +162,10 @@ Event = (
 )
 
 
+def _argv(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class AdapterOptions:
     """Per-run options an adapter may use.
@@ -174,6 +178,9 @@ class AdapterOptions:
     ``capture_content``: emit :class:`ContentObserved` for prompt and answer text (the
     opt-in content capture, :mod:`ttft_probe.content`); while it is on, ``line_filter``
     returns ``None`` (every line is parsed).
+    ``argv``: the agent's command line, so that a family can read the flags that change
+    its protocol (Claude Code's ``--input-format stream-json``); the probe fills it in. It
+    stays in memory: no adapter may put it in an event.
     """
 
     cli_ready_regex: re.Pattern[str] | None = None
@@ -181,6 +188,7 @@ class AdapterOptions:
     first_token_regex: re.Pattern[str] | None = None
     provider_observed: bool = False
     capture_content: bool = False
+    argv: tuple[str, ...] = attrs.field(default=(), converter=_argv, repr=False)
 
 
 @runtime_checkable
@@ -194,18 +202,39 @@ class Adapter(Protocol):
     they do not understand; the caller treats a raised exception as a parser fault and
     disables the adapter for the rest of the run.
 
-    Optional, outside the protocol (so that older plugins still satisfy it): a ``lines``
-    adapter may define ``line_filter() -> tuple[bytes, ...] | None``. A tuple says that,
-    in the adapter's present state, a stdout line holding none of those substrings yields
-    no event and changes no state; the caller may then skip such lines without splitting
-    them (:meth:`LineSplitter.feed_matching`). This is what keeps the per-line cost after
-    the first token near zero (the pass-through benchmark); ``None`` means every line.
+    ``request_driven`` (turns start at a prompt the client writes to stdin, as ACP's
+    ``session/prompt``) and ``tees_stdin`` may be class variables or set per instance, as
+    by a family whose command line selects its protocol.
+
+    Optional, outside the protocol (so that older plugins still satisfy it):
+
+    * a ``lines`` adapter may define ``line_filter() -> tuple[bytes, ...] | None``. A tuple
+      says that, in the adapter's present state, a stdout line holding none of those
+      substrings yields no event and changes no state; the caller may then skip such lines
+      without splitting them (:meth:`LineSplitter.feed_matching`). This is what keeps the
+      per-line cost after the first token near zero (the pass-through benchmark); ``None``
+      means every line.
+    * a request-driven adapter may set ``prompt_first = True``: each turn's own set-up
+      (``sessionInitDone``) follows its prompt, and turns are served one at a time in the
+      order of their prompts (Claude Code's ``--input-format stream-json``). Default
+      ``False``: a session is set up once, before its prompts (ACP).
+    * ``cli_ready_observable`` (default ``True``): ``False`` once the adapter knows it
+      cannot see this process's ``cliReady``; a run without it then says so
+      (``cli_ready_not_observable``) instead of ``no_cli_ready``.
     """
 
     family: ClassVar[RuntimeFamily]
     framing: ClassVar[Literal["lines", "chunks"]]
-    request_driven: ClassVar[bool]
-    tees_stdin: ClassVar[bool]
+
+    @property
+    def request_driven(self) -> bool:
+        """Turns start at a prompt the client writes to stdin, not at the spawn."""
+        ...
+
+    @property
+    def tees_stdin(self) -> bool:
+        """The caller must feed the client's stdin lines to :meth:`feed_stdin`."""
+        ...
 
     @property
     def session_init_observable(self) -> bool:

@@ -924,24 +924,51 @@ def _events(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int]]:
 
 def _phases(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int, int]]:
     """Phase spans (name, begin ns, end ns): both markers present and in order."""
-    candidates: list[tuple[str, int | None, int | None]] = []
+    if times.prompt_first:
+        return _prompt_first_phases(record, times)
     prompt = times.prompt_sent_ns
+    init = times.session_init_done_ns
+    candidates: list[tuple[str, int | None, int | None]] = []
     if record.process_reused:
         if prompt is None:
             prompt = times.start_ns  # a reused process's run starts at its prompt
     else:
         if prompt is None and record.model_first_token_ms is not None:
             # Stream agents: the prompt is on the command line, promptSent = sessionInitDone.
-            prompt = times.session_init_done_ns
+            prompt = init
         candidates += [
             (sc.SPAN_CLI_READY, times.start_ns, times.cli_ready_ns),
-            (sc.SPAN_SESSION_INIT, times.cli_ready_ns, times.session_init_done_ns),
+            (sc.SPAN_SESSION_INIT, times.cli_ready_ns, init),
         ]
         if record.client_wait_ms:
-            candidates.append(
-                (sc.SPAN_CLIENT_WAIT, times.session_init_done_ns, times.prompt_sent_ns)
-            )
+            candidates.append((sc.SPAN_CLIENT_WAIT, init, times.prompt_sent_ns))
     candidates.append((sc.SPAN_MODEL_FIRST_TOKEN, prompt, times.first_token_ns))
+    return _in_order(candidates)
+
+
+def _prompt_first_phases(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int, int]]:
+    """Phases of a turn set up after its prompt (Claude Code in SDK mode).
+
+    ``cli_ready`` → ``client_wait`` → ``session_init`` → ``model_first_token``, as
+    :func:`~ttft_probe.record.compute_segments` with ``prompt_first`` counts them: the
+    set-up starts at the prompt, or at ``cliReady`` when the prompt waited for the CLI.
+    """
+    ready, prompt = times.cli_ready_ns, times.prompt_sent_ns
+    assert prompt is not None  # noqa: S101 - MarkerTimes.prompt_first says so
+    candidates: list[tuple[str, int | None, int | None]] = []
+    if record.cli_ready_ms:
+        candidates.append((sc.SPAN_CLI_READY, times.start_ns, ready))
+    if record.client_wait_ms:
+        candidates.append((sc.SPAN_CLIENT_WAIT, ready, prompt))
+    if ready is not None:
+        candidates.append((sc.SPAN_SESSION_INIT, max(prompt, ready), times.session_init_done_ns))
+    candidates.append((sc.SPAN_MODEL_FIRST_TOKEN, times.session_init_done_ns, times.first_token_ns))
+    return _in_order(candidates)
+
+
+def _in_order(
+    candidates: list[tuple[str, int | None, int | None]],
+) -> list[tuple[str, int, int]]:
     return [
         (name, begin, end)
         for name, begin, end in candidates
