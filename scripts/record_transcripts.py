@@ -41,6 +41,7 @@ from ttft_probe.testing.agent_env import (
     agent_environment,
     find_session_id,
     one_shot_command,
+    sdk_command,
 )
 from ttft_probe.testing.fake_provider import DEFAULT_ANSWER, FakeProvider, split_answer
 
@@ -55,9 +56,10 @@ PACKAGES = {
     "claude_code": "@anthropic-ai/claude-code",
     "codex": "@openai/codex",
     "gemini": "@google/gemini-cli",
-    "claude_code_acp": "@zed-industries/claude-code-acp",
+    "claude_code_acp": "@agentclientprotocol/claude-agent-acp",
     "codex_acp": "@zed-industries/codex-acp",
     "gemini_acp": "@google/gemini-cli",
+    "opencode_acp": "opencode-ai",
 }
 
 
@@ -75,6 +77,7 @@ class Recording:
     env: dict[str, str]
     cwd: Path
     acp: bool = False
+    sdk: bool = False
     t0_ns: int = 0
     records: list[tuple[int, str, str]] = field(default_factory=list)
     messages: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
@@ -101,7 +104,7 @@ class Recording:
             self.argv,
             env=self.env,
             cwd=self.cwd,
-            stdin=subprocess.PIPE if self.acp else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.acp or self.sdk else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -119,7 +122,7 @@ class Recording:
             line = raw.decode("utf-8", errors="replace").removesuffix("\n")
             with self.lock:
                 self.records.append((t, name, line))
-            if name == "stdout" and self.acp:
+            if name == "stdout" and (self.acp or self.sdk):
                 try:
                     msg = json.loads(line)
                 except ValueError:
@@ -139,6 +142,23 @@ class Recording:
         stdin.write(line.encode() + b"\n")
         stdin.flush()
         return t
+
+    def wait_for(self, predicate: Any, what: str) -> dict[str, Any]:
+        """The next stdout message (SDK mode) for which ``predicate`` is true."""
+        deadline = time.monotonic() + TURN_TIMEOUT_S
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {what} within {TURN_TIMEOUT_S} s")
+            try:
+                msg = self.messages.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                code = self.process.poll()
+                if code is not None:
+                    raise RuntimeError(f"agent exited ({code}) waiting for {what}") from None
+                continue
+            if predicate(msg):
+                return msg
 
     def request(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Send a request and wait for its response, answering the agent's own requests.
@@ -429,6 +449,78 @@ def acp(
     return session_id
 
 
+def _user(text: str) -> dict[str, Any]:
+    """A user message as ``claude-agent-sdk`` writes it to Claude Code's stdin."""
+    return {
+        "type": "user",
+        "message": {"role": "user", "content": [{"type": "text", "text": text}]},
+        "parent_tool_use_id": None,
+        "session_id": "default",
+    }
+
+
+def _is_result(msg: dict[str, Any]) -> bool:
+    return msg.get("type") == "result"
+
+
+CLIENT_PAUSE_S = 1.0
+"""SDK cases: the client's pause after the initialize answer and between turns."""
+
+
+def sdk(provider: FakeProvider, case: Case, home: Path) -> None:
+    """Record Claude Code in SDK mode, driven as ``claude-agent-sdk`` drives it.
+
+    ``claude_sdk_turns``: initialize, a pause, two turns with a pause between them, then a
+    third message interrupted 150 ms after it was sent. ``claude_sdk_queued``: two messages
+    50 ms apart (the second waits for the first turn). ``claude_sdk_no_initialize``: no
+    initialize handshake; the first message right away, then a second turn.
+    """
+    env = agent_environment(case.agent, provider.url, home)
+    work = home / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    rec = Recording(sdk_command(case.agent), env, work, sdk=True)
+    rec.spawn()
+    windows: list[tuple[int, int]] = []
+    try:
+        if case.name != "claude_sdk_no_initialize":
+            rec.send({"type": "control_request", "request_id": "req_1_ttft",
+                      "request": {"subtype": "initialize", "hooks": None}})
+            rec.wait_for(lambda m: m.get("type") == "control_response", "initialize answer")
+            time.sleep(CLIENT_PAUSE_S)
+        if case.name == "claude_sdk_queued":
+            first = rec.send(_user(PROMPTS[0]))
+            time.sleep(0.05)
+            rec.send(_user(PROMPTS[1]))
+            rec.wait_for(_is_result, "result 1")
+            served = time.monotonic_ns()  # the second turn is served from here on
+            windows.append((first, served))
+            rec.wait_for(_is_result, "result 2")
+            windows.append((served, time.monotonic_ns()))
+        else:
+            for i, text in enumerate(PROMPTS):
+                if i:
+                    time.sleep(CLIENT_PAUSE_S)
+                sent = rec.send(_user(text))
+                rec.wait_for(_is_result, f"result {i + 1}")
+                windows.append((sent, time.monotonic_ns()))
+        if case.name == "claude_sdk_turns":
+            time.sleep(CLIENT_PAUSE_S)
+            sent = rec.send(_user("Say something long."))
+            time.sleep(0.15)
+            rec.send({"type": "control_request", "request_id": "req_2_ttft",
+                      "request": {"subtype": "interrupt"}})
+            rec.wait_for(_is_result, "result 3")
+            windows.append((sent, time.monotonic_ns()))
+        time.sleep(0.3)
+    finally:
+        code = rec.terminate()
+    truth, requests = ground_truth(provider, rec, windows)
+    meta = {"exit_code": code, "turns": truth, "provider_requests": requests,
+            "terminated_by_recorder": True}
+    path = write_transcript(case, rec, meta, home)
+    report(path, truth)
+
+
 def report(path: Path, turns: list[dict[str, Any]]) -> None:
     """Print where a transcript went and its ground truth."""
     print(f"wrote {os.path.relpath(path, REPO)}: {json.dumps(turns)}", flush=True)
@@ -456,6 +548,27 @@ CASES = {
             "claude -p stream-json without --include-partial-messages: whole messages only",
         ),
         Case(
+            "claude_sdk_turns",
+            "claude-stream-json",
+            "claude_code",
+            "SDK mode (--input-format stream-json): initialize, a 1 s pause, two turns 1 s "
+            "apart, a third message interrupted 150 ms after it was sent",
+        ),
+        Case(
+            "claude_sdk_queued",
+            "claude-stream-json",
+            "claude_code",
+            "SDK mode: initialize, then two messages 50 ms apart; the second waits for the "
+            "first turn's result",
+        ),
+        Case(
+            "claude_sdk_no_initialize",
+            "claude-stream-json",
+            "claude_code",
+            "SDK mode without the initialize handshake: the first message at once, then a "
+            "second turn",
+        ),
+        Case(
             "claude_text",
             "plain",
             "claude_code",
@@ -481,16 +594,17 @@ CASES = {
             "gemini -p … --resume latest (gemini_fresh's session)",
         ),
         Case(
-            "claude_code_acp_two_turns",
+            "claude_agent_acp_two_turns",
             "acp-json-rpc",
             "claude_code_acp",
-            "initialize, session/new, session/prompt twice in one process",
+            "claude-agent-acp: initialize, session/new, session/prompt twice in one process",
         ),
         Case(
-            "claude_code_acp_load",
+            "claude_agent_acp_load",
             "acp-json-rpc",
             "claude_code_acp",
-            "new process: initialize, session/load (the two_turns session), session/prompt",
+            "claude-agent-acp, new process: initialize, session/load (the two_turns session), "
+            "session/prompt",
         ),
         Case(
             "codex_acp_two_turns",
@@ -511,6 +625,12 @@ CASES = {
             "gemini --acp: initialize, session/new, session/prompt twice in one process",
         ),
         Case(
+            "opencode_acp_two_turns",
+            "acp-json-rpc",
+            "opencode_acp",
+            "opencode acp: initialize, session/new, session/prompt twice in one process",
+        ),
+        Case(
             "gemini_acp_load",
             "acp-json-rpc",
             "gemini_acp",
@@ -525,7 +645,7 @@ DEPENDS_ON = {
     "claude_resumed": "claude_fresh",
     "codex_exec_resumed": "codex_exec_fresh",
     "gemini_resumed": "gemini_fresh",
-    "claude_code_acp_load": "claude_code_acp_two_turns",
+    "claude_agent_acp_load": "claude_agent_acp_two_turns",
     "codex_acp_load": "codex_acp_two_turns",
     "gemini_acp_load": "gemini_acp_two_turns",
 }
@@ -541,6 +661,8 @@ def record(provider: FakeProvider, case: Case, home: Path, ids: dict[str, str | 
         one_shot(provider, case, home, ids.get(case.agent) or "latest")
     elif case.family == "acp-json-rpc":
         ids[case.agent] = acp(provider, case, home)
+    elif name.startswith("claude_sdk_"):
+        sdk(provider, case, home)
     elif name == "claude_text":
         one_shot(provider, case, home, text=True)
     else:

@@ -23,6 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reliability import fault_case
+from ttft_probe._clock import WallAnchor
+from ttft_probe._run import CallerContext, ExitInfo, ProcessTracker, RunResult
 from ttft_probe.adapters import (
     Adapter,
     AdapterOptions,
@@ -128,7 +130,8 @@ def options_from(meta: dict[str, Any]) -> AdapterOptions:
     p = {n: re.compile(raw[n]) for n in names if raw.get(n) is not None}
     return AdapterOptions(cli_ready_regex=p.get("cli_ready_regex"),
                           session_init_regex=p.get("session_init_regex"),
-                          first_token_regex=p.get("first_token_regex"))
+                          first_token_regex=p.get("first_token_regex"),
+                          argv=meta.get("argv") or ())
 
 
 def replay(tr: Transcript) -> tuple[Adapter, list[tuple[int, Event, bool]]]:
@@ -313,10 +316,63 @@ def _resumed_fallback(meta: dict[str, Any]) -> bool:
     return bool(meta.get("resumed", False))
 
 
+def tracker_runs(tr: Transcript) -> list[RunResult]:
+    """The runs the real run state builds from the transcript (spawn at t = 0)."""
+    results: list[RunResult] = []
+    tracker = ProcessTracker(
+        agent=resolve_agent(tr.meta["argv"], agent=tr.meta.get("agent")),
+        adapter=adapter_for(tr.family.value, options_from(tr.meta)),
+        spawn_ns=0,
+        anchor=WallAnchor(wall_ns=1_750_000_000_000_000_000, mono_ns=0),
+        caller=CallerContext(),
+        emit=results.append,
+        probe_version="transcript",
+    )
+    for rec in tr.records:
+        if rec.stream == "stdout":
+            tracker.on_stdout(rec.data + b"\n", rec.t_ns)
+        elif rec.stream == "stdin":
+            tracker.on_stdin(rec.data + b"\n", rec.t_ns)
+    tracker.on_stdout_eof(tr.eof_ns)
+    tracker.on_exit(ExitInfo(t_ns=tr.eof_ns + 1, returncode=tr.meta.get("exit_code", 0)))
+    return results
+
+
+def check_tracker_runs(tr: Transcript, runs: list[RunResult]) -> None:
+    """Each run's markers (as record indexes) and identity, as the expectation says.
+
+    A reused process's run has no readiness of its own (``cliReady`` null) unless it waited
+    for the turn before it (``cliReady`` is then when that turn ended).
+    """
+    expected = tr.expected["turns"]
+    assert len(runs) == len(expected), f"{len(runs)} runs, expected {len(expected)}"
+    for n, (run, exp) in enumerate(zip(runs, expected, strict=True), start=1):
+        times, record = run.times, run.record.to_dict()
+        ready = times.cli_ready_ns
+        if run.record.process_reused and ready == times.start_ns:
+            ready = None
+        got = {"cliReady": ready, "sessionInitDone": times.session_init_done_ns,
+               "promptSent": times.prompt_sent_ns, "firstToken": times.first_token_ns,
+               "turn_end": times.end_ns}
+        for key, value in got.items():
+            if key in exp:
+                want = _time_of(tr, exp[key])
+                assert value == want, f"run {n} {key}: got {_describe(tr, value)}, expected {exp[key]}"
+        for key in ("status", "process_reused", "turn_ordinal", "session_id", "session_resumed",
+                    "first_token_granularity", "first_token_kind", "timing_unavailable_reason"):
+            if key in exp:
+                assert record[key] == exp[key], f"run {n} {key}: got {record[key]!r}"
+        assert (record["remainder_ms"] == 0) is (record["timing_unavailable_reason"] is None)
+
+
 @pytest.mark.parametrize("path", transcript_cases())
 def test_transcript(path: Path) -> None:
     tr = load_transcript(path)
     adapter, events = replay(tr)
+    if getattr(adapter, "prompt_first", False):
+        # Turns set up after their prompts and served in order: the run state's own rules.
+        check_tracker_runs(tr, tracker_runs(tr))
+        return
     turns = request_turns(events) if adapter.request_driven else stream_turns(events)
     expected = tr.expected["turns"]
     assert len(turns) == len(expected), f"{len(turns)} turns, expected {len(expected)}"

@@ -100,16 +100,18 @@ class InjectedFaultError(RuntimeError):
 class Spy:
     """Forwards to a real adapter and keeps the events it returns; faults on call ``fault_at``.
 
-    The four class variables are those of the wrapped adapter (see :func:`spy_on`).
+    The two class variables are those of the wrapped adapter (see :func:`spy_on`); the
+    mode flags are the wrapped instance's (Claude Code's SDK mode sets them per instance).
     """
 
     family: ClassVar[RuntimeFamily]
     framing: ClassVar[Literal["lines", "chunks"]]
-    request_driven: ClassVar[bool]
-    tees_stdin: ClassVar[bool]
 
     def __init__(self, inner: Adapter, fault_at: int | None) -> None:
         self.inner = inner
+        self.request_driven = inner.request_driven
+        self.tees_stdin = inner.tees_stdin
+        self.prompt_first = getattr(inner, "prompt_first", False)
         self.fault_at = fault_at
         self.calls = 0
         self.fault_ns: int | None = None
@@ -118,6 +120,10 @@ class Spy:
     @property
     def session_init_observable(self) -> bool:
         return self.inner.session_init_observable
+
+    @property
+    def cli_ready_observable(self) -> bool:
+        return bool(getattr(self.inner, "cli_ready_observable", True))
 
     def _call(self, method: Callable[..., Sequence[Event]], *args: Any) -> list[Event]:
         self.calls += 1
@@ -157,12 +163,7 @@ _SPY_CLASSES: dict[RuntimeFamily, type[Spy]] = {}
 def spy_on(inner: Adapter, fault_at: int | None = None) -> Spy:
     cls = _SPY_CLASSES.get(inner.family)
     if cls is None:
-        attrs_ = {
-            "family": inner.family,
-            "framing": inner.framing,
-            "request_driven": inner.request_driven,
-            "tees_stdin": inner.tees_stdin,
-        }
+        attrs_ = {"family": inner.family, "framing": inner.framing}
         cls = _SPY_CLASSES[inner.family] = cast("type[Spy]", type("Spied", (Spy,), attrs_))
     return cls(inner, fault_at)
 
@@ -351,7 +352,10 @@ def _claude_message(msg: dict[str, Any], t: int) -> Token | None:
 
 
 def claude_reference(lines: list[tuple[bytes, int]]) -> Expect:
-    """cliReady: first JSON object; init: first system/init; token: delta, else message."""
+    """cliReady: first JSON object; init: first system/init; token: delta, else message.
+
+    A message with a non-null ``parent_tool_use_id`` is a subagent's: never the token.
+    """
     cli = init = None
     token: Token | None = None
     saw_stream_event = False  # in this turn (a result line ends the turn)
@@ -363,6 +367,8 @@ def claude_reference(lines: list[tuple[bytes, int]]) -> Expect:
         kind = msg.get("type")
         if init is None and kind == "system" and msg.get("subtype") == "init":
             init = t
+        if msg.get("parent_tool_use_id") is not None and kind != "result":
+            continue
         if token is None and kind == "stream_event":
             saw_stream_event = True
             token = _claude_delta(msg, t)
@@ -436,6 +442,7 @@ PROTOCOL_KEYS = [
     "session_id", "result", "usage", "item", "role", "status", "stats", "thread_id",
     "jsonrpc", "id", "method", "params", "sessionId", "threadId", "update",
     "sessionUpdate", "error", "stopReason", "input_tokens", "inputTokens", "ttft_ms",
+    "parent_tool_use_id", "request_id", "request", "response",
 ]  # fmt: skip
 HOSTILE_SCALARS: list[Any] = [
     *SPECIAL_STRINGS, -1, -5, 1.5, 2**63, 2**64, 10**400, -0.0, 1e308,
@@ -546,6 +553,8 @@ CLAUDE_SKELETONS: list[dict[str, Any]] = [
     {"type": "assistant", "message": {"model": "<synthetic>",
                                       "content": [{"type": "text", "text": "API Error"}]}},
     {"type": "user", "message": {"content": [{"type": "tool_result", "content": "x"}]}},
+    {"type": "stream_event", "parent_tool_use_id": "toolu_1",
+     "event": {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "sub"}}},
     {"type": "result", "subtype": "success", "is_error": False, "ttft_ms": 812.5,
      "time_to_request_ms": 200, "duration_api_ms": 900,
      "usage": {"input_tokens": 3, "output_tokens": 5, "cache_read_input_tokens": 1,
@@ -650,6 +659,231 @@ def test_json_event_stream_wrong_shape_json(lines: list[bytes]) -> None:
     out = lines_of(EVENTS, [("stdout", line) for line in lines])
     check_records(out)
     check_stream_markers(out, events_reference([(line, t) for t, line in enumerate(lines, 1)]))
+
+
+# --- Claude Code in SDK mode: the client's stdin and the CLI's stdout, in any order ------
+
+SDK_ARGV = ("claude", "--output-format", "stream-json", "--verbose", "--input-format",
+            "stream-json", "--include-partial-messages")  # fmt: skip
+SDK_OPTIONS = AdapterOptions(argv=SDK_ARGV)
+SDK_STDIN_SKELETONS: list[dict[str, Any]] = [
+    {"type": "control_request", "request_id": "req_1", "request": {"subtype": "initialize"}},
+    {"type": "control_request", "request_id": 7, "request": {"subtype": "initialize"}},
+    {"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+     "parent_tool_use_id": None, "session_id": "default"},
+    {"type": "user", "message": {"role": "user", "content": "hi"}},
+    {"type": "control_request", "request_id": "req_2", "request": {"subtype": "interrupt"}},
+    {"type": "control_request", "request_id": "req_3",
+     "request": {"subtype": "set_permission_mode", "mode": "plan"}},
+    {"type": "control_response", "response": {"subtype": "success", "request_id": "cli_1",
+                                              "response": {"behavior": "allow"}}},
+]  # fmt: skip
+SDK_STDOUT_SKELETONS: list[dict[str, Any]] = [
+    *CLAUDE_SKELETONS,
+    {"type": "control_response", "response": {"subtype": "success", "request_id": "req_1"}},
+    {"type": "control_response", "response": {"subtype": "success", "request_id": 7}},
+    {"type": "control_response", "response": {"subtype": "error", "request_id": "req_9"}},
+    {"type": "control_request", "request_id": "cli_1",
+     "request": {"subtype": "can_use_tool", "tool_name": "Bash", "input": {}}},
+    {"type": "system", "subtype": "status", "status": "requesting"},
+    {"type": "result", "subtype": "error_during_execution", "is_error": False},
+]  # fmt: skip
+_SDK_IN = st.sampled_from(SDK_STDIN_SKELETONS).map(lambda m: ("stdin", dumps(m)))
+_SDK_OUT = st.sampled_from(SDK_STDOUT_SKELETONS).map(lambda m: ("stdout", dumps(m)))
+_SDK_NOISE = st.one_of(
+    _SDK_IN,
+    _SDK_OUT,
+    garbage(SDK_STDIN_SKELETONS).map(lambda line: ("stdin", line)),
+    garbage(SDK_STDOUT_SKELETONS).map(lambda line: ("stdout", line)),
+)
+
+
+@st.composite
+def sdk_conversation(draw: st.DrawFn) -> list[tuple[Stream, bytes]]:
+    """A client's conversation: maybe an initialize handshake, then turns — a message, the
+    CLI's lines for it, maybe an interrupt, mostly a result (a missing one makes the next
+    message wait) — with noise of any kind inserted anywhere."""
+    ops: list[tuple[Stream, bytes]] = []
+    if draw(st.booleans()):
+        ops.append(("stdin", dumps(SDK_STDIN_SKELETONS[0])))
+        if draw(st.integers(0, 3)) > 0:
+            ops.append(("stdout", dumps(SDK_STDOUT_SKELETONS[len(CLAUDE_SKELETONS)])))
+    for _ in range(draw(st.integers(0, 4))):
+        ops.append(("stdin", dumps(draw(st.sampled_from(SDK_STDIN_SKELETONS[2:4])))))
+        body = draw(st.lists(st.sampled_from(CLAUDE_SKELETONS[:-1]), max_size=5))
+        turn: list[tuple[Stream, bytes]] = [("stdout", dumps(m)) for m in body]
+        if draw(st.integers(0, 2)) == 0:
+            turn.insert(draw(st.integers(0, len(turn))), ("stdin", dumps(SDK_STDIN_SKELETONS[4])))
+        if draw(st.integers(0, 4)) > 0:
+            turn.append(("stdout", dumps(draw(st.sampled_from(SDK_STDOUT_SKELETONS[-1:]
+                                                              + CLAUDE_SKELETONS[-1:])))))
+        ops += turn
+    for _ in range(draw(st.integers(0, 4))):
+        ops.insert(draw(st.integers(0, len(ops))), draw(_SDK_NOISE))
+    return ops
+
+
+SDK_OPS = st.one_of(sdk_conversation(), st.lists(_SDK_NOISE, max_size=30))
+
+
+@attrs.define
+class SdkTurn:
+    prompt: int
+    ready: int | None = None  # a queued turn: when the turn before it ended
+    init: int | None = None
+    token: Token | None = None
+    saw_stream_event: bool = False
+    cancelled: bool = False
+    failed: bool = False
+    end: int | None = None
+
+
+def _sdk_id(value: object) -> bool:
+    return (isinstance(value, str) and value != "") or (
+        isinstance(value, int) and not isinstance(value, bool)
+    )
+
+
+@attrs.define
+class SdkExpect:
+    cli_ready: int | None
+    ready_lost: bool
+    turns: list[SdkTurn]
+
+
+def claude_sdk_reference(ops: list[tuple[Stream, bytes, int]]) -> SdkExpect:  # noqa: PLR0912
+    """The SDK-mode rules of DESIGN §3 and issue 11, written apart from the adapter.
+
+    cliReady: the control_response answering an initialize sent before any message and
+    before readiness (the latest such id), else the first stdout JSON object if it came
+    before any message; a message before either loses it. Each user message (``message``
+    an object) is a turn, served one at a time in order; stdout belongs to the turn in
+    flight (the oldest open one) and to nothing while none is open.
+    """
+    ready: int | None = None
+    lost = False
+    init_id: object = None
+    open_turns: list[SdkTurn] = []
+    done: list[SdkTurn] = []
+    for stream, line, t in ops:
+        msg = obj(line)
+        if msg is None:
+            continue
+        kind = msg.get("type")
+        awaiting = ready is None and not lost
+        if stream == "stdin":
+            request = msg.get("request")
+            subtype = request.get("subtype") if isinstance(request, dict) else None
+            if kind == "user" and isinstance(msg.get("message"), dict):
+                lost = lost or awaiting
+                open_turns.append(SdkTurn(prompt=t))
+            elif kind == "control_request" and subtype == "initialize":
+                if awaiting and not open_turns and _sdk_id(msg.get("request_id")):
+                    init_id = msg.get("request_id")
+            elif kind == "control_request" and subtype == "interrupt" and open_turns:
+                open_turns[0].cancelled = True
+            continue
+        if awaiting:
+            response = msg.get("response")
+            rid = response.get("request_id") if isinstance(response, dict) else None
+            if init_id is None or (
+                kind == "control_response" and _sdk_id(rid)
+                and type(rid) is type(init_id) and rid == init_id
+            ):
+                ready = t
+        if not open_turns:
+            continue
+        head = open_turns[0]
+        if kind == "system" and msg.get("subtype") == "init" and head.init is None:
+            head.init = t
+        elif kind == "result":
+            head.end = t
+            head.failed = msg.get("is_error") is True or msg.get("subtype") != "success"
+            done.append(open_turns.pop(0))
+            if open_turns:
+                open_turns[0].ready = t
+        elif msg.get("parent_tool_use_id") is not None:
+            continue
+        elif kind == "stream_event":
+            head.saw_stream_event = True
+            head.token = head.token or _claude_delta(msg, t)
+        elif kind == "assistant" and not head.saw_stream_event:
+            head.token = head.token or _claude_message(msg, t)
+    return SdkExpect(ready, lost, [*done, *open_turns])
+
+
+def check_sdk_runs(out: Outcome, ops: list[tuple[Stream, bytes, int]]) -> None:
+    """One record per user message (none lost), each with exactly its own markers."""
+    expect = claude_sdk_reference(ops)
+    if not expect.turns:  # no message: the process died before any prompt
+        run = out.only()
+        assert run.times.cli_ready_ns == expect.cli_ready
+        assert run.times.prompt_sent_ns is None
+        return
+    assert len(out.results) == len(expect.turns)
+    for n, (run, turn) in enumerate(zip(out.results, expect.turns, strict=True)):
+        times, record = run.times, run.record
+        assert record.process_reused is (n > 0)
+        assert times.prompt_sent_ns == turn.prompt
+        assert times.session_init_done_ns == turn.init
+        if turn.token is None:
+            assert times.first_token_ns is None
+        else:
+            t, granularity, kind = turn.token
+            assert times.first_token_ns == t
+            assert (record.first_token_granularity, record.first_token_kind) == (granularity, kind)
+        assert times.end_ns == (turn.end if turn.end is not None else out.exit_ns)
+        if n == 0:
+            assert times.cli_ready_ns == expect.cli_ready
+            disordered = turn.init is not None and turn.token is not None and turn.token[0] < turn.init
+            if expect.cli_ready is None and expect.ready_lost and not disordered:
+                reason = record.timing_unavailable_reason
+                assert reason is TimingUnavailableReason.CLI_READY_NOT_OBSERVABLE
+        else:
+            assert times.cli_ready_ns == (turn.ready or turn.prompt)
+        if turn.end is None:  # still open when the process was killed
+            assert record.status.value == "failed"
+        elif turn.cancelled:
+            assert record.status.value == "cancelled"
+        else:
+            assert record.status.value == ("failed" if turn.failed else "succeeded")
+
+
+@pytest.mark.fault(
+    "Bad input",
+    "claude SDK mode: any mix of client stdin (messages, initialize, interrupt, control "
+    "traffic, garbage) and CLI stdout",
+    outcome="one record per user message, none lost; each turn's own markers only; no "
+    "adapter fault; valid record",
+    **TRACKER_ONLY,
+)
+@settings(max_examples=400)
+@given(ops=SDK_OPS)
+def test_claude_sdk_mode_any_stdin_and_stdout(ops: list[tuple[Stream, bytes]]) -> None:
+    fault_case()
+    fed = timed([(stream, line + b"\n") for stream, line in ops])
+    out = run_reads(CLAUDE, fed, options=SDK_OPTIONS)
+    check_records(out)
+    whole_lines = [(stream, data.removesuffix(b"\n").removesuffix(b"\r"), t)
+                   for stream, data, t in fed]
+    check_sdk_runs(out, whole_lines)
+
+
+@pytest.mark.fault(
+    "Bad input",
+    "claude SDK mode: arbitrary bytes and invalid UTF-8 on stdin and stdout, any reads",
+    outcome="no raise, no adapter fault; valid record",
+    **TRACKER_ONLY,
+)
+@settings(max_examples=200)
+@given(data=BYTE_READS, stdin=BYTE_READS)
+def test_claude_sdk_mode_arbitrary_bytes(data: list[bytes], stdin: list[bytes]) -> None:
+    fault_case()
+    pairs = itertools.zip_longest([("stdout", d) for d in data], [("stdin", s) for s in stdin])
+    out = run_reads(CLAUDE, timed([r for pair in pairs for r in pair if r is not None]),
+                    options=SDK_OPTIONS)
+    check_records(out)
+    assert len(out.results) == 1  # random bytes hold no user message: one record
 
 
 # --- plain: arbitrary bytes with user patterns ------------------------------------------
@@ -1159,6 +1393,7 @@ def load_transcript(path: Path) -> Transcript:
         cli_ready_regex=pattern("cli_ready_regex"),
         session_init_regex=pattern("session_init_regex"),
         first_token_regex=pattern("first_token_regex"),
+        argv=meta.get("argv") or (),  # Claude Code's SDK mode is in its command line
     )
     records: list[Read] = []
     for line in lines[1:]:
@@ -1439,7 +1674,7 @@ def test_parser_fault_at_any_line_is_recorded(case: tuple[Path, int]) -> None:
         for field in TIME_FIELDS[1:-1]:
             got = getattr(result.times, field)
             assert got is None or got < fault_ns, field
-    if tr.family is not ACP:
+    if not out.spy.request_driven:
         got, want = out.only().times, clean.only().times
         for field in TIME_FIELDS[1:-1]:
             w = getattr(want, field)
@@ -1453,9 +1688,17 @@ def test_parser_fault_at_any_line_is_recorded(case: tuple[Path, int]) -> None:
         assert len(out.results) == max(1, len(before))
         for got_r, want_r in zip(sorted(out.results, key=by_prompt), before, strict=False):
             for field in TIME_FIELDS[1:-1]:
-                w = getattr(want_r.times, field)
+                w = own_time(want_r, field)
                 expected = w if w is not None and w < fault_ns else None
-                assert getattr(got_r.times, field) == expected, field
+                assert own_time(got_r, field) == expected, field
+
+
+def own_time(result: RunResult, field: str) -> int | None:
+    """A marker of the run's own: a reused process's run starts ready (at its prompt)."""
+    t: int | None = getattr(result.times, field)
+    if result.record.process_reused and field == "cli_ready_ns" and t == result.times.start_ns:
+        return None
+    return t
 
 
 @pytest.mark.fault(
@@ -1788,17 +2031,24 @@ def test_regression_adapter_events_generator_raising_is_recorded() -> None:
 def test_references_agree_with_the_recorded_transcripts() -> None:
     # The references above follow DESIGN §3; on the hand-checked transcripts they must give
     # the markers the adapters give, or they would prove nothing.
-    checked = 0
+    checked = sdk = 0
     for path in TRANSCRIPT_PATHS:
         tr = _LOADED[path]
         if tr.family not in {CLAUDE, EVENTS}:
             continue
         feed = whole(tr)
         out = run_reads(tr.family, feed.reads, options=tr.options)
+        if "--input-format" in tr.options.argv:  # SDK mode: the client's stdin matters too
+            lines = [(stream, data.removesuffix(b"\n").removesuffix(b"\r"), t)
+                     for stream, data, t in feed.reads]
+            check_sdk_runs(out, lines)
+            sdk += 1
+            continue
         reference = claude_reference if tr.family is CLAUDE else events_reference
         check_stream_markers(out, reference(complete_lines(feed.reads, out.eof_ns)))
         checked += 1
     assert checked > 10
+    assert sdk >= 4
 
 
 @pytest.mark.fault(
