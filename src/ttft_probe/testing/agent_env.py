@@ -29,6 +29,7 @@ __all__ = [
     "agent_environment",
     "find_session_id",
     "one_shot_command",
+    "sdk_command",
 ]
 
 AGENTS_BIN_ENV = "TTFT_PROBE_AGENTS_BIN"
@@ -37,8 +38,11 @@ AGENTS_BIN_ENV = "TTFT_PROBE_AGENTS_BIN"
 ONE_SHOT_AGENTS = ("claude_code", "codex", "gemini")
 """Agents run once per turn by :func:`one_shot_command`."""
 
-ACP_AGENTS = ("claude_code_acp", "codex_acp", "gemini_acp")
+ACP_AGENTS = ("claude_code_acp", "codex_acp", "gemini_acp", "opencode_acp")
 """Agents that speak ACP over stdio, started by :func:`acp_command`."""
+
+OPENCODE_MODEL = "anthropic/claude-sonnet-4-5"
+"""opencode's model: its ``anthropic`` provider, which the config points at the provider URL."""
 
 GEMINI_MODEL = "gemini-2.5-flash"
 """Gemini is pinned: the default "auto" model first asks a routing classifier for JSON."""
@@ -56,7 +60,7 @@ _FAKE_KEY_ENV = "TTFT_FAKE_PROVIDER_API_KEY"
 # account, or make it think it runs inside another agent. All of them are dropped.
 _DROP = re.compile(
     r"^(ANTHROPIC_|CLAUDE|OPENAI_|CODEX_|AZURE_OPENAI|GEMINI_|GOOGLE_|VERTEX|CLOUD_ML_"
-    r"|AWS_BEARER_TOKEN_BEDROCK|OTEL_|TRACEPARENT|TRACESTATE|XDG_)"
+    r"|AWS_BEARER_TOKEN_BEDROCK|OTEL_|TRACEPARENT|TRACESTATE|XDG_|OPENCODE)"
 )
 
 _COMMON = {
@@ -145,21 +149,46 @@ def one_shot_command(agent: str, prompt: str, resume_id: str | None = None) -> l
     raise ConfigError(f"unknown one-shot agent {agent!r}; expected one of {ONE_SHOT_AGENTS}")
 
 
+def sdk_command(agent: str = "claude_code") -> list[str]:
+    """The argv Claude Code runs with under ``claude-agent-sdk``: SDK mode (DESIGN §3).
+
+    ``--input-format stream-json``: one long-lived process, a turn per user message written
+    to its stdin as a JSON line; ``--include-partial-messages`` for delta first tokens.
+
+    Raises:
+        ConfigError: Not ``claude_code``, or the CLIs are not installed.
+    """
+    if agent != "claude_code":
+        raise ConfigError(f"SDK mode is Claude Code's: expected 'claude_code', not {agent!r}")
+    return [
+        _bin("claude"),
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--input-format",
+        "stream-json",
+        "--include-partial-messages",
+    ]
+
+
 def acp_command(agent: str) -> list[str]:
     """The argv of a long-lived ACP agent (newline-delimited JSON-RPC 2.0 on stdio).
 
     Args:
-        agent: ``claude_code_acp``, ``codex_acp`` or ``gemini_acp``.
+        agent: ``claude_code_acp`` (the ``claude-agent-acp`` binary), ``codex_acp``,
+            ``gemini_acp`` or ``opencode_acp``.
 
     Raises:
         ConfigError: Unknown agent, or the CLIs are not installed.
     """
     if agent == "claude_code_acp":
-        return [_bin("claude-code-acp")]
+        return [_bin("claude-agent-acp")]
     if agent == "codex_acp":
         return [_bin("codex-acp")]
     if agent == "gemini_acp":
         return [_bin("gemini"), "--acp", "-m", GEMINI_MODEL]
+    if agent == "opencode_acp":
+        return [_bin("opencode"), "acp"]
     raise ConfigError(f"unknown ACP agent {agent!r}; expected one of {ACP_AGENTS}")
 
 
@@ -206,6 +235,22 @@ def _write_gemini_settings(home: Path) -> None:
     )
 
 
+def _write_opencode_config(home: Path, provider_url: str) -> None:
+    config = {
+        "$schema": "https://opencode.ai/config.json",
+        "model": OPENCODE_MODEL,
+        "provider": {
+            "anthropic": {"options": {"baseURL": provider_url + "/v1", "apiKey": DUMMY_KEY}}
+        },
+        "autoupdate": False,
+        "share": "disabled",
+    }
+    (home / ".config" / "opencode").mkdir(parents=True, exist_ok=True)
+    (home / ".config" / "opencode" / "opencode.json").write_text(
+        json.dumps(config, indent=2) + "\n", encoding="utf-8"
+    )
+
+
 def agent_environment(
     agent: str,
     provider_url: str,
@@ -228,6 +273,10 @@ def agent_environment(
     - ``gemini`` / ``gemini_acp``: ``GOOGLE_GEMINI_BASE_URL``, ``GEMINI_API_KEY`` and
       ``home/.gemini/settings.json`` (auto-update, usage statistics, telemetry, folder
       trust and IDE off; API-key auth).
+    - ``opencode_acp``: ``home/.config/opencode/opencode.json`` with the model
+      (:data:`OPENCODE_MODEL`) and its ``anthropic`` provider's ``baseURL`` at
+      ``provider_url + "/v1"``, auto-update and sharing off; ``OPENCODE_DISABLE_MODELS_FETCH=1``
+      (no models.dev download).
 
     Args:
         agent: An agent of :data:`ONE_SHOT_AGENTS` or :data:`ACP_AGENTS`.
@@ -267,6 +316,10 @@ def agent_environment(
         _write_gemini_settings(home)
         env["GEMINI_API_KEY"] = DUMMY_KEY
         env["GOOGLE_GEMINI_BASE_URL"] = url
+    elif agent == "opencode_acp":
+        _write_opencode_config(home, url)
+        env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
+        env["OPENCODE_DISABLE_AUTOUPDATE"] = "1"
     else:
         known = (*ONE_SHOT_AGENTS, *ACP_AGENTS)
         raise ConfigError(f"unknown agent {agent!r}; expected one of {known}")
