@@ -29,11 +29,13 @@ import inspect
 import io
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
+import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import (
     IO,
@@ -194,6 +196,26 @@ class TrackedProcess:
             self._observation.stop()
         self.done.set()
 
+    def watch_exit(self, pid: int, returncode: Callable[[], int | None], drain: float) -> None:
+        """Finish the runs when process ``pid`` exits, from a thread of its own.
+
+        For a process reaped by someone else (an event loop's child watcher): the exit is
+        seen on a pidfd (Linux) without reaping it, then ``returncode()`` is polled (up to
+        2 s) for the status its reaper read. Without a pidfd, ``returncode()`` is polled.
+        """
+
+        def run() -> None:
+            t_exit = _wait_pid_exit(pid, returncode)
+            code = returncode()
+            for _ in range(200):
+                if code is not None:
+                    break
+                time.sleep(0.01)
+                code = returncode()
+            self.finish(code, t_exit, drain)
+
+        threading.Thread(target=run, name="ttft-probe-exit", daemon=True).start()
+
     def attach_observer(self, observation: _Observation) -> None:
         """Route the provider observer's events of this process to its tracker."""
         self._observation = observation
@@ -210,6 +232,23 @@ class TrackedProcess:
     def poll(self) -> int | None:
         """The process's return code if it has exited, else ``None``."""
         return self._poll()
+
+
+def _wait_pid_exit(pid: int, returncode: Callable[[], int | None]) -> int:
+    """Block until ``pid`` exits; the monotonic ns at which that was seen."""
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except (OSError, AttributeError):  # already reaped, or no pidfd on this platform
+        fd = None
+    if fd is not None:
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+    else:
+        while returncode() is None:
+            time.sleep(0.01)
+    return monotonic_ns()
 
 
 def _watch_sync(proc: subprocess.Popen[Any], tracked: TrackedProcess, drain: float) -> None:
@@ -247,12 +286,22 @@ def _mirror_writer(original: IO[Any], fd: int) -> IO[Any]:
     return open(fd, "wb", buffering=-1 if buffered else 0)
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+def _cmdline(pid: int, wait_s: float = 0.1) -> list[str]:
+    """The argv of process ``pid`` as the kernel has it; ``[]`` if it cannot be read.
+
+    Right after a spawn, ``/proc/PID/cmdline`` can still be empty (the child has not
+    finished its exec): it is read again, every ms, for up to ``wait_s`` seconds.
+    """
+    deadline = monotonic_ns() + int(wait_s * 1e9)
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return []
+        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        if argv or monotonic_ns() >= deadline:
+            return argv
+        time.sleep(0.001)
 
 
 class Probe:
@@ -560,6 +609,28 @@ class Probe:
         tracked = self._track_attached(argv or _cmdline(proc.pid), t0)
         return proc if tracked is None else self._attach_pipes(proc, tracked)
 
+    def track(self, argv: Sequence[str], *, spawn_ns: int) -> TrackedProcess:
+        """Track a process whose streams you feed to the probe yourself.
+
+        For transports whose pipes the probe cannot swap (``claude-agent-sdk`` reads Claude
+        Code through anyio streams: see :mod:`ttft_probe.integrations.claude_agent_sdk`).
+        Feed ``tracked.tracker``: :meth:`~ttft_probe._run.ProcessTracker.arrive` when bytes
+        are read from the agent's stdout (or about to be written to its stdin), then
+        :meth:`~ttft_probe._run.ProcessTracker.passed` once they reached their reader;
+        ``on_stdout_eof`` at EOF; and end it with :meth:`TrackedProcess.watch_exit` or
+        :meth:`TrackedProcess.finish`.
+
+        Args:
+            argv: The agent's command line (its family and resume flags are read from it).
+            spawn_ns: Monotonic ns just before the spawn (``processSpawned``).
+
+        Raises:
+            ConfigError: The family or agent options do not fit the command.
+        """
+        tracked = self._track(argv, spawn_ns)
+        self._recorder.start_delivery()
+        return tracked
+
     def _track_attached(self, argv: Sequence[str], spawn_ns: int) -> TrackedProcess | None:
         """Track a process the caller started; ``None`` (logged) if that fails."""
         try:
@@ -758,7 +829,7 @@ class Probe:
             setattr(proc, kind, proxy)
             tasks.append(loop.create_task(_apump(real, proxy, tracked, kind)))
         if proc.stdin is not None and tracker.tees_stdin:
-            proc.stdin = cast("asyncio.StreamWriter", _TeeStreamWriter(proc.stdin, tracker))
+            proc.stdin = _tee_writer_class()(proc.stdin, tracker)
         drain = float(self._options["drain_timeout"])
 
         async def watch() -> None:
@@ -767,8 +838,10 @@ class Probe:
             except Exception:  # noqa: BLE001 - the watcher must always finish the run
                 t_exit = monotonic_ns()
             returncode = proc.returncode
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks[:1])), drain)
+            if tasks[:1]:
+                # Bounded wait for stdout EOF; asyncio.wait leaves the pump running (a
+                # grandchild may hold the pipe) and keeps no future of its outcome around.
+                await asyncio.wait(tasks[:1], timeout=drain)
             tracked.finish(returncode, t_exit, 0)
 
         watcher = loop.create_task(watch())
@@ -922,23 +995,38 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
     return t_exit
 
 
-class _TeeStreamWriter:
-    """An ``asyncio.StreamWriter`` stand-in that reads what the client sends to stdin."""
+@functools.cache
+def _tee_writer_class() -> Callable[[asyncio.StreamWriter, ProcessTracker], asyncio.StreamWriter]:
+    """The class of a teed stdin writer (built on first use: asyncio is imported lazily)."""
+    import asyncio  # noqa: PLC0415 - only async callers pay for asyncio
 
-    def __init__(self, real: asyncio.StreamWriter, tracker: ProcessTracker) -> None:
-        self._real = real
-        self._tracker = tracker
+    class TeeStreamWriter(asyncio.StreamWriter):
+        """The agent's stdin as a writer that also hands the probe what the client writes.
 
-    def write(self, data: bytes) -> None:
-        self._real.write(data)
-        self._tracker.on_stdin(bytes(data), monotonic_ns())
+        It writes first, then parses. A real ``StreamWriter``, so that clients that check
+        for one (the ACP SDK's connections do) accept it; it shares the original's
+        transport and protocol.
+        """
 
-    def writelines(self, data: Sequence[bytes]) -> None:
-        for chunk in data:
-            self.write(chunk)
+        def __init__(self, real: asyncio.StreamWriter, tracker: ProcessTracker) -> None:
+            protocol, reader, loop = (getattr(real, a) for a in ("_protocol", "_reader", "_loop"))
+            super().__init__(real.transport, protocol, reader, loop)
+            self._real = real
+            self._tracker = tracker
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            super().write(data)
+            self._tracker.on_stdin(bytes(data), monotonic_ns())
+
+        def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
+            for chunk in data:
+                self.write(chunk)
+
+        async def wait_closed(self) -> None:
+            # The subprocess protocol knows the writer it made, not this one.
+            await self._real.wait_closed()
+
+    return TeeStreamWriter
 
 
 def probe_of(proc: object) -> Probe | None:
