@@ -33,9 +33,13 @@ DELAY_MS = 400
 """The fake provider's injected first-token delay in the real-CLI tests (ms)."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def provider() -> Iterator[FakeProvider]:
-    """The fake provider, first token after DELAY_MS (400 ms), shared by a test module."""
+    """The fake provider, first token after DELAY_MS (400 ms), shared by every real-CLI test.
+
+    Tests read its log from their own run's start on (a run's ground truth is the
+    generation whose first token came last before the probe's), so sharing it is safe.
+    """
     with FakeProvider(first_token_delay_ms=DELAY_MS) as fp:
         yield fp
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import PROBE, ProviderProcess
-from test_real_clis import MS, AcpClient, Agent, _records, assert_complete
+from realcli import MS, AcpClient, Agent, assert_complete, records_of
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks.store import Store
 from ttft_probe.testing.agent_env import one_shot_command
@@ -125,7 +125,7 @@ def test_acp_agents_get_provider_timings_per_turn(
     a = Agent(agent, provider, scratch)
     AcpClient(a, "--observe-provider").two_turns()
     lags_ns = []
-    for record in _records(a):
+    for record in records_of(a):
         assert_complete(record)
         # For ACP the session is ready at the session/new result, not at a model request.
         if not record.process_reused:
