@@ -50,6 +50,15 @@ marker / event      protocol message and field
                     time) ends that previous turn, failed, at the new prompt; its result
                     (app-server: its ``turn/completed``) is awaited before the new
                     prompt's first token, since chunks until then may still be its answer.
+``TurnEnded`` (v2)  ACP v2 (``initialize`` answered with ``protocolVersion`` 2, or the
+                    session sent a ``state_update``): the ``session/prompt`` result only
+                    accepts the prompt and never ends the turn; the ``session/update``
+                    ``state_update`` with ``state: "idle"`` does (``stopReason:
+                    "cancelled"`` → cancelled). ``session/close`` answered while a turn
+                    of that session is open ends it, cancelled.
+``firstToken`` (v2) also the v2 whole-message upserts ``agent_message`` (``text``) and
+                    ``agent_thought`` (``thinking``) with a non-empty ``text`` block in
+                    ``content``: granularity ``message``
 ``UsageReported``   ``session/prompt`` ``result.usage`` or a ``usage_update`` carrying
                     ``inputTokens``/``outputTokens``/``cachedReadTokens``/
                     ``cachedWriteTokens`` (ACP's context-window ``used``/``size`` is not
@@ -77,7 +86,8 @@ Hazards handled here, each seen on the real agents:
 * claude-code-acp sends an *empty* ``agent_message_chunk`` ~60 ms after the prompt: not
   a token (the text must be non-empty).
 * ``available_commands_update``, ``usage_update``, ``current_mode_update``, ``plan``,
-  ``tool_call`` and ``configWarning``-style notifications are not tokens.
+  ``tool_call`` and ``configWarning``-style notifications are not tokens; neither is any
+  update kind this module does not name (ACP adds kinds; unknown ones are ignored).
 
 Hostile input is ignored rather than trusted: a message of the wrong shape marks nothing,
 a response to an unknown (or already answered) ``id`` is dropped, a notification that
@@ -121,17 +131,24 @@ __all__ = ["AcpJsonRpcAdapter"]
 
 _CREATE_METHODS: Final = frozenset({"session/new", "thread/start"})
 _RESUME_METHODS: Final = frozenset({"session/load", "session/resume", "thread/resume"})
+_CLOSE: Final = "session/close"
 _ACP_PROMPT: Final = "session/prompt"
 _APP_SERVER_PROMPT: Final = "turn/start"
 # Where a prompt request carries its content blocks (``{"type": "text", "text": …}``).
 _PROMPT_BLOCKS: Final = {_ACP_PROMPT: "prompt", _APP_SERVER_PROMPT: "input"}
 _TRACKED_METHODS: Final = frozenset(
-    {"initialize", _ACP_PROMPT, _APP_SERVER_PROMPT} | _CREATE_METHODS | _RESUME_METHODS
+    {"initialize", _ACP_PROMPT, _APP_SERVER_PROMPT, _CLOSE} | _CREATE_METHODS | _RESUME_METHODS
 )
 _CHUNK_KINDS: Final = {
     "agent_message_chunk": FirstTokenKind.TEXT,
     "agent_thought_chunk": FirstTokenKind.THINKING,
 }
+# ACP v2 whole-message upserts: ``content`` is a list of blocks (granularity ``message``).
+_MESSAGE_KINDS: Final = {
+    "agent_message": FirstTokenKind.TEXT,
+    "agent_thought": FirstTokenKind.THINKING,
+}
+_STATE_UPDATE: Final = "state_update"
 _APP_SERVER_DELTAS: Final = {
     "item/agentMessage/delta": FirstTokenKind.TEXT,
     "item/reasoning/textDelta": FirstTokenKind.THINKING,
@@ -140,10 +157,13 @@ _APP_SERVER_DELTAS: Final = {
 # Updates that end a run of replayed ``user_message_chunk`` (one user turn) during load.
 _RUN_BREAKERS: Final = frozenset(
     {"agent_message_chunk", "agent_thought_chunk", "tool_call", "tool_call_update", "plan"}
+    | {"agent_message", "agent_thought"}  # ACP v2
 )
 # When no session waits for a token and none is loading, only responses, usage and
 # app-server turn ends matter; a line holding none of these substrings is none of them.
-_LATE_NEEDLES: Final = (b'"result"', b'"error"', b"turn/completed", b"usage", b"Usage")
+_LATE_NEEDLES: Final = (
+    b'"result"', b'"error"', b"turn/completed", b"usage", b"Usage", b"state_update"
+)
 _USER_AGENT_VERSION: Final = re.compile(r"^[^/\s]+/(\S+)")
 # Bounds on remembered requests and sessions, so a misbehaving peer costs bounded memory.
 _MAX_PENDING: Final = 4096
@@ -185,6 +205,18 @@ def _session_param(params: dict[str, Any]) -> str | None:
     return decode_name(params.get("sessionId")) or decode_name(params.get("threadId"))
 
 
+def _count_replayed(session: _Session, kind: object) -> None:
+    """Count the user turns of history replayed while loading: runs of user messages."""
+    if not isinstance(kind, str):  # a list or object would not even hash
+        return
+    if kind in {"user_message_chunk", "user_message"}:
+        if not session.in_user_run:
+            session.user_runs += 1
+            session.in_user_run = True
+    elif kind in _RUN_BREAKERS:
+        session.in_user_run = False
+
+
 def _usage(obj: object, session_id: str | None) -> UsageReported | None:
     data = _dict(obj)
     report = UsageReported(
@@ -204,7 +236,15 @@ def _usage(obj: object, session_id: str | None) -> UsageReported | None:
 class _Session:
     """Turn state of one session (ACP ``sessionId``, app-server ``threadId``)."""
 
-    __slots__ = ("first_token", "in_user_run", "loading", "prompt_key", "superseded", "user_runs")
+    __slots__ = (
+        "first_token",
+        "in_user_run",
+        "loading",
+        "prompt_key",
+        "state_updates",
+        "superseded",
+        "user_runs",
+    )
 
     def __init__(self) -> None:
         self.loading = False
@@ -214,6 +254,9 @@ class _Session:
         self.first_token = False
         # Prompts replaced by a later prompt before their turn ended, oldest first.
         self.superseded: list[_RequestKey] = []
+        # The agent reports its turns' ends by state_update (ACP v2): a prompt's result
+        # only acknowledges it.
+        self.state_updates = False
 
     @property
     def awaiting(self) -> bool:
@@ -238,6 +281,7 @@ class AcpJsonRpcAdapter:
         self._pending: dict[_RequestKey, tuple[str, str | None]] = {}
         self._sessions: dict[str | None, _Session] = {}
         self._awaiting = False
+        self._v2 = False  # the agent answered initialize with protocolVersion >= 2
 
     @property
     def session_init_observable(self) -> bool:
@@ -357,26 +401,50 @@ class AcpJsonRpcAdapter:
             self._on_initialize(result, events)
         elif method in _CREATE_METHODS or method in _RESUME_METHODS:
             self._on_session_result(method, session_id, result, t_ns, events, failed=failed)
+        elif method == _CLOSE:
+            self._on_close(session_id, t_ns, events)
         elif method == _ACP_PROMPT or (method == _APP_SERVER_PROMPT and failed):
-            session = self._sessions.get(session_id)
-            if session is None:
-                return
-            if session.prompt_key != key:
-                # A prompt superseded by a later one on the same session: its turn already
-                # ended; its answer is over now.
-                if key in session.superseded:
-                    session.superseded.remove(key)
-                return
-            stop = result.get("stopReason")
-            usage = _usage(result.get("usage"), session_id)
-            if usage is not None:
-                events.append(usage)
-            self._end_turn(
-                session, session_id, t_ns, events, failed=failed, cancelled=stop == "cancelled"
-            )
+            self._on_prompt_result(key, session_id, result, t_ns, events, failed=failed)
+
+    def _on_prompt_result(
+        self,
+        key: _RequestKey | None,
+        session_id: str | None,
+        result: dict[str, Any],
+        t_ns: int,
+        events: list[Event],
+        *,
+        failed: bool,
+    ) -> None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return
+        if not failed and (self._v2 or session.state_updates):
+            return  # ACP v2: the result accepts the prompt; state_update idle ends the turn
+        if session.prompt_key != key:
+            # A prompt superseded by a later one on the same session: its turn already
+            # ended; its answer is over now.
+            if key in session.superseded:
+                session.superseded.remove(key)
+            return
+        usage = _usage(result.get("usage"), session_id)
+        if usage is not None:
+            events.append(usage)
+        cancelled = result.get("stopReason") == "cancelled"
+        self._end_turn(session, session_id, t_ns, events, failed=failed, cancelled=cancelled)
+
+    def _on_close(self, session_id: str | None, t_ns: int, events: list[Event]) -> None:
+        """``session/close`` answered: a turn still open there ended, cancelled."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None and session.prompt_key is not None:
+            self._end_turn(session, session_id, t_ns, events, failed=False, cancelled=True)
 
     def _on_initialize(self, result: dict[str, Any], events: list[Event]) -> None:
-        version = decode_name(_dict(result.get("agentInfo")).get("version"))
+        protocol = result.get("protocolVersion")
+        self._v2 = isinstance(protocol, int) and not isinstance(protocol, bool) and protocol >= 2
+        version = decode_name(_dict(result.get("agentInfo")).get("version")) or decode_name(
+            _dict(result.get("info")).get("version")  # ACP v2
+        )
         if version is None:
             match = _USER_AGENT_VERSION.match(decode_name(result.get("userAgent")) or "")
             version = match.group(1) if match else None
@@ -473,13 +541,7 @@ class AcpJsonRpcAdapter:
         kind = update.get("sessionUpdate")
         session = self._sessions.get(session_id)
         if session is not None and session.loading:
-            # History replayed by session/load: counted, never a token.
-            if kind == "user_message_chunk":
-                if not session.in_user_run:
-                    session.user_runs += 1
-                    session.in_user_run = True
-            elif isinstance(kind, str) and kind in _RUN_BREAKERS:  # a list would not hash
-                session.in_user_run = False
+            _count_replayed(session, kind)  # history replayed by session/load: never a token
             return
         token_kind = _CHUNK_KINDS.get(str(kind))
         if token_kind is not None:
@@ -488,15 +550,67 @@ class AcpJsonRpcAdapter:
                 self._mark_token(session_id, token_kind, t_ns, events)
             if self._capture and kind == "agent_message_chunk" and content.get("type") == "text":
                 self._answer_content(session_id, content.get("text"), events)
+        elif str(kind) in _MESSAGE_KINDS:
+            self._on_whole_message(session_id, str(kind), update.get("content"), t_ns, events)
+        elif kind == _STATE_UPDATE:
+            self._on_state_update(session_id, update, t_ns, events)
         elif kind == "usage_update":
             usage = _usage(update, session_id)
             if usage is not None:
                 events.append(usage)
 
+    def _on_whole_message(
+        self, session_id: str | None, kind: str, content: object, t_ns: int, events: list[Event]
+    ) -> None:
+        """ACP v2 ``agent_message`` / ``agent_thought``: a whole message's blocks at once."""
+        blocks = content if isinstance(content, list) else []
+        texts = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+        if not any(_text(t) is not None for t in texts):
+            return
+        self._mark_token(
+            session_id, _MESSAGE_KINDS[kind], t_ns, events, FirstTokenGranularity.MESSAGE
+        )
+        if self._capture and kind == "agent_message":
+            for text in texts:
+                self._answer_content(session_id, text, events)
+
+    def _on_state_update(
+        self, session_id: str | None, update: dict[str, Any], t_ns: int, events: list[Event]
+    ) -> None:
+        """ACP v2 ``state_update``: ``idle`` ends the session's turn.
+
+        ``stopReason`` says how; from the first one on, the session's prompt results only
+        accept prompts.
+        """
+        named = self._sessions.get(session_id)
+        if named is not None:
+            named.state_updates = True
+        if update.get("state") != "idle":
+            return
+        session_id, session = self._in_flight(session_id)
+        if session is None:
+            return
+        usage = _usage(update.get("usage"), session_id)
+        if usage is not None:
+            events.append(usage)
+        self._end_turn(
+            session,
+            session_id,
+            t_ns,
+            events,
+            failed=False,
+            cancelled=update.get("stopReason") == "cancelled",
+        )
+
     # --- turn state ------------------------------------------------------------------
 
     def _mark_token(
-        self, session_id: str | None, kind: FirstTokenKind, t_ns: int, events: list[Event]
+        self,
+        session_id: str | None,
+        kind: FirstTokenKind,
+        t_ns: int,
+        events: list[Event],
+        granularity: FirstTokenGranularity = FirstTokenGranularity.DELTA,
     ) -> None:
         session_id, session = self._in_flight(session_id)
         if session is None or session.first_token or session.superseded:
@@ -504,11 +618,7 @@ class AcpJsonRpcAdapter:
         session.first_token = True
         events.append(
             MarkerObserved(
-                Marker.FIRST_TOKEN,
-                t_ns,
-                session_id=session_id,
-                granularity=FirstTokenGranularity.DELTA,
-                kind=kind,
+                Marker.FIRST_TOKEN, t_ns, session_id=session_id, granularity=granularity, kind=kind
             )
         )
 
