@@ -24,9 +24,8 @@ from realcli import (
     assert_first_token_matches,
     records_of,
 )
-from ttft_probe.content import CapturedContent
 from ttft_probe.sinks.store import Store
-from ttft_probe.testing.agent_env import find_session_id, one_shot_command
+from ttft_probe.testing.agent_env import ACP_AGENTS, find_session_id, one_shot_command
 from ttft_probe.testing.fake_provider import DEFAULT_ANSWER, FakeProvider
 
 pytestmark = pytest.mark.realcli
@@ -109,7 +108,12 @@ def test_capture_content_keeps_the_real_answer_and_changes_nothing_else(
     assert DEFAULT_ANSWER not in captured.to_json()
 
 
-@pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp", "gemini_acp"])
+AUTO_MODE_NOTICE = "**Warning:** We're changing auto mode"
+"""claude-agent-acp 0.101 ends a turn's answer with Claude Code's notice about the gateway
+(the fake provider is a non-Anthropic host): agent text of the turn, after its first token."""
+
+
+@pytest.mark.parametrize("agent", ACP_AGENTS)
 def test_capture_content_of_two_acp_turns(
     agent: str, provider: FakeProvider, scratch: Path
 ) -> None:
@@ -117,13 +121,17 @@ def test_capture_content_of_two_acp_turns(
     AcpClient(a, "--capture-content").two_turns()
     first, second = records_of(a)
     store = Store(a.store_path)
-    assert [store.content(r.run_id) for r in (first, second)] == [
-        CapturedContent("Say hello", DEFAULT_ANSWER),
-        CapturedContent("Say it again", DEFAULT_ANSWER),
-    ]
+    captured = [store.content(r.run_id) for r in (first, second)]
+    assert [c.input_text if c else None for c in captured] == ["Say hello", "Say it again"]
+    for content in captured:
+        assert content is not None
+        answer = content.output_text or ""
+        notice = answer.removeprefix(DEFAULT_ANSWER)
+        assert answer.startswith(DEFAULT_ANSWER)
+        assert notice == "" or (agent == "claude_code_acp" and notice.startswith(AUTO_MODE_NOTICE))
 
 
-@pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp", "gemini_acp"])
+@pytest.mark.parametrize("agent", ACP_AGENTS)
 def test_acp_two_turns_in_one_process(agent: str, provider: FakeProvider, scratch: Path) -> None:
     a = Agent(agent, provider, scratch)
     session = AcpClient(a).two_turns()
@@ -141,7 +149,7 @@ def test_acp_two_turns_in_one_process(agent: str, provider: FakeProvider, scratc
     assert_first_token_matches(provider, a.times(second), second)
 
 
-@pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp"])
+@pytest.mark.parametrize("agent", ["claude_code_acp", "codex_acp", "opencode_acp"])
 def test_acp_session_load_never_yields_a_pre_prompt_first_token(
     agent: str, provider: FakeProvider, scratch: Path
 ) -> None:
@@ -177,7 +185,7 @@ def test_ci_has_the_agent_clis() -> None:
     # The real-CLI tests must run in CI, never be skipped for a missing install.
     from ttft_probe.testing.agent_env import agent_bin_dir
 
-    for exe in ("claude", "codex", "gemini", "claude-code-acp", "codex-acp"):
+    for exe in ("claude", "codex", "gemini", "claude-agent-acp", "codex-acp", "opencode"):
         assert os.access(agent_bin_dir() / exe, os.X_OK), exe
 
 
