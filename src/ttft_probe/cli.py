@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from ttft_probe._hints import granularity_hint
 from ttft_probe._version import VERSION
 from ttft_probe.errors import TtftProbeError
 
@@ -111,23 +112,44 @@ def main(ctx: click.Context) -> None:
         _resume_gc()
 
 
-@main.command(context_settings=CONTEXT)
-@click.option(
+_agent_option = click.option(
     "--agent",
     help="Agent name for the record (default: inferred from the executable, "
-    "e.g. claude_code, codex, gemini, claude_code_acp, codex_acp).",
+    "e.g. claude_code, codex, gemini, claude_code_acp, codex_acp, opencode_acp).",
 )
-@click.option(
+_family_option = click.option(
     "--family",
     type=click.Choice(["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]),
     help="Runtime family whose marker rules apply (default: inferred from the command).",
 )
-@click.option(
+_conversation_option = click.option(
     "--conversation",
     "conversation_id",
     metavar="ID",
     help="Conversation id (default: the agent's session id).",
 )
+_observe_option = click.option(
+    "--observe-provider", is_flag=True,
+    help="Put a local pass-through proxy between the agent and its provider to time the "
+    "first model request (sessionInitDone for one-shot CLIs) and the provider's first "
+    "content byte. Points the agent's base-URL variable (or codex's provider base_url) at "
+    "127.0.0.1; bodies, headers and keys are never logged.")
+_upstream_option = click.option(
+    "--upstream", metavar="URL",
+    help="With --observe-provider: the provider to forward to (default: what the agent "
+    "would use — its base-URL variable, codex's config, or the public API).")
+_capture_option = click.option(
+    "--capture-content", is_flag=True,
+    help="Also keep each turn's prompt and answer text, as the agent's stdin and stdout "
+    "carry them, in the store and in the spans, PostHog and Langfuse. Off by default: "
+    "without it no prompt or answer text, argv or environment is kept or sent. Even with "
+    "it, argv and the environment never are.")
+
+
+@main.command(context_settings=CONTEXT)
+@_agent_option
+@_family_option
+@_conversation_option
 @click.option(
     "--turn",
     "turn_ordinal",
@@ -153,24 +175,14 @@ def main(ctx: click.Context) -> None:
     "--session-regex", metavar="REGEX", help="plain family: the line marking sessionInitDone."
 )
 @click.option("--token-regex", metavar="REGEX", help="plain family: the line marking firstToken.")
-@click.option("--observe-provider", is_flag=True,
-              help="Put a local pass-through proxy between the agent and its provider to time "
-              "the first model request (sessionInitDone for one-shot CLIs) and the provider's "
-              "first content byte. Points the agent's base-URL variable (or codex's provider "
-              "base_url) at 127.0.0.1; bodies, headers and keys are never logged.")
-@click.option("--upstream", metavar="URL",
-              help="With --observe-provider: the provider to forward to (default: what the "
-              "agent would use — its base-URL variable, codex's config, or the public API).")
+@_observe_option
+@_upstream_option
 @click.option("--delivery-wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
               metavar="SECONDS",
               help="Delivery to the configured sinks (OTLP, PostHog, Langfuse) runs in a "
               "detached `ttft-probe flush` after the agent exits; wait at most this long for it. "
               "What is not confirmed stays queued for the next run or `ttft-probe flush`.")
-@click.option("--capture-content", is_flag=True,
-              help="Also keep each turn's prompt and answer text, as the agent's stdin and "
-              "stdout carry them, in the store and in the spans, PostHog and Langfuse. Off "
-              "by default: without it no prompt or answer text, argv or environment is kept "
-              "or sent. Even with it, argv and the environment never are.")
+@_capture_option
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the breakdown to stderr.")
 @_store_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -240,7 +252,7 @@ def run(
     if not quiet:
         for result in outcome.results:
             click.echo(breakdown_line(result.record, result.times), err=True)
-            for hint in (_hint(result.record, result.times), _granularity_hint(result.record)):
+            for hint in (_hint(result.record, result.times), granularity_hint(result.record)):
                 if hint:
                     click.echo(f"ttft-probe: hint: {hint}", err=True)
     if not probe.close(timeout=STORE_WAIT_S):
@@ -366,19 +378,175 @@ def _hint(record: RunRecord, times: MarkerTimes | None = None) -> str | None:
     return None
 
 
-def _granularity_hint(record: RunRecord) -> str | None:
-    granularity = record.first_token_granularity
-    if granularity is not None and granularity.value == "message":
-        if record.agent == "claude_code":
-            return (
-                "the first token is a whole message, late by its generation time; add "
-                "--include-partial-messages to the claude command for deltas"
-            )
-        if record.agent == "codex":
-            return ("the first token is a whole message (codex exec prints no deltas), late by "
-                    "its generation time; `codex app-server` streams deltas")
-        return "the first token is a whole message (this agent prints no deltas), so it is late"
-    return None
+_DOCTOR_EXIT = {True: 0, False: 1}
+_DOCTOR_HELP = """Check that the probe sees every marker of an agent command.
+
+`ttft-probe doctor [OPTIONS] -- COMMAND...`
+
+Runs COMMAND once, as you would run it under `ttft-probe run`, against a fake provider
+built into ttft-probe (first token 300 ms after each request), never a real one: the
+agent gets a scratch HOME, a dummy key and its base URL pointed at the fake provider;
+your provider keys and base URLs are left out of its environment. Where the agent waits
+for a client (Claude Code with --input-format stream-json, ACP agents, codex
+app-server), doctor plays one and sends one short message.
+
+It prints, for each marker of the family (cliReady, sessionInitDone, promptSent,
+firstToken), whether it was seen and when (ms from the spawn), and what to change
+when it was not. Nothing is stored or sent.
+
+\b
+Exit status: 0 every marker the family defines was seen, 1 one was not, 2 a usage
+error (no command, an unknown family, a command that is not found).
+
+\b
+Examples:
+  ttft-probe doctor -- claude -p hi --output-format stream-json --verbose
+  ttft-probe doctor -- claude --output-format stream-json --verbose --input-format stream-json
+  ttft-probe doctor -- codex-acp
+  ttft-probe doctor --family plain -- my-agent "say hi"
+"""
+
+
+@main.command(context_settings=CONTEXT, help=_DOCTOR_HELP)
+@_agent_option
+@_family_option
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+              show_default=True, metavar="SECONDS", help="How long the agent gets to answer.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def doctor(agent: str | None, family: str | None, timeout: float,
+           command: tuple[str, ...]) -> None:
+    """Check that the probe sees every marker of COMMAND (see `--help`)."""
+    from ttft_probe.doctor import check_command, run_doctor  # noqa: PLC0415 - doctor only
+
+    _say_warnings()
+    try:
+        check_command(command)
+        report = run_doctor(command, agent=agent, family=family, timeout=timeout)
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    except FileNotFoundError:
+        _fail(f"command not found: {command[0]}")
+    except PermissionError:
+        _fail(f"command not executable: {command[0]}")
+    _print_doctor(report)
+    sys.exit(_DOCTOR_EXIT[report.ok])
+
+
+def _print_doctor(report: DoctorReport) -> None:
+    """Each marker, seen or not (with the fix), the notes, and the agent's output on failure."""
+    click.echo(f"ttft-probe doctor: {report.agent} ({report.family.value}, {report.mode}) "
+               "against the built-in fake provider")
+    for check in report.checks:
+        when = f"{check.at_ms:9.1f} ms" if check.at_ms is not None else "        —   "
+        state = "seen    " if check.seen else "NOT SEEN"
+        detail = f"  {check.detail}" if check.detail else ""
+        click.echo(f"  {check.marker.value:<16} {state} {when}{detail}")
+        if check.fix is not None:
+            click.echo(f"    fix: {check.fix}")
+    for note in report.notes:
+        click.echo(f"  note: {note}")
+    if not report.ok:
+        click.echo(f"  the agent exited with {report.exit_code}; the fake provider answered "
+                   f"{report.provider_requests} generation request(s)")
+        for name, tail in (("stdout", report.stdout_tail), ("stderr", report.stderr_tail)):
+            if tail.strip():
+                click.echo(f"  its {name} (last lines):")
+                for line in tail.strip().splitlines()[-8:]:
+                    click.echo(f"    {line[:200]}")
+    verdict = "every marker was seen" if report.ok else "a marker was not seen"
+    click.echo(f"ttft-probe doctor: {verdict}")
+
+
+_SHIM_HELP = """Write an executable NAME that runs COMMAND under the probe.
+
+`ttft-probe shim [OPTIONS] NAME -- COMMAND...`
+
+For SDKs that start the agent themselves from an executable path, in any language:
+give them NAME instead of the agent. NAME runs `ttft-probe run [OPTIONS] -- COMMAND`
+with the arguments the SDK passes appended, so every turn is recorded (SDK mode,
+app-server and ACP agents: one record per message). COMMAND's executable is resolved
+to its absolute path now, so NAME may even be called like the agent.
+
+\b
+Examples:
+  ttft-probe shim ./claude-probed -- claude
+    # TypeScript Claude Agent SDK: query({ prompt, options: {
+    #   pathToClaudeCodeExecutable: "./claude-probed" } })
+  ttft-probe shim --observe-provider ./codex-probed -- codex
+    # openai-codex: CodexConfig(codex_bin="./codex-probed")
+  ttft-probe shim ./agent-acp -- npx claude-agent-acp
+    # any ACP client: spawn "./agent-acp"
+"""
+_SHIM_TEMPLATE = """#!/bin/sh
+# Written by `ttft-probe shim` (ttft-probe {version}): runs the agent under `ttft-probe run`,
+# with the arguments this script is given after the agent command. Delete it to stop probing.
+exec {run} -- {command} "$@"
+"""
+
+
+@main.command(context_settings=CONTEXT, help=_SHIM_HELP)
+@_agent_option
+@_family_option
+@_conversation_option
+@_observe_option
+@_upstream_option
+@_capture_option
+@_store_option
+@click.option("--show-breakdown", is_flag=True,
+              help="Let `ttft-probe run` print its breakdown line on stderr (off: SDKs read "
+              "the agent's stderr, e.g. into their error messages).")
+@click.option("--force", is_flag=True, help="Overwrite NAME if it exists.")
+@click.argument("name", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def shim(
+    agent: str | None,
+    family: str | None,
+    conversation_id: str | None,
+    observe_provider: bool,
+    upstream: str | None,
+    capture_content: bool,
+    store: str | None,
+    show_breakdown: bool,
+    force: bool,
+    name: str,
+    command: tuple[str, ...],
+) -> None:
+    """Write an executable that runs an agent under the probe (see `--help`)."""
+    import shlex  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    target = Path(name).absolute()
+    executable = shutil.which(command[0])
+    if executable is None:
+        _fail(f"command not found: {command[0]} (give its path, or put it on PATH)")
+    if Path(executable).resolve() == target.resolve():
+        _fail(f"{command[0]} resolves to the shim itself ({target}): give the agent's real path")
+    if target.exists() and not force:
+        _fail(f"{target} exists; pass --force to overwrite it")
+    run_argv = [sys.executable, "-m", "ttft_probe", "run"]
+    if not show_breakdown:
+        run_argv.append("--quiet")
+    for flag, value in (("--agent", agent), ("--family", family),
+                        ("--conversation", conversation_id), ("--upstream", upstream),
+                        ("--store", str(Path(store).absolute()) if store else None)):
+        if value is not None:
+            run_argv += [flag, value]
+    for flag, on in (("--observe-provider", observe_provider),
+                     ("--capture-content", capture_content)):
+        if on:
+            run_argv.append(flag)
+    agent_argv = [str(Path(executable).absolute()), *command[1:]]
+    text = _SHIM_TEMPLATE.format(version=VERSION, run=shlex.join(run_argv),
+                                 command=shlex.join(agent_argv))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        target.chmod(0o755)
+    except OSError as exc:
+        _fail(f"could not write {target}: {exc.strerror or exc}")
+    click.echo(f"ttft-probe: wrote {target}: it runs {shlex.join(agent_argv)} under "
+               "ttft-probe run; give it to your SDK in place of the agent")
 
 
 @main.command(context_settings=CONTEXT)
@@ -758,6 +926,7 @@ def _print_table(records: Sequence[RunRecord]) -> None:
 
 if TYPE_CHECKING:
     from ttft_probe.analysis.ab import AbResult, Experiment
+    from ttft_probe.doctor import DoctorReport
     from ttft_probe.sinks.store import Store
 
 EXIT_TOO_MANY_FAILED = 1

@@ -27,6 +27,7 @@ __all__ = [
     "acp_command",
     "agent_bin_dir",
     "agent_environment",
+    "clean_environment",
     "find_session_id",
     "one_shot_command",
     "sdk_command",
@@ -251,6 +252,28 @@ def _write_opencode_config(home: Path, provider_url: str) -> None:
     )
 
 
+def clean_environment(home: Path, *, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment with no provider key, base URL or agent variable, ``HOME`` scratch.
+
+    ``environ`` (default ``os.environ``) without those variables, with ``HOME`` and the
+    XDG directories under ``home`` (created if missing). What every agent set-up below
+    starts from; alone, it is the set-up of an agent this module does not know: it can
+    reach no real provider with the user's credentials.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    env = _clean_environ(os.environ if environ is None else environ)
+    env.update(_COMMON)
+    env["HOME"] = str(home)
+    for var, sub in (
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_STATE_HOME", ".local/state"),
+    ):
+        env[var] = str(home / sub)
+    return env
+
+
 def agent_environment(
     agent: str,
     provider_url: str,
@@ -290,17 +313,7 @@ def agent_environment(
     Raises:
         ConfigError: Unknown agent.
     """
-    home.mkdir(parents=True, exist_ok=True)
-    env = _clean_environ(os.environ if environ is None else environ)
-    env.update(_COMMON)
-    env["HOME"] = str(home)
-    for var, sub in (
-        ("XDG_CONFIG_HOME", ".config"),
-        ("XDG_CACHE_HOME", ".cache"),
-        ("XDG_DATA_HOME", ".local/share"),
-        ("XDG_STATE_HOME", ".local/state"),
-    ):
-        env[var] = str(home / sub)
+    env = clean_environment(home, environ=environ)
     url = provider_url.rstrip("/")
     if agent in {"claude_code", "claude_code_acp"}:
         env.update(_CLAUDE)
