@@ -74,6 +74,9 @@ def test_two_turns_with_client_pauses(
     assert " + client_wait " in lines[0]
     assert lines[0].index("client_wait") < lines[0].index("session_init")
     assert lines[1].startswith("ttft-probe: claude_code turn 2 reused process: first token ")
+    # No boot of its own: its cli_ready is 0 by construction, not a measurement, not shown.
+    assert "cli_ready" not in lines[1]
+    assert " = session_init " in lines[1]
 
 
 def test_message_sent_during_a_turn_waits_for_it(provider: FakeProvider, scratch: Path) -> None:
@@ -87,8 +90,11 @@ def test_message_sent_during_a_turn_waits_for_it(provider: FakeProvider, scratch
         client.wait_for("result")
         client.wait_for("result")
     finally:
-        client.end()
+        stderr = client.end()
     first, second = records_of(a)
+    # Its wait for the first turn is shown: a measured cli_ready, not one by construction.
+    assert b"turn 2 reused process: first token" in stderr
+    assert b"= cli_ready " in stderr.split(b"turn 2 reused process")[1]
     assert_complete(first)
     assert_complete(second)
     first_times, second_times = a.times(first), a.times(second)
@@ -149,3 +155,19 @@ def test_without_the_initialize_handshake_cli_ready_is_not_observable(
     assert b"send a control_request initialize first" in stderr
     assert_complete(second)
     assert_model_segment(second)
+
+
+def test_client_closing_stdin_mid_turn_loses_no_record(
+    provider: FakeProvider, scratch: Path
+) -> None:
+    a = Agent("claude_code", provider, scratch)
+    client = SdkClient(a)
+    try:
+        client.initialize()
+        client.user("Say hello")
+    finally:
+        client.end()  # stdin closes while the turn is answering: the CLI finishes it, exits
+    assert client.proc.returncode == 0  # the agent's own exit status, through the probe
+    [record] = records_of(a)
+    assert_complete(record)
+    assert_first_token_matches(provider, a.times(record), record)

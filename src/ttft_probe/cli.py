@@ -339,11 +339,16 @@ def breakdown_line(record: RunRecord, times: MarkerTimes | None = None) -> str:
     if record.spawn_to_first_token_ms is None:
         body = "no first token"
     else:
-        parts = [f"cli_ready {_ms(record.cli_ready_ms)}"]
-        init = f"session_init {_ms(record.session_init_ms)}"
-        wait = f"client_wait {_ms(record.client_wait_ms)}" if record.client_wait_ms else None
         prompt_first = times is not None and times.prompt_first
-        parts += [p for p in ((wait, init) if prompt_first else (init, wait)) if p]
+        reused = record.process_reused
+        # A reused process's run has no boot and (but for a turn set up after its prompt)
+        # no session set-up of its own: those zeros are not measurements, so not shown.
+        ready = None if reused and not record.cli_ready_ms else record.cli_ready_ms
+        init = None if reused and not prompt_first else record.session_init_ms
+        parts = [] if reused and ready is None else [f"cli_ready {_ms(ready)}"]
+        init_part = None if reused and init is None else f"session_init {_ms(init)}"
+        wait = f"client_wait {_ms(record.client_wait_ms)}" if record.client_wait_ms else None
+        parts += [p for p in ((wait, init_part) if prompt_first else (init_part, wait)) if p]
         model = f"model_first_token {_ms(record.model_first_token_ms)}"
         if record.provider_first_byte_ms is not None and record.cli_forward_ms is not None:
             model += (f" (provider {_ms(record.provider_first_byte_ms)}"
