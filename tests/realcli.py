@@ -211,10 +211,10 @@ class SdkClient:
 
     WAIT_S = 120.0
 
-    def __init__(self, agent: Agent, *options: str) -> None:
+    def __init__(self, agent: Agent, *options: str, agent_args: tuple[str, ...] = ()) -> None:
         self.agent = agent
         self.proc = subprocess.Popen(
-            [*PROBE, "run", *options, "--", *sdk_command()], stdin=subprocess.PIPE,
+            [*PROBE, "run", *options, "--", *sdk_command(), *agent_args], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=agent.env, cwd=agent.work,
             start_new_session=True)
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()

@@ -171,3 +171,30 @@ def test_client_closing_stdin_mid_turn_loses_no_record(
     [record] = records_of(a)
     assert_complete(record)
     assert_first_token_matches(provider, a.times(record), record)
+
+
+def test_resumed_session_counts_on_from_its_earlier_runs(
+    provider: FakeProvider, scratch: Path
+) -> None:
+    a = Agent("claude_code", provider, scratch)
+    client = SdkClient(a)
+    try:
+        client.initialize()
+        session = client.turn("Say hello")["session_id"]
+    finally:
+        client.end()
+    client = SdkClient(a, agent_args=("--resume", session))  # as the SDK's `resume=` does
+    try:
+        client.initialize()
+        client.turn("Say it again")
+        client.turn("And once more")
+    finally:
+        client.end()
+    first, resumed, later = records_of(a)
+    assert (first.turn_ordinal, first.session_resumed) == (1, False)
+    assert (resumed.turn_ordinal, resumed.session_resumed, resumed.process_reused) == (2, True, False)
+    assert (later.turn_ordinal, later.session_resumed, later.process_reused) == (3, True, True)
+    assert resumed.conversation_id == later.conversation_id == first.conversation_id
+    for record in (resumed, later):
+        assert_complete(record)
+        assert_first_token_matches(provider, a.times(record), record)
