@@ -18,6 +18,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# agents/package-lock.json lists every platform package of each agent; the registry
+# reachable here serves only some of opencode's (linux x64), so those it lacks are
+# recorded from opencode-ai's manifest (version, os, cpu) without an integrity hash: npm ci
+# skips them on this platform and fetches them by name elsewhere.
 lock=agents/package-lock.json
 astamp=agents/node_modules/.ttft-probe-installed
 if [ ! -f "$astamp" ] || [ "$lock" -nt "$astamp" ]; then
