@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
-from ttft_probe.analysis._model import percentile
+from ttft_probe.analysis._model import NOT_SEPARATED, init_separated, measured, percentile
 from ttft_probe.errors import ConfigError, TtftProbeError
 
 if TYPE_CHECKING:
@@ -188,6 +188,10 @@ class AbEffect:
         confidence: The interval's confidence level (0–1).
         fresh_mean_ms: Mean of the fresh arm over the pairs used.
         resumed_mean_ms: Mean of the resumed arm over the pairs used.
+        not_separated: Complete pairs with a run that did not separate its session
+            set-up (timed without the provider observer): for ``session_init_ms`` they
+            are dropped (the value is no measurement); for ``cli_ready_ms`` their value
+            is the boot and the session set-up together.
     """
 
     segment: str
@@ -200,6 +204,7 @@ class AbEffect:
     confidence: float
     fresh_mean_ms: float | None = None
     resumed_mean_ms: float | None = None
+    not_separated: int = 0
 
     @property
     def excludes_zero(self) -> bool:
@@ -215,8 +220,11 @@ class AbEffect:
         return self.ci_low_ms <= value_ms <= self.ci_high_ms
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return attrs.asdict(self)
+        """JSON-ready fields; with ``note`` naming what ``not_separated`` means when > 0."""
+        data = attrs.asdict(self)
+        if self.not_separated:
+            data["note"] = NOT_SEPARATED
+        return data
 
 
 def effect_of(
@@ -269,8 +277,17 @@ class AbPair:
         return _ok(self.fresh) and _ok(self.resumed)
 
     def values(self, segment: str) -> tuple[float | None, float | None]:
-        """``(fresh, resumed)`` of ``segment`` in ms; ``None`` for a missing or failed run."""
+        """``(fresh, resumed)`` of ``segment`` in ms.
+
+        ``None`` for a missing or failed run, or for a value that is no measurement (an
+        unseparated ``session_init_ms``).
+        """
         return _value(self.fresh, segment), _value(self.resumed, segment)
+
+    @property
+    def separated(self) -> bool:
+        """Both runs separated their session set-up (see ``init_separated``)."""
+        return all(r is None or init_separated(r) for r in (self.fresh, self.resumed))
 
 
 def _ok(record: RunRecord | None) -> bool:
@@ -280,8 +297,7 @@ def _ok(record: RunRecord | None) -> bool:
 def _value(record: RunRecord | None, segment: str) -> float | None:
     if record is None or not _ok(record):
         return None
-    value: float | None = getattr(record, segment)
-    return value
+    return measured(record, segment)
 
 
 @attrs.frozen
@@ -358,16 +374,21 @@ def analyze(
         raise ValueError("confidence must be between 0 and 1 (exclusive)")
     if resamples < 1:
         raise ValueError("resamples must be at least 1")
-    effects = tuple(
-        effect_of(
+    unseparated = sum(p.complete and not p.separated for p in pairs)
+    effects = []
+    for segment in SEGMENTS:
+        effect = effect_of(
             segment,
             (p.values(segment) for p in pairs),
             confidence=confidence,
             resamples=resamples,
             seed=seed,
         )
-        for segment in SEGMENTS
-    )
+        if unseparated and segment in {"session_init_ms", "cli_ready_ms"}:
+            # Those pairs are dropped from session_init for being unseparated, not failed.
+            dropped = effect.dropped - (unseparated if segment == "session_init_ms" else 0)
+            effect = attrs.evolve(effect, dropped=dropped, not_separated=unseparated)
+        effects.append(effect)
     return AbResult(
         experiment_id=experiment_id,
         pairs=len(pairs),
@@ -375,7 +396,7 @@ def analyze(
         confidence=confidence,
         resamples=resamples,
         seed=seed,
-        effects=effects,
+        effects=tuple(effects),
     )
 
 
@@ -535,6 +556,7 @@ def run_experiment(
     max_failed_pairs: int | None = None,
     experiment_id: str | None = None,
     on_run: Callable[[RunEvent], None] | None = None,
+    observe_provider: bool | str = False,
 ) -> Experiment:
     """Run ``n`` pairs of the fresh and the resumed command and store every run with its arm.
 
@@ -557,6 +579,9 @@ def run_experiment(
         max_failed_pairs: Stop once more pairs than this failed (default: ``n // 10``).
         experiment_id: Id for the store (default: a new UUID4).
         on_run: Called after each run, in this thread.
+        observe_provider: Run every command with the provider observer (see
+            :class:`~ttft_probe.Probe`), which separates the session set-up of one-shot
+            CLIs from their boot; without it their ``session_init_ms`` is no measurement.
 
     Returns:
         The pairs run.
@@ -581,7 +606,12 @@ def run_experiment(
     exp_id = experiment_id or str(uuid.uuid4())
     probes = {
         arm: Probe(
-            agent=agent, family=family, session_resumed=arm == "resumed", store=db, deliver=False
+            agent=agent,
+            family=family,
+            session_resumed=arm == "resumed",
+            store=db,
+            deliver=False,
+            observe_provider=observe_provider,
         )
         for arm in ("fresh", "resumed")
     }

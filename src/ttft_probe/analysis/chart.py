@@ -3,8 +3,12 @@
 One row per agent × cohort. Left: the p50 of each segment as a stacked horizontal bar
 (``cli_ready``, ``session_init``, ``client_wait``, ``model_first_token``) with the p50
 of ``spawn_to_first_token_ms`` marked and labelled — the p50s of the parts do not add up
-to the p50 of the whole, so the marker is measured, not summed. Right: the distribution
-of ``spawn_to_first_token_ms`` (box: quartiles, whiskers 5–95 %; dots: every run).
+to the p50 of the whole, so the marker is measured, not summed. What is not a plain
+measurement is drawn so: a cohort that did not separate its session set-up has no
+``session_init`` bar and a hatched ``cli_ready`` bar labelled boot + session set-up; a
+cohort whose first tokens were whole messages has a dotted ``model_first_token`` bar.
+Right: the distribution of ``spawn_to_first_token_ms`` (box: quartiles, whiskers 5–95 %;
+dots: every run).
 
 matplotlib is imported only here, and only its object API (``Figure``) is used, so
 drawing never touches pyplot's global state or the user's backend; the file is rendered
@@ -55,6 +59,9 @@ _LABELS: Final = {
     "client_wait_ms": "client_wait (client to prompt)",
     "model_first_token_ms": "model_first_token (provider)",
 }
+_BOOT_AND_INIT: Final = "cli_ready (boot + session set-up: init not separated)"
+_MESSAGE_LATE: Final = "model_first_token (whole message: late by its generation)"
+_HATCHES: Final = {_BOOT_AND_INIT: "///", _MESSAGE_LATE: "..."}
 _INK: Final = "#222222"
 _MUTED: Final = "#666666"
 
@@ -155,7 +162,15 @@ def write_chart(
             ax.spines[side].set_visible(False)
     dist.tick_params(axis="y", labelleft=False)
     handles: list[Patch | Line2D] = [
-        Patch(facecolor=SEGMENT_COLOURS[m], label=_LABELS[m]) for m in used
+        Patch(
+            facecolor=SEGMENT_COLOURS.get(m, SEGMENT_COLOURS["cli_ready_ms"])
+            if m != _MESSAGE_LATE
+            else SEGMENT_COLOURS["model_first_token_ms"],
+            hatch=_HATCHES.get(m),
+            edgecolor="white",
+            label=_LABELS.get(m, m),
+        )
+        for m in used
     ]
     handles.append(Line2D([], [], color=_INK, linewidth=2.4, label="p50 spawn → first token"))
     fig.legend(
@@ -188,8 +203,17 @@ def _x_extent(rows: Sequence[CohortRow], values: dict[CohortKey, list[float]] | 
     return widest * 1.18 if widest > 0 else 1.0
 
 
+def _legend_key(row: CohortRow, metric: str) -> str:
+    """The legend entry of a segment bar: its own, or what makes it no plain measurement."""
+    if metric == "cli_ready_ms" and not row.key.separated:
+        return _BOOT_AND_INIT
+    if metric == "model_first_token_ms" and row.message_granular:
+        return _MESSAGE_LATE
+    return metric
+
+
 def _draw_bars(ax: Axes, rows: Sequence[CohortRow], xmax: float) -> list[str]:
-    """(a) p50 segments stacked, p50 spawn-to-first-token marked; the segments drawn."""
+    """(a) p50 segments stacked, p50 spawn-to-first-token marked; the legend keys drawn."""
     used: list[str] = []
     for y, row in enumerate(rows):
         left = 0.0
@@ -198,10 +222,18 @@ def _draw_bars(ax: Axes, rows: Sequence[CohortRow], xmax: float) -> list[str]:
             value = stats.p50 if stats is not None else None
             if not value:
                 continue
-            if metric not in used:
-                used.append(metric)
+            key = _legend_key(row, metric)
+            if key not in used:
+                used.append(key)
             ax.barh(
-                y, value, left=left, height=0.62, color=colour, edgecolor="white", linewidth=0.8
+                y,
+                value,
+                left=left,
+                height=0.62,
+                color=colour,
+                edgecolor="white",
+                linewidth=0.8,
+                hatch=_HATCHES.get(key),
             )
             if value >= 0.05 * xmax:
                 text = f"{value:,.0f}"
@@ -240,7 +272,8 @@ def _draw_bars(ax: Axes, rows: Sequence[CohortRow], xmax: float) -> list[str]:
                 fontweight="bold",
                 color=_INK,
             )
-    return [m for m in SEGMENT_COLOURS if m in used]
+    order = [*SEGMENT_COLOURS, _BOOT_AND_INIT, _MESSAGE_LATE]
+    return sorted(used, key=order.index)
 
 
 def _draw_distribution(

@@ -5,8 +5,14 @@ Population: succeeded runs with a complete breakdown (see
 default (``turns="all"`` takes every turn, unknown ordinals included). Statistic: the
 share ``session_init_ms / spawn_to_first_token_ms`` per run, its p50 and p90.
 
+Runs that did not separate their session set-up (``session_init_source="init_message"``,
+:func:`~ttft_probe.analysis._model.init_separated`) have no session-init share to decide
+on: they are left out of the population and counted (``not_separated``).
+
 The rule, in order (every threshold is a :class:`Thresholds` field; "≥" is inclusive):
 
+0. ``not_separated`` — no run separated its session set-up, and some did not: the gate
+   cannot tell session reuse from a warm pool; it names ``--observe-provider``.
 1. ``insufficient_data`` — fewer than ``min_runs`` runs in the population.
 2. ``session_reuse`` (GO) — p50 share ≥ ``p50_share`` (30 %) **or** p90 share ≥
    ``p90_share`` (40 %).
@@ -39,6 +45,7 @@ from ttft_probe.analysis._model import (
     Stats,
     cohort_of,
     included,
+    init_separated,
     percentile,
     session_init_share,
     stats_of,
@@ -77,11 +84,13 @@ class Decision(enum.StrEnum):
     WARM_PROCESS_POOL = "warm_process_pool"
     PROVIDER_SIDE = "provider_side"
     INSUFFICIENT_DATA = "insufficient_data"
+    NOT_SEPARATED = "not_separated"
 
 
 EXIT_CODES: Final = {
     Decision.SESSION_REUSE: 0,
     Decision.INSUFFICIENT_DATA: 3,
+    Decision.NOT_SEPARATED: 4,
     Decision.WARM_PROCESS_POOL: 10,
     Decision.PROVIDER_SIDE: 11,
 }
@@ -111,8 +120,12 @@ class Population:
     """The numbers the gate decides on.
 
     Attributes:
-        n: Runs in the population (succeeded, complete breakdown, positive total).
-        excluded: Runs of the agent, window and turns that were left out.
+        n: Runs in the population (succeeded, complete breakdown, positive total,
+            session set-up separated).
+        excluded: Runs of the agent, window and turns that were left out because they
+            failed or lack a marker.
+        not_separated: Succeeded, complete runs left out because their session set-up
+            was not separated (no session-init figure to decide on).
         session_init_share: p50 / p90 of ``session_init_ms / spawn_to_first_token_ms``.
         cli_ready_share_p50: p50 of ``cli_ready_ms / spawn_to_first_token_ms``.
         model_share_p50: p50 of ``model_first_token_ms / spawn_to_first_token_ms``.
@@ -125,6 +138,7 @@ class Population:
     cli_ready_share_p50: float | None
     model_share_p50: float | None
     spawn_to_first_token_p50_ms: float | None
+    not_separated: int = 0
 
 
 def _in_turns(record: RunRecord, turns: Turns) -> bool:
@@ -140,12 +154,15 @@ def _share(part: float | None, total: float | None) -> float | None:
 def population_of(records: Iterable[RunRecord], *, turns: Turns = "2+") -> Population:
     """The population of ``records`` (already filtered to one agent and the window)."""
     chosen = [r for r in records if _in_turns(r, turns)]
-    good = [r for r in chosen if included(r) and session_init_share(r) is not None]
+    complete = [r for r in chosen if included(r)]
+    unseparated = [r for r in complete if not init_separated(r)]
+    good = [r for r in complete if init_separated(r) and session_init_share(r) is not None]
     cli = [_share(r.cli_ready_ms, r.spawn_to_first_token_ms) for r in good]
     model = [_share(r.model_first_token_ms, r.spawn_to_first_token_ms) for r in good]
     return Population(
         n=len(good),
-        excluded=len(chosen) - len(good),
+        excluded=len(chosen) - len(good) - len(unseparated),
+        not_separated=len(unseparated),
         session_init_share=stats_of(session_init_share(r) for r in good),
         cli_ready_share_p50=percentile([v for v in cli if v is not None], 0.5),
         model_share_p50=percentile([v for v in model if v is not None], 0.5),
@@ -163,11 +180,14 @@ def population_of_report(report: Report, *, agent: str, turns: Turns = "2+") -> 
         ConfigError: The population spans several cohort rows, whose pooled percentiles
             cannot be recovered from per-cohort percentiles.
     """
-    rows = [
+    chosen = [
         row
         for row in report.rows
         if row.key.agent == agent and (turns == "all" or row.key.turn == "2+")
     ]
+    rows = [row for row in chosen if row.key.separated]
+    unseparated = sum(row.runs - row.excluded for row in chosen if not row.key.separated)
+    excluded_elsewhere = sum(row.excluded for row in chosen if not row.key.separated)
     with_runs = [row for row in rows if row.runs - row.excluded > 0]
     if len(with_runs) > 1:
         labels = ", ".join(row.key.label for row in with_runs)
@@ -179,11 +199,12 @@ def population_of_report(report: Report, *, agent: str, turns: Turns = "2+") -> 
     if not with_runs:
         return Population(
             n=0,
-            excluded=sum(row.excluded for row in rows),
+            excluded=sum(row.excluded for row in rows) + excluded_elsewhere,
             session_init_share=Stats(0, None, None),
             cli_ready_share_p50=None,
             model_share_p50=None,
             spawn_to_first_token_p50_ms=None,
+            not_separated=unseparated,
         )
     (row,) = with_runs
     total = row.metrics.get("spawn_to_first_token_ms", Stats(0, None, None)).p50
@@ -194,11 +215,16 @@ def population_of_report(report: Report, *, agent: str, turns: Turns = "2+") -> 
 
     return Population(
         n=row.session_init_share.n,
-        excluded=sum(r.excluded for r in rows) + row.runs - row.excluded - row.session_init_share.n,
+        excluded=sum(r.excluded for r in rows)
+        + excluded_elsewhere
+        + row.runs
+        - row.excluded
+        - row.session_init_share.n,
         session_init_share=row.session_init_share,
         cli_ready_share_p50=ratio("cli_ready_ms"),
         model_share_p50=ratio("model_first_token_ms"),
         spawn_to_first_token_p50_ms=total,
+        not_separated=unseparated,
     )
 
 
@@ -265,6 +291,7 @@ class Verdict:
             "source": self.source,
             "n": pop.n,
             "excluded": pop.excluded,
+            "not_separated": pop.not_separated,
             "session_init_share": {
                 "p50": pop.session_init_share.p50,
                 "p90": pop.session_init_share.p90,
@@ -308,23 +335,46 @@ def decide(
     pop = population
     p50, p90 = pop.session_init_share.p50, pop.session_init_share.p90
     turn_text = "turn 2+" if turns == "2+" else "all-turn"
+    left_out = (
+        f", {pop.not_separated} left out whose session init was not separated"
+        if pop.not_separated
+        else ""
+    )
     who = (
         f"{pop.n} succeeded {agent} {turn_text} runs with complete timing "
-        f"over {_window_text(window)} ({pop.excluded} excluded, source {source})"
+        f"over {_window_text(window)} ({pop.excluded} excluded{left_out}, source {source})"
     )
     shares = f"session_init_ms is {_pct(p50)} of spawn-to-first-token at p50 and {_pct(p90)} at p90"
     limits = f"thresholds {_pct(th.p50_share)} at p50 or {_pct(th.p90_share)} at p90"
-    if pop.n < th.min_runs:
+    observe = (
+        f" Add --observe-provider to `ttft-probe run` for the {pop.not_separated} runs whose "
+        "session set-up is not separated, and the gate can use them."
+        if pop.not_separated
+        else ""
+    )
+    if pop.n == 0 and pop.not_separated:
+        decision = Decision.NOT_SEPARATED
+        text = (
+            f"Not separated: none of the {pop.not_separated} succeeded {agent} {turn_text} "
+            f"runs over {_window_text(window)} (source {source}) separated its session "
+            "set-up from the CLI's boot. They were timed without --observe-provider, so "
+            "their session init ends at the agent's init line (for a one-shot CLI its first "
+            "line: session_init_ms is 0 by construction and the set-up is inside "
+            "cli_ready_ms). The gate cannot tell session reuse from a warm process pool "
+            "from them. Rerun the agent under `ttft-probe run --observe-provider` (or "
+            "Probe(observe_provider=True)) to time the first model request."
+        )
+    elif pop.n < th.min_runs:
         decision = Decision.INSUFFICIENT_DATA
         text = (
             f"Insufficient data: only {who}; the gate needs at least {th.min_runs}. "
-            "No decision — collect more runs or widen --since."
+            f"No decision — collect more runs or widen --since.{observe}"
         )
     elif _at_least(p50, th.p50_share) or _at_least(p90, th.p90_share):
         decision = Decision.SESSION_REUSE
         text = (
             f"GO for session reuse: over {who}, {shares}, at or above the {limits}. "
-            "Reusing sessions would remove that share of the wait."
+            f"Reusing sessions would remove that share of the wait.{observe}"
         )
     elif _at_least(pop.cli_ready_share_p50, th.cli_ready_share) and (
         pop.cli_ready_share_p50 or 0.0
@@ -334,7 +384,7 @@ def decide(
             f"No-go for session reuse, build a warm process pool: over {who}, {shares}, "
             f"below the {limits}; cli_ready_ms dominates at {_pct(pop.cli_ready_share_p50)} "
             f"at p50 (≥ {_pct(th.cli_ready_share)}, and above the model's "
-            f"{_pct(pop.model_share_p50)})."
+            f"{_pct(pop.model_share_p50)}).{observe}"
         )
     else:
         decision = Decision.PROVIDER_SIDE
@@ -342,7 +392,7 @@ def decide(
             f"No-go for session reuse, the wait is on the provider side: over {who}, "
             f"{shares}, below the {limits}; cli_ready_ms is {_pct(pop.cli_ready_share_p50)} "
             f"at p50 (warm-pool threshold {_pct(th.cli_ready_share)}) against the model's "
-            f"{_pct(pop.model_share_p50)}."
+            f"{_pct(pop.model_share_p50)}.{observe}"
         )
     return Verdict(
         decision=decision,

@@ -15,7 +15,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ttft_probe.analysis._model import METRICS, Report, Stats, build_report
+from ttft_probe.analysis._model import (
+    METRICS,
+    NOT_SEPARATED,
+    CohortRow,
+    Report,
+    Stats,
+    build_report,
+)
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
 
@@ -166,6 +173,39 @@ def _stats_json(stats: Stats) -> dict[str, Any]:
     return {"n": stats.n, "p50": stats.p50, "p90": stats.p90}
 
 
+MESSAGE_LATE: Final = (
+    "first token is a whole message: model_first_token_ms is late by the message's "
+    "generation time (for Claude Code, add --include-partial-messages)"
+)
+"""What a flag on the model segment of a cohort with whole-message first tokens means."""
+
+
+def _row_json(row: CohortRow) -> dict[str, Any]:
+    separated = row.key.separated
+    metrics: dict[str, Any] = {m: _stats_json(row.metrics[m]) for m in METRICS if m in row.metrics}
+    data: dict[str, Any] = {
+        "agent": row.key.agent,
+        "turn": row.key.turn,
+        "resumed": row.key.resumed,
+        "reused": row.key.reused,
+        "separated": separated,
+        "cohort": row.key.label,
+        "runs": row.runs,
+        "excluded": row.excluded,
+        "included": row.runs - row.excluded,
+        "metrics": metrics,
+        "session_init_share": _stats_json(row.session_init_share) if separated else None,
+        "cli_ready_covers": "boot" if separated else "boot + session set-up",
+        "message_granular": row.message_granular,
+    }
+    if not separated:
+        metrics["session_init_ms"] = None
+        data["not_separated"] = {"runs": row.runs - row.excluded, "reason": NOT_SEPARATED}
+    if row.message_granular:
+        data["model_first_token_note"] = MESSAGE_LATE
+    return data
+
+
 def report_to_json(report: Report) -> dict[str, Any]:
     """The report as JSON-ready data, rows in the report's (sorted) order.
 
@@ -173,30 +213,22 @@ def report_to_json(report: Report) -> dict[str, Any]:
 
         {"source": "local",
          "rows": [{"agent": "claude_code", "turn": "2+", "resumed": true, "reused": false,
-                   "cohort": "turn 2+ · resumed", "runs": 40, "excluded": 2, "included": 38,
+                   "separated": true, "cohort": "turn 2+ · resumed", "runs": 40,
+                   "excluded": 2, "included": 38,
                    "metrics": {"spawn_to_first_token_ms": {"n": 38, "p50": 1810.0,
                                                            "p90": 2400.5}, ...},
-                   "session_init_share": {"n": 38, "p50": 0.41, "p90": 0.52}}]}
+                   "session_init_share": {"n": 38, "p50": 0.41, "p90": 0.52},
+                   "cli_ready_covers": "boot", "message_granular": 0}]}
 
     Durations are ms; ``session_init_share`` is a fraction (0–1); a statistic with no
-    values is ``null``.
+    values is ``null``. A cohort that did not separate its session set-up
+    (``"separated": false``) has ``session_init_ms`` and ``session_init_share`` ``null``,
+    ``"cli_ready_covers": "boot + session set-up"`` and ``"not_separated": {"runs": n,
+    "reason": …}`` (:data:`~ttft_probe.analysis._model.NOT_SEPARATED`). A cohort with
+    whole-message first tokens counts them in ``message_granular`` and says what that
+    means in ``model_first_token_note``.
     """
-    rows = [
-        {
-            "agent": row.key.agent,
-            "turn": row.key.turn,
-            "resumed": row.key.resumed,
-            "reused": row.key.reused,
-            "cohort": row.key.label,
-            "runs": row.runs,
-            "excluded": row.excluded,
-            "included": row.runs - row.excluded,
-            "metrics": {m: _stats_json(row.metrics[m]) for m in METRICS if m in row.metrics},
-            "session_init_share": _stats_json(row.session_init_share),
-        }
-        for row in report.rows
-    ]
-    return {"source": report.source, "rows": rows}
+    return {"source": report.source, "rows": [_row_json(row) for row in report.rows]}
 
 
 def _ms_pair(stats: Stats | None) -> str:
@@ -211,6 +243,27 @@ def _share_pair(stats: Stats) -> str:
     return f"{stats.p50:.0%} [dim]/[/] {stats.p90:.0%}"
 
 
+_NOT_SEPARATED_CELL: Final = "[yellow]not separated[/]"
+_BOOT_AND_INIT: Final = "[yellow]†[/]"
+_MESSAGE_LATE: Final = "[yellow]*[/]"
+
+
+def _cells(row: CohortRow) -> list[str]:
+    """The row's metric cells, each ``p50 / p90``, with what is not a measurement said."""
+    cells = []
+    for metric in METRICS:
+        cell = _ms_pair(row.metrics.get(metric))
+        if metric == "cli_ready_ms" and not row.key.separated:
+            cell += _BOOT_AND_INIT
+        elif metric == "session_init_ms" and not row.key.separated:
+            cell = _NOT_SEPARATED_CELL
+        elif metric == "model_first_token_ms" and row.message_granular:
+            cell += _MESSAGE_LATE
+        cells.append(cell)
+    share = _share_pair(row.session_init_share) if row.key.separated else _NOT_SEPARATED_CELL
+    return [*cells, share]
+
+
 def report_table(report: Report, *, title: str | None = None) -> Table:
     """A rich table: one row per agent × cohort, each cell ``p50 / p90``.
 
@@ -220,11 +273,24 @@ def report_table(report: Report, *, title: str | None = None) -> Table:
     """
     from rich.table import Table  # noqa: PLC0415 - rendering only
 
+    caption = [
+        (
+            "excluded = failed, cancelled, timed out, or timing unavailable; counted apart, "
+            "never in the percentiles"
+        )
+    ]
+    if any(not row.key.separated for row in report.rows):
+        caption.append(
+            "† cli_ready is the CLI's boot and the session set-up together: session init "
+            "not separated (timed without --observe-provider); rerun with "
+            "`ttft-probe run --observe-provider` to split them"
+        )
+    if any(row.message_granular for row in report.rows):
+        caption.append(f"* {MESSAGE_LATE}")
     table = Table(
         title=title or f"ttft-probe report ({report.source}) — p50 / p90, ms",
         title_justify="left",
-        caption="excluded = failed, cancelled, timed out, or timing unavailable; "
-        "counted apart, never in the percentiles",
+        caption="\n".join(caption),
         caption_justify="left",
     )
     table.add_column("agent", style="bold")
@@ -243,8 +309,7 @@ def report_table(report: Report, *, title: str | None = None) -> Table:
             row.key.label,
             str(row.runs),
             str(row.excluded) if row.excluded else "[dim]0[/]",
-            *(_ms_pair(row.metrics.get(m)) for m in METRICS),
-            _share_pair(row.session_init_share),
+            *_cells(row),
             end_section=nxt is not None and nxt != row.key.agent,
         )
         previous = row.key.agent
