@@ -685,6 +685,14 @@ Excluded runs (failed, cancelled, timed out, or with a timing_unavailable_reason
 such as a missing marker) are counted in their own column and never enter the
 percentiles.
 
+"Not separated": runs timed without --observe-provider end their session init at
+the agent's init line, which a one-shot CLI prints first, so their session_init_ms
+is 0 by construction and the session set-up is inside cli_ready_ms. Their cohorts
+("init not separated") show no session_init figure and no init share, and their
+cli_ready (marked †) is the boot and the session set-up together. Rerun the agent
+under `ttft-probe run --observe-provider` to split them. A model segment marked *
+holds whole-message first tokens, late by the message's generation time.
+
 \b
 Examples:
   ttft-probe report
@@ -755,12 +763,17 @@ def report_command(
 _GATE_HELP = """Go / no-go for session reuse, from the session_init share of the wait.
 
 Population: the agent's succeeded runs with complete timing in the window, turn 2+
-by default (failed runs and runs with a missing marker are excluded and counted).
+by default (failed runs and runs with a missing marker are excluded and counted),
+whose session set-up was separated: runs timed without --observe-provider end
+their session init at the agent's init line (0 by construction for a one-shot CLI,
+the set-up hidden in cli_ready_ms), so they are left out and counted.
 Statistic: p50 and p90 over runs of session_init_ms / spawn_to_first_token_ms.
 Shares are fractions (0.30 = 30 %); "at least" includes equality.
 
 \b
 Verdict, first rule that holds, and exit code:
+  not_separated      no run separated its session set-up (all were
+                     timed without --observe-provider): no decision    exit 4
   insufficient_data  fewer than --min-runs runs                        exit 3
   session_reuse      GO: p50 share >= --p50-threshold (0.30)
                      or p90 share >= --p90-threshold (0.40)            exit 0
@@ -891,7 +904,16 @@ def _print_table(records: Sequence[RunRecord]) -> None:
     if not records:
         console.print("No runs stored yet. Run an agent with `ttft-probe run -- COMMAND`.")
         return
-    table = Table(title="ttft-probe runs (ms)", title_justify="left")
+    from ttft_probe.analysis._model import init_separated, message_granular  # noqa: PLC0415
+
+    caption = []
+    if not all(init_separated(r) for r in records):
+        caption.append("† cli_ready is the CLI's boot and the session set-up together: session "
+                       "init not separated (run without --observe-provider)")
+    if any(message_granular(r) for r in records):
+        caption.append("* the first token is a whole message, late by its generation time")
+    table = Table(title="ttft-probe runs (ms)", title_justify="left",
+                  caption="\n".join(caption) or None, caption_justify="left")
     for name, justify in [
         ("started (UTC)", "left"),
         ("agent", "left"),
@@ -917,10 +939,10 @@ def _print_table(records: Sequence[RunRecord]) -> None:
             str(r.turn_ordinal or "?"),
             how,
             _ms(r.spawn_to_first_token_ms),
-            _ms(r.cli_ready_ms),
-            _ms(r.session_init_ms),
+            _ms(r.cli_ready_ms) + ("" if init_separated(r) else "†"),
+            _ms(r.session_init_ms) if init_separated(r) else "not separated",
             _ms(r.client_wait_ms),
-            _ms(r.model_first_token_ms),
+            _ms(r.model_first_token_ms) + ("*" if message_granular(r) else ""),
             status,
             r.run_id[:8],
         )
@@ -965,6 +987,7 @@ _FAMILIES = ["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]
               help="Analyse the stored experiment ID again instead of running one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-run messages.")
+@_observe_option
 @_store_option
 def ab(
     fresh_cmd: str | None,
@@ -980,6 +1003,7 @@ def ab(
     experiment_id: str | None,
     as_json: bool,
     quiet: bool,
+    observe_provider: bool,
     store: str | None,
 ) -> None:
     """A/B test: paired fresh vs resumed runs, and what resuming does to each segment.
@@ -999,7 +1023,9 @@ def ab(
     client_wait_ms, model_first_token_ms) it prints the paired difference resumed − fresh
     in ms: mean, median and a percentile-bootstrap confidence interval of the mean over
     pairs (--resamples, --seed). A pair where either run failed or lacks the segment is
-    dropped for that segment and counted.
+    dropped for that segment and counted. Without --observe-provider a one-shot CLI's
+    session set-up is not separated from its boot: session_init_ms is then no
+    measurement ("not separated") and cli_ready_ms holds both (marked †).
 
     Exit status: 0 when no more than --max-failed-pairs pairs had a failed run; 1 when
     more did (the experiment stops there; what ran is still reported) or the priming run
@@ -1039,7 +1065,7 @@ def ab(
                 experiment = _run_ab_with_progress(
                     fresh_cmd, resumed_cmd, pairs=pairs, agent=agent,
                     family=family, db=db, timeout=timeout, max_failed_pairs=max_failed_pairs,
-                    quiet=quiet)
+                    quiet=quiet, observe_provider=observe_provider)
             except ExperimentError as exc:
                 click.echo(f"ttft-probe: error: {exc}", err=True)
                 sys.exit(EXIT_TOO_MANY_FAILED)
@@ -1071,6 +1097,7 @@ def _run_ab_with_progress(
     timeout: float,
     max_failed_pairs: int | None,
     quiet: bool,
+    observe_provider: bool,
 ) -> Experiment:
     """Run the experiment with a progress bar (and failure lines) on stderr."""
     from rich.console import Console  # noqa: PLC0415 - only for ab
@@ -1106,7 +1133,8 @@ def _run_ab_with_progress(
 
         return run_experiment(
             fresh_cmd, resumed_cmd, n=pairs, agent=agent, family=family, store=db,
-            timeout=timeout, max_failed_pairs=max_failed_pairs, on_run=on_run)
+            timeout=timeout, max_failed_pairs=max_failed_pairs, on_run=on_run,
+            observe_provider=observe_provider)
 
 
 def _print_ab(result: AbResult, planned: int | None) -> None:
@@ -1134,9 +1162,21 @@ def _print_ab(result: AbResult, planned: int | None) -> None:
     for e in result.effects:
         ci = "—" if e.ci_low_ms is None else f"[{e.ci_low_ms:.1f}, {_ms(e.ci_high_ms)}]"
         verdict = "" if e.ci_low_ms is None else ("yes" if e.excludes_zero else "no")
-        table.add_row(e.segment, str(e.n), str(e.dropped), _ms(e.fresh_mean_ms),
+        name = e.segment
+        if e.not_separated and e.segment == "cli_ready_ms":
+            name += " †"  # the boot and the session set-up together
+        elif e.not_separated and e.segment == "session_init_ms" and not e.n:
+            ci, verdict = "not separated", ""
+        table.add_row(name, str(e.n), str(e.dropped), _ms(e.fresh_mean_ms),
                       _ms(e.resumed_mean_ms), _ms(e.mean_ms), _ms(e.median_ms), ci, verdict)
     console.print(table)
+    unseparated = max(e.not_separated for e in result.effects)
+    if unseparated:
+        console.print(f"† {unseparated} pairs did not separate the session set-up: "
+                      "session_init_ms is no measurement there (left out) and cli_ready_ms "
+                      "holds the boot and the session set-up together. Run the experiment "
+                      "with the provider observer (`ttft-probe ab --observe-provider …`) to "
+                      "split them.", markup=False, highlight=False, soft_wrap=True)
     console.print(f"Experiment {result.experiment_id}; analyse it again with "
                   f"`ttft-probe ab --experiment {result.experiment_id}`.", markup=False,
                   highlight=False, soft_wrap=True)
