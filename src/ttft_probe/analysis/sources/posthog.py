@@ -58,7 +58,13 @@ from ttft_probe.analysis._model import (
     Stats,
     TurnGroup,
 )
-from ttft_probe.analysis.sources import SourceError, option, query_timeout_s, window_bounds
+from ttft_probe.analysis.sources import (
+    ENV_TIMEOUT,
+    SourceError,
+    option,
+    query_timeout_s,
+    window_bounds,
+)
 from ttft_probe.errors import ConfigError
 
 __all__ = [
@@ -125,21 +131,33 @@ def hogql_query(*, agent: str | None, start: datetime | None, end: datetime | No
 
     Returns:
         The query. Columns: ``agent``, ``turn`` (``'1'``/``'2+'``/``'?'``), ``resumed``,
-        ``reused`` (0/1), ``runs``, ``excluded``, then for every metric ``m`` of
+        ``reused``, ``separated`` (0/1; see
+        :func:`~ttft_probe.analysis._model.init_separated`), ``runs``, ``excluded``,
+        ``message_granular``, then for every metric ``m`` of
         :data:`~ttft_probe.analysis._model.METRICS` and ``session_init_share``:
-        ``n_<m>``, ``p50_<m>``, ``p90_<m>`` (ms; the share as a fraction).
+        ``n_<m>``, ``p50_<m>``, ``p90_<m>`` (ms; the share as a fraction). An unseparated
+        run's ``session_init_ms`` is no measurement: it is NULL, as the local store leaves
+        it out.
     """
     ordinal = _prop("turn_ordinal", "Nullable(Int64)")
+    metrics = [
+        f"if(separated, {_prop(m, 'Nullable(Float64)')}, NULL) AS {m}"
+        if m == "session_init_ms"
+        else f"{_prop(m, 'Nullable(Float64)')} AS {m}"
+        for m in METRICS
+    ]
     per_event = [
         "JSONExtractString(properties, 'agent') AS agent",
         f"multiIf(isNull({ordinal}), '?', {ordinal} = 1, '1', '2+') AS turn",
         "JSONExtractBool(properties, 'session_resumed') AS resumed",
         "JSONExtractBool(properties, 'process_reused') AS reused",
+        "JSONExtractString(properties, 'session_init_source') != 'init_message' AS separated",
         (
             "JSONExtractString(properties, 'status') = 'succeeded'"
             f" AND isNull({_prop('timing_unavailable_reason', 'Nullable(String)')}) AS included"
         ),
-        *(f"{_prop(m, 'Nullable(Float64)')} AS {m}" for m in METRICS),
+        "JSONExtractString(properties, 'first_token_granularity') = 'message' AS message",
+        *metrics,
     ]
     where = [f"event = {_sql_string(EVENT)}"]
     if start is not None:
@@ -155,8 +173,10 @@ def hogql_query(*, agent: str | None, start: datetime | None, end: datetime | No
         "turn",
         "resumed",
         "reused",
+        "separated",
         "count() AS runs",
         "countIf(NOT included) AS excluded",
+        "countIf(included AND message) AS message_granular",
         *(f"arraySort(groupArrayIf({m}, included)) AS v_{m}" for m in METRICS),
         f"arraySort(groupArrayIf({share}, included)) AS v_{SHARE}",
     ]
@@ -164,10 +184,11 @@ def hogql_query(*, agent: str | None, start: datetime | None, end: datetime | No
     for m in (*METRICS, SHARE):
         stats.append(f"length(v_{m}) AS n_{m}")
         stats.extend(f"{_quantile(f'v_{m}', q)} AS p{label}_{m}" for label, q in QUANTILES)
-    keys = "agent, turn, resumed, reused"
+    keys = "agent, turn, resumed, reused, separated"
     sep = ",\n    "
     return (
-        f"SELECT\n    {keys},\n    runs,\n    excluded,\n    {sep.join(stats)}\n"
+        f"SELECT\n    {keys},\n    runs,\n    excluded,\n    message_granular,\n"
+        f"    {sep.join(stats)}\n"
         f"FROM (\n"
         f"SELECT\n    {sep.join(per_cohort)}\n"
         f"FROM (\n"
@@ -234,12 +255,17 @@ def report_from_response(body: Mapping[str, Any], source: str = "posthog") -> Re
     results = body.get("results")
     if not isinstance(columns, list) or not isinstance(results, list):
         raise SourceError("PostHog's answer has no 'columns' and 'results'")
-    needed = {"agent", "turn", "resumed", "reused", "runs", "excluded"}
+    needed = {"agent", "turn", "resumed", "reused", "separated", "runs", "excluded",
+              "message_granular"}
     for m in (*METRICS, SHARE):
         needed |= {f"n_{m}", f"p50_{m}", f"p90_{m}"}
     missing = needed - set(columns)
     if missing:
-        raise SourceError(f"PostHog's answer lacks the columns {sorted(missing)}")
+        raise SourceError(
+            f"PostHog's answer lacks the columns {sorted(missing)}: it is not the answer to the "
+            f"query ttft-probe sent; check that {ENV_HOST} names PostHog itself (the app host, "
+            "not a proxy) and that this ttft-probe matches its ttft_probe events"
+        )
     rows = []
     for values in results:
         if not isinstance(values, Sequence) or len(values) != len(columns):
@@ -254,6 +280,7 @@ def report_from_response(body: Mapping[str, Any], source: str = "posthog") -> Re
             turn=turn_group,
             resumed=_bool(row["resumed"], "resumed"),
             reused=_bool(row["reused"], "reused"),
+            separated=_bool(row["separated"], "separated"),
         )
         rows.append(
             CohortRow(
@@ -262,6 +289,7 @@ def report_from_response(body: Mapping[str, Any], source: str = "posthog") -> Re
                 excluded=_int(row["excluded"], "excluded"),
                 metrics={m: _stats(row, m) for m in METRICS},
                 session_init_share=_stats(row, SHARE),
+                message_granular=_int(row["message_granular"], "message_granular"),
             )
         )
     rows.sort(key=lambda r: r.key)
@@ -352,14 +380,32 @@ def _post(url: str, payload: Mapping[str, Any], *, key: str, timeout_s: float) -
                 f"PostHog does not know this project (404: {detail}); check "
                 f"{ENV_PROJECT_ID} and {ENV_HOST}"
             ) from None
-        raise SourceError(f"PostHog's query API answered {exc.code}: {detail}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        if exc.code == 400:
+            raise SourceError(
+                f"PostHog refused the report's query (400: {detail}); check that {ENV_HOST} "
+                "names PostHog's app host, or use --source local"
+            ) from None
+        raise SourceError(
+            f"PostHog's query API answered {exc.code} ({detail}); try again later, or use "
+            "--source local"
+        ) from None
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SourceError(f"cannot reach PostHog at {url}: {reason}") from None
+        if isinstance(reason, TimeoutError):
+            raise SourceError(
+                f"PostHog at {url} did not answer within {timeout_s:g} s; raise "
+                f"{ENV_TIMEOUT} or check {ENV_HOST}"
+            ) from None
+        raise SourceError(
+            f"cannot reach PostHog at {url} ({reason}); check {ENV_HOST} and the network"
+        ) from None
     try:
         body = json.loads(raw)
-    except ValueError as exc:
-        raise SourceError("PostHog's query API did not answer with JSON") from exc
+    except ValueError:
+        raise SourceError(
+            f"the query API at {url} did not answer with JSON; check that {ENV_HOST} names "
+            "PostHog's app host"
+        ) from None
     if not isinstance(body, dict):
         raise SourceError("PostHog's query API answered with something other than an object")
     if body.get("error"):
