@@ -107,6 +107,7 @@ def test_exit_codes_are_distinct_and_documented() -> None:
     assert EXIT_CODES == {
         Decision.SESSION_REUSE: 0,
         Decision.INSUFFICIENT_DATA: 3,
+        Decision.NOT_SEPARATED: 4,
         Decision.WARM_PROCESS_POOL: 10,
         Decision.PROVIDER_SIDE: 11,
     }
@@ -341,6 +342,7 @@ def test_cli_json_shape_and_options(tmp_path: Path) -> None:
         "source",
         "n",
         "excluded",
+        "not_separated",
         "session_init_share",
         "cli_ready_share_p50",
         "model_share_p50",

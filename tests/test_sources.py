@@ -64,6 +64,8 @@ def _run(
     reason: str | None = None,
     no_client_wait: bool = False,
     zero_total: bool = False,
+    source: str | None = None,
+    granularity: str | None = None,
 ) -> Delivery:
     """One run with awkward (µs-resolution) floats; its delivery for the sinks."""
     cli = 0.0 if reused else round(rng.uniform(80, 2500), 3)
@@ -98,6 +100,8 @@ def _run(
         remainder_ms=None if total is None else 0.0,
         total_duration_ms=None if total is None else round(total + rng.uniform(10, 900), 3),
         timing_unavailable_reason=reason,
+        session_init_source=source,
+        first_token_granularity=granularity if model is not None else None,
         input_tokens=rng.randrange(10, 5000),
         output_tokens=rng.randrange(1, 900),
         probe_version="0.0.test",
@@ -159,6 +163,9 @@ def _make_runs() -> list[Delivery]:
                     reason=reason,
                     no_client_wait=agent == "gemini" and i % 4 == 1,
                     zero_total=agent == "codex" and i == 7,
+                    # Timed without the observer: the session set-up is not separated.
+                    source="init_message" if i % 5 == 1 and not reused else None,
+                    granularity="message" if agent == "codex" and i % 2 == 0 else "delta",
                 )
             )
     # After `now` (clock skew): outside every window, inside "no window".
@@ -308,6 +315,13 @@ def test_the_data_covers_every_case(store_path: Path) -> None:
     assert 0 < sum(r.runs for r in week.rows) < sum(r.runs for r in report.rows) - 1
     biggest = max(report.rows, key=lambda r: r.metrics["spawn_to_first_token_ms"].n)
     assert biggest.metrics["spawn_to_first_token_ms"].n >= 10
+    # Cohorts that did not separate the session set-up, with no session-init figure.
+    unseparated = [row for row in report.rows if not row.key.separated]
+    assert unseparated
+    assert all(row.metrics["session_init_ms"].n == row.session_init_share.n == 0
+               for row in unseparated)
+    assert any(row.metrics["cli_ready_ms"].n > 0 for row in unseparated)
+    assert any(row.message_granular for row in report.rows)
 
 
 def test_jaeger_v1_shape_with_auto_falls_back_when_v3_is_missing(
@@ -614,3 +628,44 @@ def test_unreachable_backends_are_source_errors() -> None:
     with pytest.raises(SourceError, match="cannot reach PostHog") as info:
         load("posthog", agent=None, since=WEEK, now=NOW, env=env)
     assert KEY not in str(info.value)
+
+
+# --- the gate: the same verdict from PostHog (ClickHouse) as from the local store -----
+
+
+def test_gate_from_posthog_agrees_with_the_local_store(tmp_path: Path) -> None:
+    """One agent's turn-2+ runs: a separated cohort and an unseparated one (no observer)."""
+    from ttft_probe.analysis.gate import gate_records, gate_report
+
+    rng = random.Random(11)
+    runs = [
+        _run(rng, agent="opencode_acp", at=NOW - timedelta(hours=i + 1), turn=2 + i % 4,
+             resumed=True, source=None if i < 24 else "init_message",
+             reason="no_first_token" if i % 10 == 9 else None)
+        for i in range(30)
+    ]  # fmt: skip
+    with FakePostHog() as capture:
+        sink = PostHogSink("phc_project_key", host=capture.host, distinct_id="install-1")
+        try:
+            assert sink.deliver(runs, timeout_s=20) == [True] * len(runs)
+        finally:
+            sink.close()
+        events = capture.events
+    local_records = in_window([d.record for d in runs], agent="opencode_acp", since=WEEK,
+                              now=NOW)
+    local = gate_records(local_records, agent="opencode_acp", window=WEEK, source="local")
+    with FakePostHogQuery(events, project_id=PROJECT, personal_api_key=KEY) as fake:
+        report = load("posthog", agent="opencode_acp", since=WEEK, now=NOW,
+                      env=_posthog_env(fake))
+    remote = gate_report(report, agent="opencode_acp", window=WEEK)
+    assert local.population.not_separated == 6 - 1  # one of the six has no first token
+    assert local.population.n > 15
+    # Every number the gate decided on, to the µs (the shares are the p50s' ratios there).
+    assert remote.decision is local.decision
+    assert remote.population.n == local.population.n
+    assert remote.population.not_separated == local.population.not_separated
+    assert remote.population.excluded == local.population.excluded
+    assert remote.population.session_init_share == local.population.session_init_share
+    assert remote.population.spawn_to_first_token_p50_ms == (
+        local.population.spawn_to_first_token_p50_ms
+    )
