@@ -204,17 +204,16 @@ def run_reads(
         opts = attrs.evolve(options or AdapterOptions(), capture_content=capture_content)
         inner = adapter_for(family.value, opts)
     spy = spy_on(inner, fault_at)
-    results: list[RunResult] = []
     tracker = ProcessTracker(
         agent=resolve_agent(["agent"], family=family.value),
         adapter=spy,
         spawn_ns=0,
         anchor=ANCHOR,
         caller=CallerContext(),
-        emit=results.append,
         probe_version="fuzz",
         capture_content=capture_content,
     )
+    results = tracker.results
     last = 0
     for stream, data, t_ns in reads:
         assert t_ns > last
@@ -225,7 +224,7 @@ def run_reads(
             tracker.on_stdin(data, t_ns)
     tracker.on_stdout_eof(last + 1)
     tracker.on_exit(ExitInfo(t_ns=last + 2, returncode=returncode))
-    assert results == tracker.results
+    assert tracker.settled.is_set()
     return Outcome(results, spy, last + 1, last + 2)
 
 
@@ -1591,11 +1590,11 @@ def test_one_hundred_mib_line(family: RuntimeFamily) -> None:
     # The plain adapter scans stdout text only for a pattern it still looks for.
     options = AdapterOptions(first_token_regex=re.compile("ANSWER")) if family is PLAIN else None
     spy = spy_on(adapter_for(family.value, options))
-    results: list[RunResult] = []
     tracker = ProcessTracker(
         agent=resolve_agent(["agent"], family=family.value), adapter=spy, spawn_ns=0,
-        anchor=ANCHOR, caller=CallerContext(), emit=results.append, probe_version="fuzz",
+        anchor=ANCHOR, caller=CallerContext(), probe_version="fuzz",
     )  # fmt: skip
+    results = tracker.results
     t = 0
 
     def feed(stream: Stream, data: bytes) -> None:
@@ -2011,13 +2010,12 @@ class _GeneratorAdapter:
     **TRACKER_ONLY,
 )
 def test_regression_adapter_events_generator_raising_is_recorded() -> None:
-    results: list[RunResult] = []
     tracker = ProcessTracker(
         agent=resolve_agent(["agent"], family=CLAUDE.value),
         adapter=cast("Adapter", _GeneratorAdapter()),
-        spawn_ns=0, anchor=ANCHOR, caller=CallerContext(), emit=results.append,
-        probe_version="fuzz",
+        spawn_ns=0, anchor=ANCHOR, caller=CallerContext(), probe_version="fuzz",
     )  # fmt: skip
+    results = tracker.results
     tracker.on_stdout(b"boom\n", 5)
     tracker.on_stdout(b"fine\n", 6)
     tracker.on_exit(ExitInfo(7, 0))

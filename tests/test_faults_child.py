@@ -16,6 +16,7 @@ first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -215,6 +216,7 @@ def test_stdout_closed_early_library_reader_sees_eof_then_exit(tmp_path: Path,
         assert proc.stdout.read() == (json.dumps(INIT) + "\n").encode()
         assert proc.poll() is None  # EOF came while the child still runs
         assert proc.wait(TIMEOUT) == 0
+        proc.stdout.close()
         assert probe.wait(10)
     [record] = probe.records
     assert [r["run_id"] for r in stored(probe_home)] == [record.run_id]
@@ -293,6 +295,9 @@ def test_child_closing_stdin_breaks_the_clients_pipe(tmp_path: Path, probe_home:
         finally:
             proc.kill()
             proc.wait(TIMEOUT)
+            proc.stdout.close()
+            with contextlib.suppress(BrokenPipeError):  # what the failed write left buffered
+                proc.stdin.close()
     assert probe.wait(10)
     [record] = probe.records
     assert record.signal == signal.SIGKILL

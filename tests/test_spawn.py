@@ -21,6 +21,7 @@ from conftest import CHILDREN, PROBE, assert_valid, script, stored
 from reliability import fault_case
 from ttft_probe import Probe
 from ttft_probe.record import RunRecord
+from ttft_probe.sinks.store import Store
 
 INIT = {"type": "system", "subtype": "init", "session_id": "s-1", "model": "claude-x"}
 DELTA = {
@@ -382,6 +383,8 @@ def test_acp_two_turns_sync_stdin_tee(probe_home: Path) -> None:
             _read_until_id(proc.stdout, rid)
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
     first, second = probe.records
     for r in (first, second):
         assert_valid(r)
@@ -399,6 +402,61 @@ def test_acp_two_turns_sync_stdin_tee(probe_home: Path) -> None:
     assert second.spawn_to_first_token_ms == second.model_first_token_ms
     assert first.remainder_ms == second.remainder_ms == 0
     assert first.session_id == second.session_id == "sess-1"
+
+
+class SlowHistoryStore(Store):
+    """A store whose history lookup (a resumed session's earlier runs) takes 2 s."""
+
+    lookups = 0
+
+    def session_history(self, session_id: str) -> tuple[int, str | None]:
+        SlowHistoryStore.lookups += 1
+        time.sleep(2.0)
+        return super().session_history(session_id)
+
+
+@pytest.mark.fault(
+    "Store",
+    "the store takes 2 s to look up a resumed session's history while the client prompts again",
+    outcome="no forwarded byte waits: the lookup runs on the recorder thread, off the pumps",
+    agent="identical",
+    records_lost="0",
+)
+def test_a_slow_history_lookup_delays_no_forwarded_byte(tmp_path: Path) -> None:
+    env = {**os.environ, "TOKEN_DELAY_MS": "20", "EXIT_ON_EOF": "1"}
+    SlowHistoryStore.lookups = 0
+    with Probe(family="acp-json-rpc", agent="fake_acp", store=SlowHistoryStore(tmp_path / "r.db"),
+               telemetry=False) as probe:  # fmt: skip
+        proc = probe.popen(
+            [sys.executable, str(CHILDREN / "fake_acp.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        for req in _acp_requests(session="sess-9"):  # session/load: a resumed session
+            proc.stdin.write(req)
+        proc.stdin.flush()
+        _read_until_id(proc.stdout, 1)
+        waits = []
+        for rid in (2, 3, 4):
+            # Turn 1 ends with the answer to prompt 2: its identity needs the 2 s lookup.
+            sent = time.monotonic()
+            proc.stdin.write(_prompt(rid, "sess-9"))
+            proc.stdin.flush()
+            _read_until_id(proc.stdout, rid)
+            waits.append(time.monotonic() - sent)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        proc.stdout.close()
+        assert probe.wait(30)
+    # Each prompt's answer took the agent's 20 ms, not the lookup's 2 s.
+    assert max(waits) < 1.0, waits
+    assert SlowHistoryStore.lookups >= 1  # the slow lookup did happen
+    runs = probe.records
+    assert [r.turn_ordinal for r in runs] == [2, 3, 4]  # after the one replayed turn
+    assert all(r.session_resumed for r in runs)
 
 
 def test_acp_session_load_replay_is_not_a_first_token(probe_home: Path) -> None:

@@ -1,9 +1,12 @@
-"""The recorder: takes finished runs off the pump threads and writes them down.
+"""The recorder: takes closed turns off the pump threads, builds their runs and stores them.
 
-Runs are queued and written by one background thread, so a slow or failing disk never
-delays the bytes the agent prints. The store is written first, with its outbox rows;
-then the deliverer is kicked (:mod:`ttft_probe.sinks.outbox`); user callbacks after.
-:meth:`Recorder.flush` waits (bounded) until everything queued so far is written.
+One background thread does everything slow, in order, for each run: the identity lookup in
+the store's history (for a resumed session), building the record, finishing its spans
+(:meth:`ttft_probe._run.PendingRun.build`), then writing the store with its outbox rows,
+kicking the deliverer (:mod:`ttft_probe.sinks.outbox`) and calling user callbacks. A slow
+or failing disk therefore never delays the bytes the agent prints, and a history lookup
+always sees the runs queued before it already stored. :meth:`Recorder.flush` waits
+(bounded) until everything queued so far is written.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ttft_probe._run import RunResult
+    from ttft_probe._run import PendingRun, RunResult
     from ttft_probe.record import RunRecord
     from ttft_probe.sinks.outbox import Deliverer, SinkSpec
     from ttft_probe.sinks.store import Store
@@ -26,7 +29,7 @@ _log = logging.getLogger("ttft_probe")
 
 
 class Recorder:
-    """Writes finished runs to the store and hands them to callbacks, off the hot path.
+    """Builds closed turns' runs, stores them and hands them to callbacks, off the hot path.
 
     Args:
         store: Opens the store lazily in the writer thread (``None``: no store).
@@ -52,7 +55,7 @@ class Recorder:
         self._start_lock = threading.Lock()
         self._store: Store | None = None
         self._on_record = on_record
-        self._queue: queue.SimpleQueue[RunResult | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[PendingRun | None] = queue.SimpleQueue()
         self._pending = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -74,8 +77,8 @@ class Recorder:
 
                 self._deliverer = Deliverer(self._specs, self._open_store)
 
-    def submit(self, result: RunResult) -> None:
-        """Queue a finished run; never blocks, never raises."""
+    def submit(self, run: PendingRun) -> None:
+        """Queue a closed turn to build and store; never blocks, never raises."""
         with self._cond:
             self._pending += 1
             if self._thread is None:
@@ -83,10 +86,13 @@ class Recorder:
                     target=self._work, name="ttft-probe-recorder", daemon=True
                 )
                 self._thread.start()
-        self._queue.put(result)
+        self._queue.put(run)
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s until every submitted run is written; ``True`` if so."""
+        """Wait up to ``timeout`` s until every submitted run is built and written.
+
+        Returns ``True`` if so. Must not be called from the recorder thread itself.
+        """
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout=timeout)
 
@@ -106,11 +112,25 @@ class Recorder:
             if item is None:
                 return
             try:
-                self._write(item)
+                self._record(item)
             finally:
+                item = None  # hold no run (nor its tracker) while waiting for the next
                 with self._cond:
                     self._pending -= 1
                     self._cond.notify_all()
+
+    def _record(self, run: PendingRun) -> None:
+        result = run.build(self._history)
+        if result is not None:
+            self._write(result)
+
+    def _history(self, session_id: str) -> tuple[int, str | None]:
+        """The store's earlier runs of ``session_id`` (recorder thread; may block)."""
+        if self._open_store is None:
+            return 0, None
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store.session_history(session_id)
 
     def _write(self, result: RunResult) -> None:
         if self._open_store is not None:

@@ -78,6 +78,9 @@ _log = logging.getLogger("ttft_probe")
 
 _CHUNK: Final = 65536
 DEFAULT_DRAIN_TIMEOUT_S: Final = 0.2
+SETTLE_TIMEOUT_S: Final = 10.0
+"""How long :meth:`Probe.run` waits for the recorder thread to build the runs' records (s);
+only a store lookup (a resumed session's history, on a locked store) can take that long."""
 """After the child exits, how long (s) to wait for its stdout EOF before finishing the run
 (a grandchild may hold the pipe open forever)."""
 
@@ -115,7 +118,7 @@ class TrackedProcess:
 
     Attributes:
         tracker: Turns the process's output into runs.
-        done: Set when the process has exited and its runs are finished.
+        done: Set when the process has exited and the recorder thread built its runs.
     """
 
     def __init__(self, tracker: ProcessTracker) -> None:
@@ -194,7 +197,8 @@ class TrackedProcess:
         self.tracker.on_exit(info)
         if self._observation is not None:
             self._observation.stop()
-        self.done.set()
+        # Done once the recorder thread has built every run of the process, too.
+        self.tracker.when_settled(self.done.set)
 
     def watch_exit(self, pid: int, returncode: Callable[[], int | None], drain: float) -> None:
         """Finish the runs when process ``pid`` exits, from a thread of its own.
@@ -428,14 +432,6 @@ class Probe:
             family=self._options["family"],
         )
 
-    def _history(self, session_id: str) -> tuple[int, str | None]:
-        opener = self._store_opener(self._options["store"])
-        if opener is None:
-            return 0, None
-        # Earlier runs of the session must be on disk before we look them up.
-        self._recorder.flush(2.0)
-        return opener().session_history(session_id)
-
     def _track(
         self,
         argv: Sequence[str],
@@ -466,10 +462,9 @@ class Probe:
             spawn_ns=spawn_ns,
             anchor=anchor,
             caller=CallerContext(o["conversation_id"], o["turn_ordinal"], o["session_resumed"]),
-            emit=self._recorder.submit,
+            submit=self._recorder.submit,
             probe_version=_version.VERSION,
             telemetry=telemetry,
-            history=self._history,
             capture_content=o["capture_content"],
         )
         tracked = TrackedProcess(tracker)
@@ -772,6 +767,7 @@ class Probe:
             for fd in holders:
                 os.close(fd)
         tracked.finish(returncode, t_exit, float(self._options["drain_timeout"]))
+        tracked.done.wait(SETTLE_TIMEOUT_S)  # the recorder thread builds the records
         status = 128 - returncode if returncode < 0 else returncode
         return RunOutcome(exit_status=status, results=tracked.results)
 

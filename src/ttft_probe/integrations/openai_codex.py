@@ -22,7 +22,11 @@ Needs ``openai-codex`` 0.163 or later (``pip install 'ttft-probe[openai-codex]'`
 
 from __future__ import annotations
 
-from typing import Self
+import contextlib
+import subprocess
+from collections.abc import Sequence
+from threading import Thread
+from typing import Any, Self
 
 from ttft_probe._clock import monotonic_ns
 from ttft_probe.errors import ConfigError
@@ -137,6 +141,22 @@ class _ProbedCodexClient(CodexClient):
         super()._start_stderr_drain_thread()
 
     def close(self) -> None:
+        proc = self._proc
         super().close()
+        _close_pipes(proc, (self._reader_thread, self._stderr_thread))
         if self._owns_probe:
             self.probe.close(timeout=5.0, delivery_wait=0.0)
+
+
+def _close_pipes(proc: subprocess.Popen[Any] | None, readers: Sequence[Thread | None]) -> None:
+    """Close the pass-through stdout and stderr the SDK reads and never closes itself.
+
+    Only once its reader threads ended (the process is gone, they read EOF): a file
+    closed under a reading thread would make it raise.
+    """
+    if proc is None or any(t is not None and t.is_alive() for t in readers):
+        return
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
