@@ -26,7 +26,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otlp_receiver import OtlpReceiver, attributes_of
+from helpers.otlp import attributes_of
+from otlp_receiver import OtlpReceiver
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor
 from ttft_probe.content import CapturedContent
