@@ -22,6 +22,7 @@ import pytest
 
 from conftest import PROBE, assert_valid, script
 from helpers.records import ab_record
+from helpers.stand_in import DELTA, claude_init, line
 from ttft_probe.analysis.ab import (
     SEGMENTS,
     AbPair,
@@ -187,20 +188,8 @@ def test_a_version_2_store_gains_the_experiment_table_and_keeps_its_runs(tmp_pat
 
 # --- the command on scripted stand-in agents ---------------------------------------------
 
-INIT = {"type": "system", "subtype": "init", "session_id": "s-ab", "model": "claude-x"}
-DELTA = {
-    "type": "stream_event",
-    "event": {
-        "type": "content_block_delta",
-        "index": 0,
-        "delta": {"type": "text_delta", "text": "Hi"},
-    },
-}
+INIT = claude_init("s-ab")
 RESULT = {"type": "result", "subtype": "success", "is_error": False, "session_id": "s-ab"}
-
-
-def _line(obj: dict[str, Any]) -> dict[str, str]:
-    return {"out": json.dumps(obj) + "\n"}
 
 
 def stand_in(tmp_path: Path, token_delay_ms: int, exit_code: int = 0) -> str:
@@ -208,10 +197,10 @@ def stand_in(tmp_path: Path, token_delay_ms: int, exit_code: int = 0) -> str:
     argv = script(
         tmp_path,
         [
-            _line(INIT),
+            line(INIT),
             {"sleep_ms": token_delay_ms},
-            _line(DELTA),
-            _line(RESULT),
+            line(DELTA),
+            line(RESULT),
             {"err": "bye\n"},
             {"exit": exit_code},
         ],
