@@ -27,14 +27,12 @@ traces are returned, newest first, at most ``limit`` / ``num_traces`` of them.
 from __future__ import annotations
 
 import calendar
-import gzip
 import json
 import re
 import threading
 import time
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -43,9 +41,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-if TYPE_CHECKING:
-    from types import TracebackType
+from helpers.http import Handler, LocalFake
+from helpers.otlp import attributes_of, value_of
 
+if TYPE_CHECKING:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -81,15 +80,6 @@ class StoredSpan:
     def trace_id(self) -> str:
         """The trace id as 32 hex digits."""
         return self.span.trace_id.hex()
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, kind)
 
 
 def _otlp_json_value(value: AnyValue) -> dict[str, Any]:
@@ -143,35 +133,20 @@ def _parse_rfc3339_ns(text: str) -> int:
     return seconds * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: FakeJaeger
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        body = self.rfile.read(length)
+class _Handler(Handler["FakeJaeger"]):
+    def do_POST(self) -> None:  # noqa: N802 - the base class names it
+        body = self.read_body()
         if self.path != "/v1/traces":
-            self._json(404, {"error": "not found"})
+            self.send_json(404, {"error": "not found"})
             return
-        if self.headers.get("Content-Encoding", "").lower() == "gzip":
-            body = gzip.decompress(body)
         request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        self.server.fake.ingest(request)
+        request.ParseFromString(self.gunzip(body))
+        self.fake.ingest(request)
         data = ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_body(200, data, "application/x-protobuf")
 
-    def do_GET(self) -> None:
-        fake = self.server.fake
+    def do_GET(self) -> None:  # noqa: N802 - the base class names it
+        fake = self.fake
         url = urlsplit(self.path)
         params = {k: v[-1] for k, v in parse_qs(url.query).items()}
         fake.record(url.path, params)
@@ -182,14 +157,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path.startswith("/api/v3/traces/"):
             spans = fake.trace(url.path.rsplit("/", 1)[1])
             if spans:
-                self._json(200, {"result": fake.v3_result([spans])})
+                self.send_json(200, {"result": fake.v3_result([spans])})
             else:
                 self._v3_error(404, "trace not found")
         elif url.path == "/api/traces":
             self._v1_find(params)
         elif url.path == "/api/services":
             services = sorted({s.service for s in fake.spans()})
-            self._json(
+            self.send_json(
                 200,
                 {"data": services, "total": len(services), "limit": 0, "offset": 0, "errors": None},
             )
@@ -197,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._text(404, "404 page not found\n")
 
     def _v3_find(self, params: Mapping[str, str]) -> None:
-        fake = self.server.fake
+        fake = self.fake
         service = params.get("query.service_name")
         if not service:
             self._v3_error(400, "service_name is required")
@@ -220,10 +195,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not traces:
             self._v3_error(404, "No traces found")
             return
-        self._json(200, {"result": fake.v3_result(traces)})
+        self.send_json(200, {"result": fake.v3_result(traces)})
 
     def _v1_find(self, params: Mapping[str, str]) -> None:
-        fake = self.server.fake
+        fake = self.fake
         service = params.get("service")
         if not service:
             self._v1_error(400, "parameter 'service' is required")
@@ -247,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             end_ns=end_us * 1000 + 999,
             limit=limit,
         )
-        self._json(
+        self.send_json(
             200,
             {
                 "data": [fake.v1_trace(t) for t in traces],
@@ -259,10 +234,10 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _v3_error(self, code: int, message: str) -> None:
-        self._json(code, {"error": {"httpCode": code, "message": message}})
+        self.send_json(code, {"error": {"httpCode": code, "message": message}})
 
     def _v1_error(self, code: int, message: str) -> None:
-        self._json(
+        self.send_json(
             code,
             {
                 "data": None,
@@ -273,29 +248,21 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _json(self, status: int, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
-
     def _text(self, status: int, text: str) -> None:
-        self._send(status, text.encode(), "text/plain; charset=utf-8")
-
-    def _send(self, status: int, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        """Keep test output quiet."""
+        self.send_body(status, text.encode(), "text/plain; charset=utf-8")
 
 
-class FakeJaeger:
+class FakeJaeger(LocalFake):
     """Jaeger all-in-one stand-in on a free port of 127.0.0.1; a context manager.
+
+    ``url`` is the base URL for ``JAEGER_URL`` (query API) and the OTLP traces endpoint's.
 
     Args:
         v3: Serve the v3 query API (``False``: an older Jaeger, v1 only).
     """
+
+    handler = _Handler
+    thread_name = "fake-jaeger"
 
     def __init__(self, *, v3: bool = True) -> None:
         """Bind the port (serving starts on ``__enter__``)."""
@@ -303,35 +270,12 @@ class FakeJaeger:
         self._lock = threading.Lock()
         self._spans: list[StoredSpan] = []
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-jaeger", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        """Base URL for ``JAEGER_URL`` (query API) and the OTLP traces endpoint's base."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__()
 
     @property
     def otlp_traces_endpoint(self) -> str:
         """``…/v1/traces``: where the OTLP sink delivers."""
         return f"{self.url}/v1/traces"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
     # --- storage ---
 
@@ -339,7 +283,7 @@ class FakeJaeger:
         """Store every span of a decoded OTLP export request."""
         with self._lock:
             for rs in request.resource_spans:
-                resource = {kv.key: _value(kv.value) for kv in rs.resource.attributes}
+                resource = attributes_of(rs.resource.attributes)
                 resource_json = _otlp_json_attributes(rs.resource.attributes)
                 for ss in rs.scope_spans:
                     for span in ss.spans:
@@ -388,7 +332,7 @@ class FakeJaeger:
                 return False
             if not start_ns <= span.start_time_unix_nano <= end_ns:
                 return False
-            attributes = {**stored.resource, **{kv.key: _value(kv.value) for kv in span.attributes}}
+            attributes = {**stored.resource, **attributes_of(span.attributes)}
             return all(k in attributes and _as_string(attributes[k]) == v for k, v in tags.items())
 
         found = [spans for spans in traces.values() if any(matches(s) for s in spans)]
@@ -477,7 +421,7 @@ def _v3_span(span: Span) -> dict[str, Any]:
 
 def _v1_span(stored: StoredSpan, process_id: str) -> dict[str, Any]:
     span = stored.span
-    tags = [_v1_tag(kv.key, _value(kv.value)) for kv in span.attributes]
+    tags = [_v1_tag(kv.key, value_of(kv.value)) for kv in span.attributes]
     tags.append(_v1_tag("otel.scope.name", stored.scope_name))
     tags.append(_v1_tag("otel.scope.version", stored.scope_version))
     tags.append(_v1_tag("span.kind", _KIND_NAMES.get(int(span.kind), "unspecified")))
@@ -508,7 +452,7 @@ def _v1_span(stored: StoredSpan, process_id: str) -> dict[str, Any]:
             {
                 "timestamp": e.time_unix_nano // 1000,
                 "fields": [_v1_tag("event", e.name)]
-                + [_v1_tag(kv.key, _value(kv.value)) for kv in e.attributes],
+                + [_v1_tag(kv.key, value_of(kv.value)) for kv in e.attributes],
             }
             for e in span.events
         ],

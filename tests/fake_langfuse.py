@@ -24,11 +24,9 @@ ones succeed). ``None`` restores normal service on the same port::
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal
 
 import attrs
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -36,31 +34,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import TracebackType
-
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from helpers.http import Handler, LocalFake
+from helpers.otlp import attributes_of
 
 __all__ = ["TRACES_PATH", "FakeLangfuse", "Fault", "ReceivedRequest", "ReceivedSpan"]
 
 TRACES_PATH = "/api/public/otel/v1/traces"
 Fault = Literal["down", "500", "slow", "flapping"]
-
-
-def _value_of(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_value_of(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _value_of(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
-
-
-def _attributes(kvs: Any) -> dict[str, Any]:
-    return {kv.key: _value_of(kv.value) for kv in kvs}
 
 
 @attrs.frozen
@@ -92,18 +72,11 @@ class ReceivedRequest:
     headers: dict[str, str]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    fake: FakeLangfuse
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class _Handler(Handler["FakeLangfuse"]):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:
-        fake = self.server.fake
+    def do_GET(self) -> None:  # noqa: N802 - the base class names it
+        fake = self.fake
         if not fake.authorized(self.headers.get("Authorization")):
             self._answer(401, b'{"message":"unauthorized"}', "application/json")
             return
@@ -115,10 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(404, b"{}", "application/json")
 
-    def do_POST(self) -> None:
-        fake = self.server.fake
-        length = int(self.headers.get("Content-Length", "0"))
-        body = self.rfile.read(length)
+    def do_POST(self) -> None:  # noqa: N802 - the base class names it
+        fake = self.fake
+        body = self.read_body()
         if self.path != TRACES_PATH:
             self._answer(404, b"{}", "application/json")
             return
@@ -127,10 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status = fake.ingestion_status()
         if status == 200:
-            if self.headers.get("Content-Encoding", "").lower() == "gzip":
-                body = gzip.decompress(body)
             request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
+            request.ParseFromString(self.gunzip(body))
             fake.add_spans(request)
             self._answer(
                 200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf"
@@ -139,8 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(status, b'{"message":"fault"}', "application/json")
 
     def _answer(self, status: int, body: bytes, content_type: str) -> None:
-        fake = self.server.fake
-        fake.record(
+        self.fake.record(
             ReceivedRequest(
                 method=self.command,
                 path=self.path,
@@ -153,17 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
         )
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        """Keep test output quiet."""
+        self.send_body(status, body, content_type)
 
 
-class FakeLangfuse:
+class FakeLangfuse(LocalFake):
     """Langfuse's OTLP ingestion on a free port of 127.0.0.1; a context manager.
 
     Args:
@@ -172,78 +134,37 @@ class FakeLangfuse:
         slow_s: How long a ``"slow"`` answer waits (s).
     """
 
+    handler = _Handler
+    thread_name = "fake-langfuse"
+
     def __init__(self, *, public_key: str, secret_key: str, slow_s: float = 3.0) -> None:
         """Bind the port (serving starts on ``__enter__``)."""
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
         self._expected_auth = f"Basic {token}"
         self.slow_s = slow_s
-        self._cond = threading.Condition()
         self._fault: Fault | None = None
         self._ingestions = 0
         self._released = threading.Event()
         self._spans: list[ReceivedSpan] = []
         self._requests: list[ReceivedRequest] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port = 0
-        self._listen()  # bound now, so `url` is known; serving starts on __enter__
+        super().__init__()  # bound now, so `url` (as LANGFUSE_HOST takes it) is known
 
     # --- lifecycle ---
 
-    def _listen(self) -> None:
-        server = _Server(("127.0.0.1", self._port), _Handler)
-        server.fake = self
-        self._port = server.server_address[1]
-        self._server = server
-
-    def _serve(self) -> None:
-        if self._server is None:
-            self._listen()
-        assert self._server is not None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-langfuse", daemon=True
-        )
-        self._thread.start()
-
-    def _stop_serving(self) -> None:
-        server, thread = self._server, self._thread
-        if server is not None and thread is not None:
-            server.shutdown()
-            thread.join(5)
-        self._thread = None
-
-    def _close(self) -> None:
-        self._stop_serving()
-        if self._server is not None:
-            self._server.server_close()
-        self._server = None
-
-    def __enter__(self) -> Self:
-        self._serve()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._released.set()  # wake "slow" answers still waiting
-        self._close()
-
-    @property
-    def url(self) -> str:
-        """Base URL, as ``LANGFUSE_HOST`` takes it."""
-        return f"http://127.0.0.1:{self._port}"
+    def stop(self) -> None:
+        """Wake "slow" answers still waiting; stop serving and close the port."""
+        self._released.set()
+        self.close()
 
     def set_fault(self, fault: Fault | None) -> None:
         """Switch the fault mode; ``"down"`` closes the port, ``None`` reopens it."""
         with self._cond:
             previous, self._fault, self._ingestions = self._fault, fault, 0
         if fault == "down" and previous != "down":
-            self._close()
+            self.close()
         elif fault != "down" and previous == "down":
-            self._serve()
+            self.listen()
+            self.serve()
 
     # --- request handling (server threads) ---
 
@@ -276,32 +197,23 @@ class FakeLangfuse:
                 start_ns=span.start_time_unix_nano,
                 end_ns=span.end_time_unix_nano,
                 kind=span.kind,
-                attributes=_attributes(span.attributes),
+                attributes=attributes_of(span.attributes),
                 scope_name=ss.scope.name,
                 scope_version=ss.scope.version,
-                scope_attributes=_attributes(ss.scope.attributes),
-                resource_attributes=_attributes(rs.resource.attributes),
+                scope_attributes=attributes_of(ss.scope.attributes),
+                resource_attributes=attributes_of(rs.resource.attributes),
             )
             for rs in request.resource_spans
             for ss in rs.scope_spans
             for span in ss.spans
         ]
-        with self._cond:
-            self._spans.extend(spans)
-            self._cond.notify_all()
+        self.keep(self._spans, *spans)
 
     def record(self, request: ReceivedRequest) -> None:
         """Keep one request's outline and wake waiters."""
-        with self._cond:
-            self._requests.append(request)
-            self._cond.notify_all()
+        self.keep(self._requests, request)
 
     # --- views for assertions ---
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait (at most ``timeout`` s) until ``predicate()`` holds; return whether it did."""
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
 
     def spans(self) -> list[ReceivedSpan]:
         """Every span received so far, in arrival order."""

@@ -28,18 +28,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import TracebackType
+from helpers.http import Handler, LocalFake, LocalServer
 
 __all__ = ["FakePostHog", "Mode", "ReceivedRequest"]
 
@@ -75,11 +71,7 @@ class ReceivedRequest:
         return list(batch) if isinstance(batch, list) else []
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: FakePostHog
-
+class _Server(LocalServer["FakePostHog"]):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (timeout) is expected here: stay quiet."""
 
@@ -93,22 +85,19 @@ def _decode(raw: bytes, encoding: str | None, query: dict[str, list[str]]) -> by
     return raw
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        fake = self.server.fake
+class _Handler(Handler["FakePostHog"]):
+    def do_POST(self) -> None:  # noqa: N802 - the base class names it
+        fake = self.fake
         url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length", "0"))
-        raw = self.rfile.read(length)
+        raw = self.read_body()
         if url.path not in V0_PATHS and url.path != V1_PATH:
-            self._answer(404, {"detail": "not found"})
+            self.send_json(404, {"detail": "not found"})
             return
         encoding = self.headers.get("Content-Encoding")
         try:
             body = json.loads(_decode(raw, encoding, parse_qs(url.query)))
         except (OSError, ValueError, zlib.error):
-            self._answer(400, {"detail": "undecodable body"})
+            self.send_json(400, {"detail": "undecodable body"})
             return
         status = fake.next_status()
         if status == 200 and fake.delay_s > 0 and fake.closing.wait(fake.delay_s):
@@ -123,26 +112,15 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
         if status != 200:
-            self._answer(status, {"detail": "injected fault"})
+            self.send_json(status, {"detail": "injected fault"})
         elif url.path == V1_PATH:
             uuids = [e.get("uuid") for e in body.get("batch", [])]
-            self._answer(200, {"results": {u: {"result": "ok"} for u in uuids if u}})
+            self.send_json(200, {"results": {u: {"result": "ok"} for u in uuids if u}})
         else:
-            self._answer(200, {"status": 1})
-
-    def _answer(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        """Keep test output quiet."""
+            self.send_json(200, {"status": 1})
 
 
-class FakePostHog:
+class FakePostHog(LocalFake):
     """PostHog capture server on a free port of 127.0.0.1; a context manager.
 
     Args:
@@ -150,55 +128,33 @@ class FakePostHog:
         delay_s: How long ``slow`` waits before answering (s).
     """
 
+    handler = _Handler
+    thread_name = "fake-posthog"
+    server_class = _Server
+
     def __init__(self, mode: Mode = "ok", *, delay_s: float = 3.0) -> None:
         """Bind the port (``down`` binds nothing; serving starts on ``__enter__``)."""
         self.mode: Mode = mode
         self._delay_s = delay_s
         self.closing = threading.Event()
-        self._cond = threading.Condition()
         self._count = 0
         self.requests: list[ReceivedRequest] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        if mode == "down":
-            with socket.socket() as s:  # a port nobody listens on
-                s.bind(("127.0.0.1", 0))
-                self._port = int(s.getsockname()[1])
-            return
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self._port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-posthog", daemon=True
-        )
+        super().__init__(listen=mode != "down")  # down: a port nobody listens on
 
     @property
     def host(self) -> str:
         """Base URL for ``POSTHOG_HOST``."""
-        return f"http://127.0.0.1:{self._port}"
+        return self.url
 
     @property
     def delay_s(self) -> float:
         """The answer delay of the current mode (s)."""
         return self._delay_s if self.mode == "slow" else 0.0
 
-    def __enter__(self) -> Self:
-        if self._thread is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Drop the answers still waiting; stop serving and close the port."""
         self.closing.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        self.close()
 
     def next_status(self) -> int:
         """The status to answer the next request with, per the mode."""
@@ -211,14 +167,7 @@ class FakePostHog:
 
     def add(self, request: ReceivedRequest) -> None:
         """Store one decoded request and wake waiters."""
-        with self._cond:
-            self.requests.append(request)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait (at most ``timeout`` s) until ``predicate()`` holds; return whether it did."""
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
+        self.keep(self.requests, request)
 
     @property
     def events(self) -> list[dict[str, Any]]:

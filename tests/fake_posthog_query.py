@@ -30,14 +30,12 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
 import attrs
 from chdb import session as chdb_session
 
-if TYPE_CHECKING:
-    from types import TracebackType
+from helpers.http import Handler, LocalFake
 
 __all__ = ["HOGQL_FUNCTIONS", "FakePostHogQuery", "QueryError", "event_row", "run_query"]
 
@@ -165,32 +163,23 @@ def event_row(event: Mapping[str, Any]) -> dict[str, Any]:
 # --- the server -----------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: FakePostHogQuery
-
-
 _PATH = re.compile(r"^/api/(?:projects|environments)/(?P<project>[^/]+)/query/?$")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        fake = self.server.fake
-        length = int(self.headers.get("Content-Length", "0"))
-        raw = self.rfile.read(length)
+class _Handler(Handler["FakePostHogQuery"]):
+    def do_POST(self) -> None:  # noqa: N802 - the base class names it
+        fake = self.fake
+        raw = self.read_body()
         match = _PATH.match(self.path.split("?", 1)[0])
         if match is None:
-            self._answer(
+            self.send_json(
                 404, {"type": "invalid_request", "code": "not_found", "detail": "Not found."}
             )
             return
         auth = self.headers.get("Authorization", "")
         fake.record(self.path, auth.removeprefix("Bearer "), raw)
         if not auth.startswith("Bearer ") or auth.removeprefix("Bearer ") != fake.personal_api_key:
-            self._answer(
+            self.send_json(
                 401,
                 {
                     "type": "authentication_error",
@@ -200,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         if match.group("project") != fake.project_id:
-            self._answer(
+            self.send_json(
                 404,
                 {"type": "invalid_request", "code": "not_found", "detail": "Project not found."},
             )
@@ -212,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise QueryError("only HogQLQuery is supported here")
             columns, results, types = run_query(query["query"], fake.rows())
         except (QueryError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            self._answer(
+            self.send_json(
                 400,
                 {
                     "type": "validation_error",
@@ -222,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        self._answer(
+        self.send_json(
             200,
             {
                 "cache_key": None,
@@ -246,17 +235,6 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _answer(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        """Keep test output quiet."""
-
 
 @attrs.frozen
 class QueryRequest:
@@ -276,7 +254,7 @@ class QueryRequest:
         return query if isinstance(query, str) else None
 
 
-class FakePostHogQuery:
+class FakePostHogQuery(LocalFake):
     """PostHog's query API on a free port of 127.0.0.1; a context manager.
 
     Args:
@@ -284,6 +262,9 @@ class FakePostHogQuery:
         project_id: The project the API answers for.
         personal_api_key: The Bearer key it accepts.
     """
+
+    handler = _Handler
+    thread_name = "fake-posthog-query"
 
     def __init__(
         self,
@@ -299,16 +280,12 @@ class FakePostHogQuery:
         self._events: dict[str, dict[str, Any]] = {}
         self.requests: list[QueryRequest] = []
         self.add_events(events)
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-posthog-query", daemon=True
-        )
+        super().__init__()
 
     @property
     def host(self) -> str:
         """Base URL for ``POSTHOG_HOST``."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.url
 
     def add_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Ingest wire events; a repeated ``uuid`` replaces the earlier copy."""
@@ -325,17 +302,3 @@ class FakePostHogQuery:
         """Keep one request for assertions."""
         with self._lock:
             self.requests.append(QueryRequest(path, key, body))
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)

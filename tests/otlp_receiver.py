@@ -12,10 +12,7 @@ them with ``opentelemetry-proto`` and keeps the decoded requests for assertions:
 
 from __future__ import annotations
 
-import gzip
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -26,47 +23,20 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import TracebackType
+from helpers.http import Handler, LocalFake
+from helpers.otlp import attributes_of
 
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+if TYPE_CHECKING:
     from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-__all__ = ["OtlpReceiver", "attributes_of", "value_of"]
+__all__ = ["OtlpReceiver"]
 
 
-def value_of(value: AnyValue) -> Any:
-    """The Python value of an OTLP ``AnyValue`` (scalars and arrays)."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [value_of(v) for v in value.array_value.values]
-    return getattr(value, kind)
-
-
-def attributes_of(kvs: Any) -> dict[str, Any]:
-    """OTLP ``repeated KeyValue`` as a dict."""
-    items: list[KeyValue] = list(kvs)
-    return {kv.key: value_of(kv.value) for kv in items}
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    receiver: OtlpReceiver
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        body = self.rfile.read(length)
-        if self.headers.get("Content-Encoding", "").lower() == "gzip":
-            body = gzip.decompress(body)
-        rx = self.server.receiver
+class _Handler(Handler["OtlpReceiver"]):
+    def do_POST(self) -> None:  # noqa: N802 - the base class names it
+        body = self.gunzip(self.read_body())
+        rx = self.fake
         response: bytes
         if self.path == "/v1/traces":
             traces = ExportTraceServiceRequest()
@@ -81,27 +51,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(response)))
-        self.end_headers()
-        self.wfile.write(response)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        """Keep test output quiet."""
+        self.send_body(200, response, "application/x-protobuf")
 
 
-class OtlpReceiver:
+class OtlpReceiver(LocalFake):
     """OTLP/HTTP receiver on a free port of 127.0.0.1; a context manager."""
+
+    handler = _Handler
+    thread_name = "otlp-receiver"
 
     def __init__(self) -> None:
         """Bind the port (serving starts on ``__enter__``)."""
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.receiver = self
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="otlp-receiver", daemon=True
-        )
+        super().__init__()
         self.traces: list[ExportTraceServiceRequest] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
         self.encodings: list[str | None] = []
@@ -109,22 +70,7 @@ class OtlpReceiver:
     @property
     def endpoint(self) -> str:
         """Base URL for ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        return self.url
 
     def add(
         self, request: ExportTraceServiceRequest | ExportMetricsServiceRequest, encoding: str | None
@@ -137,11 +83,6 @@ class OtlpReceiver:
                 self.metrics.append(request)
             self.encodings.append(encoding)
             self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait (at most ``timeout`` s) until ``predicate()`` holds; return whether it did."""
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
 
     # --- views for assertions ---
 

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from conftest import PROBE, assert_valid, script
+from helpers.records import ab_record
+from helpers.stand_in import DELTA, claude_init, line
 from ttft_probe.analysis.ab import (
     SEGMENTS,
     AbPair,
@@ -30,7 +32,6 @@ from ttft_probe.analysis.ab import (
     order_of,
     paired_differences,
 )
-from ttft_probe.record import RunRecord
 from ttft_probe.sinks.store import MIGRATIONS, SCHEMA_VERSION, Store
 from ttft_probe.testing.agent_env import agent_environment, one_shot_command
 from ttft_probe.testing.fake_provider import FakeProvider
@@ -96,39 +97,20 @@ def test_paired_differences_are_resumed_minus_fresh_and_count_the_dropped() -> N
     assert got.dropped == 2
 
 
-def _record(**fields: Any) -> RunRecord:
-    base: dict[str, Any] = {
-        "run_id": f"00000000-0000-4000-8000-{random.randrange(16**12):012x}",
-        "agent": "claude_code",
-        "runtime_family": "claude-stream-json",
-        "status": "succeeded",
-        "probe_version": "0",
-        "started_at": "2026-11-21T08:00:00.000000+00:00",
-        "spawn_to_first_token_ms": 600.0,
-        "cli_ready_ms": 500.0,
-        "session_init_ms": 0.0,
-        "client_wait_ms": 0.0,
-        "model_first_token_ms": 100.0,
-        "remainder_ms": 0.0,
-    }
-    base.update(fields)
-    return RunRecord(**base)
-
-
 def test_analyze_drops_failed_pairs_everywhere_and_missing_segments_per_segment() -> None:
     pairs = [
         AbPair(
             i,
             order_of(i)[0],
-            _record(),
-            _record(model_first_token_ms=400.0 + i, spawn_to_first_token_ms=900.0 + i),
+            ab_record(),
+            ab_record(model_first_token_ms=400.0 + i, spawn_to_first_token_ms=900.0 + i),
         )
         for i in range(1, 6)
     ]
     # Pair 6: the resumed run failed. Pair 7: no session_init_ms in the fresh run.
-    pairs.append(AbPair(6, "fresh", _record(), _record(status="failed")))
-    pairs.append(AbPair(7, "resumed", _record(session_init_ms=None), _record()))
-    pairs.append(AbPair(8, "fresh", _record(), None))
+    pairs.append(AbPair(6, "fresh", ab_record(), ab_record(status="failed")))
+    pairs.append(AbPair(7, "resumed", ab_record(session_init_ms=None), ab_record()))
+    pairs.append(AbPair(8, "fresh", ab_record(), None))
     result = analyze("exp", pairs, resamples=500)
     assert (result.pairs, result.complete_pairs, result.failed_pairs) == (8, 6, 2)
     model = result.effect("model_first_token_ms")
@@ -150,7 +132,7 @@ def test_analyze_drops_failed_pairs_everywhere_and_missing_segments_per_segment(
 
 
 def test_a_segment_no_pair_has_gives_no_interval() -> None:
-    pairs = [AbPair(1, "resumed", _record(cli_ready_ms=None), _record())]
+    pairs = [AbPair(1, "resumed", ab_record(cli_ready_ms=None), ab_record())]
     effect = analyze("exp", pairs).effect("cli_ready_ms")
     assert (effect.n, effect.dropped, effect.mean_ms, effect.ci_low_ms) == (0, 1, None, None)
     assert not effect.excludes_zero
@@ -162,7 +144,7 @@ def test_a_segment_no_pair_has_gives_no_interval() -> None:
 
 def test_store_keeps_the_arm_of_every_run_and_reads_an_experiment_back(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
-    fresh, resumed, priming = _record(), _record(session_resumed=True), _record()
+    fresh, resumed, priming = ab_record(), ab_record(session_resumed=True), ab_record()
     for record in (fresh, resumed, priming):
         store.add(record)
     store.add_experiment_run(priming.run_id, "E", "priming", None, None)
@@ -187,7 +169,7 @@ def test_a_version_2_store_gains_the_experiment_table_and_keeps_its_runs(tmp_pat
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
-    old = _record()
+    old = ab_record()
     Store(tmp_path / "tmp.sqlite3").add(old)  # serialise it exactly as the store does
     conn = sqlite3.connect(path)
     conn.execute(
@@ -206,20 +188,8 @@ def test_a_version_2_store_gains_the_experiment_table_and_keeps_its_runs(tmp_pat
 
 # --- the command on scripted stand-in agents ---------------------------------------------
 
-INIT = {"type": "system", "subtype": "init", "session_id": "s-ab", "model": "claude-x"}
-DELTA = {
-    "type": "stream_event",
-    "event": {
-        "type": "content_block_delta",
-        "index": 0,
-        "delta": {"type": "text_delta", "text": "Hi"},
-    },
-}
+INIT = claude_init("s-ab")
 RESULT = {"type": "result", "subtype": "success", "is_error": False, "session_id": "s-ab"}
-
-
-def _line(obj: dict[str, Any]) -> dict[str, str]:
-    return {"out": json.dumps(obj) + "\n"}
 
 
 def stand_in(tmp_path: Path, token_delay_ms: int, exit_code: int = 0) -> str:
@@ -227,10 +197,10 @@ def stand_in(tmp_path: Path, token_delay_ms: int, exit_code: int = 0) -> str:
     argv = script(
         tmp_path,
         [
-            _line(INIT),
+            line(INIT),
             {"sleep_ms": token_delay_ms},
-            _line(DELTA),
-            _line(RESULT),
+            line(DELTA),
+            line(RESULT),
             {"err": "bye\n"},
             {"exit": exit_code},
         ],

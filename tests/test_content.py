@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import cast
 
-from test_adapters_fuzz import ACP, NeverEndingAcp, Read, run_reads, timed
+from helpers.fuzz import ACP, NeverEndingAcp, Read, run_reads, timed
 from ttft_probe._run import RunResult
 from ttft_probe.adapters._base import ContentObserved, Event, TurnEnded
 from ttft_probe.content import MAX_CHARS, CapturedContent, ContentBuffer, Role

@@ -21,7 +21,8 @@ import pytest
 from conftest import PROBE, script
 from fake_langfuse import FakeLangfuse
 from fake_posthog import FakePostHog
-from otlp_receiver import OtlpReceiver, attributes_of
+from helpers.otlp import attributes_of
+from otlp_receiver import OtlpReceiver
 from ttft_probe import Probe
 from ttft_probe.sinks.store import Store
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from helpers.sse import sse_events
 from ttft_probe.testing.fake_provider import DEFAULT_ANSWER, FakeProvider
 
 TIMEOUT_S = 10
@@ -35,17 +36,7 @@ def _post(
 
 def _sse(resp: http.client.HTTPResponse) -> list[tuple[str | None, dict[str, Any]]]:
     """(event name, data) of every SSE event of a streamed response body."""
-    events = []
-    for block in resp.read().decode().split("\n\n"):
-        name, data = None, None
-        for line in block.splitlines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if data is not None:
-            events.append((name, data))
-    return events
+    return [(name, data) for name, data in sse_events(resp.read().decode()) if data is not None]
 
 
 def _only_generation(fp: FakeProvider) -> dict[str, Any]:

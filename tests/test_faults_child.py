@@ -29,19 +29,11 @@ from typing import Any
 import pytest
 
 from conftest import CHILDREN, PROBE, assert_valid, script, stored
+from helpers.stand_in import DELTA, claude_init, line
 from ttft_probe import Probe
 
-INIT = {"type": "system", "subtype": "init", "session_id": "s-1", "model": "claude-x"}
-DELTA = {
-    "type": "stream_event",
-    "event": {"type": "content_block_delta", "index": 0,
-              "delta": {"type": "text_delta", "text": "Hi"}},
-}
+INIT = claude_init("s-1")
 TIMEOUT = 30
-
-
-def line(obj: dict[str, Any]) -> dict[str, str]:
-    return {"out": json.dumps(obj) + "\n"}
 
 
 def status_of(returncode: int) -> int:

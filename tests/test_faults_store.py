@@ -38,7 +38,7 @@ import pytest
 
 from conftest import PROBE, assert_valid, script, stored
 from fake_posthog import FakePostHog
-from test_record import _record
+from helpers.records import record
 from ttft_probe.sinks.store import Store
 
 TIMEOUT = 60
@@ -110,7 +110,7 @@ def seed(path: Path, n: int) -> list[str]:
     store = Store(path)
     ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, n + 1)]
     for i, run_id in enumerate(ids):
-        store.add(_record(run_id=run_id, started_at=f"2026-11-21T08:00:0{i}.000000+00:00"))
+        store.add(record(run_id=run_id, started_at=f"2026-11-21T08:00:0{i}.000000+00:00"))
     store.close()
     assert not path.with_name(path.name + "-wal").exists()
     return ids

@@ -11,7 +11,7 @@ import attrs
 import pytest
 from click.testing import CliRunner
 
-from test_report import NOW, rec
+from helpers.records import NOW, rec
 from ttft_probe.analysis._model import build_report
 from ttft_probe.analysis.gate import (
     EXIT_CODES,

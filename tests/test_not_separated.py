@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from test_report import NOW, rec
+from helpers.records import NOW, rec
 from ttft_probe.analysis._model import NOT_SEPARATED, build_report
 from ttft_probe.analysis.ab import AbPair, analyze
 from ttft_probe.analysis.chart import write_chart
@@ -301,4 +301,4 @@ def test_posthog_unreachable_names_the_host(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_now_is_not_needed() -> None:
-    assert NOW.tzinfo is UTC  # the records above are dated from test_report's NOW
+    assert NOW.tzinfo is UTC  # the records above are dated from helpers.records' NOW

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from helpers.sse import sse_events
 from ttft_probe._clock import monotonic_ns
 from ttft_probe.errors import ConfigError, TtftProbeError
 from ttft_probe.observer import (
@@ -119,18 +120,7 @@ def _structure(body: bytes) -> list[Any]:
     text = body.decode()
     if "data: " not in text:
         return [_strip_volatile(json.loads(text))]
-    events: list[Any] = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = None, None
-        for line in block.splitlines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        events.append((name, _strip_volatile(data)))
-    return events
+    return [(name, _strip_volatile(data)) for name, data in sse_events(text)]
 
 
 def _same_headers(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> None:

@@ -25,63 +25,21 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otlp_receiver import OtlpReceiver, attributes_of
+from helpers.otlp import attributes_of
+from helpers.records import ANCHOR, MS, START, stream_record, stream_times, wall
+from otlp_receiver import OtlpReceiver
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor
 from ttft_probe.content import CapturedContent
-from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
+from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks.otel import RunSpan, Telemetry, provider_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-MS = 1_000_000
-ANCHOR = WallAnchor(wall_ns=1_750_000_000_000_000_000, mono_ns=10_000_000_000)
-START = 10_000_123_456
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
 CHILD_TIMEOUT_S = 60
-
-
-# --- building runs ---
-
-
-def stream_times(**overrides: int | None) -> MarkerTimes:
-    """A stream agent's run: ready 480 ms, session 900 ms, first token 1400 ms, end 2000 ms."""
-    base: dict[str, int | None] = {
-        "cli_ready_ns": START + 480 * MS,
-        "session_init_done_ns": START + 900 * MS,
-        "first_token_ns": START + 1400 * MS,
-        "end_ns": START + 2000 * MS,
-    }
-    base.update(overrides)
-    return MarkerTimes(start_ns=START, **base)
-
-
-def make_record(
-    times: MarkerTimes,
-    *,
-    request_driven: bool = False,
-    process_reused: bool = False,
-    **fields: Any,
-) -> RunRecord:
-    segs = compute_segments(times, request_driven=request_driven, process_reused=process_reused)
-    values: dict[str, Any] = {
-        "run_id": "0b7c2f1e-5d7a-4c7b-9d55-3f1f3b0f6a11",
-        "agent": "claude_code",
-        "runtime_family": "claude-stream-json",
-        "status": "succeeded",
-        "probe_version": "0.1.0.dev0",
-        "started_at": "2025-06-15T12:00:00Z",
-        "process_reused": process_reused,
-        **attrs.asdict(segs, recurse=False),
-    }
-    values.update(fields)
-    return RunRecord(**values)
-
-
-def wall(mono_ns: int) -> int:
-    return ANCHOR.wall_ns_at(mono_ns)
 
 
 # --- in-memory harness (explicit providers: no global state touched) ---
@@ -147,7 +105,7 @@ def h() -> Iterator[Harness]:
 
 def test_root_span_is_an_invoke_agent_client_span_with_genai_attributes(h: Harness) -> None:
     times = stream_times()
-    record = make_record(
+    record = stream_record(
         times,
         model="claude-sonnet-4-5",
         conversation_id="conv-1",
@@ -182,7 +140,7 @@ def test_root_span_is_an_invoke_agent_client_span_with_genai_attributes(h: Harne
 
 def test_every_non_null_record_field_is_a_ttft_probe_attribute(h: Harness) -> None:
     times = stream_times()
-    record = make_record(times, turn_ordinal=1, model="m")
+    record = stream_record(times, turn_ordinal=1, model="m")
     h.run(record, times)
     a = dict(h.root().attributes or {})
     expected = {f"ttft_probe.{k}": v for k, v in record.to_dict().items() if v is not None}
@@ -215,7 +173,7 @@ def test_root_span_names_the_dominant_segment_for_tag_search(
     times = stream_times(
         **{k: START + v * MS for k, v in marker_ms.items()}, first_token_ns=START + 1400 * MS
     )
-    h.run(make_record(times, turn_ordinal=3, session_resumed=True), times)
+    h.run(stream_record(times, turn_ordinal=3, session_resumed=True), times)
     a = dict(h.root().attributes or {})
     assert a["ttft_probe.dominant_segment"] == dominant
     assert a["ttft_probe.turn_cohort"] == "turn_2+"
@@ -225,7 +183,7 @@ def test_root_span_names_the_dominant_segment_for_tag_search(
 
 def test_no_dominant_segment_or_cohort_when_unknown(h: Harness) -> None:
     times = stream_times(first_token_ns=None)  # incomplete: no claim about the biggest part
-    h.run(make_record(times), times)
+    h.run(stream_record(times), times)
     a = dict(h.root().attributes or {})
     assert "ttft_probe.dominant_segment" not in a
     assert "ttft_probe.turn_cohort" not in a
@@ -233,7 +191,7 @@ def test_no_dominant_segment_or_cohort_when_unknown(h: Harness) -> None:
 
 def test_root_span_times_are_anchor_converted_markers(h: Harness) -> None:
     times = stream_times()
-    h.run(make_record(times), times)
+    h.run(stream_record(times), times)
     root = h.root()
     assert root.start_time == wall(START)
     assert root.end_time == wall(START + 2000 * MS)
@@ -244,7 +202,7 @@ def test_root_span_ends_now_when_the_run_has_no_end_marker(h: Harness) -> None:
     anchor_now = WallAnchor.now()
     span = h.tel.start_run(agent="claude_code", start_ns=START, anchor=anchor_now)
     before = anchor_now.wall_ns_at(time.monotonic_ns())
-    span.finish(make_record(times), times)
+    span.finish(stream_record(times), times)
     after = anchor_now.wall_ns_at(time.monotonic_ns())
     root = h.root()
     assert root.end_time is not None
@@ -253,7 +211,7 @@ def test_root_span_ends_now_when_the_run_has_no_end_marker(h: Harness) -> None:
 
 def test_phase_spans_are_children_with_explicit_marker_times(h: Harness) -> None:
     times = stream_times()
-    span = h.run(make_record(times), times)
+    span = h.run(stream_record(times), times)
     spans = h.spans()
     root = h.root()
     assert set(spans) == {root.name, "cli_ready", "session_init", "model_first_token"}
@@ -284,7 +242,7 @@ def test_phase_spans_are_children_with_explicit_marker_times(h: Harness) -> None
 
 def test_client_wait_span_only_for_a_request_driven_wait(h: Harness) -> None:
     times = stream_times(prompt_sent_ns=START + 1000 * MS)
-    record = make_record(
+    record = stream_record(
         times, request_driven=True, agent="codex_acp", runtime_family="acp-json-rpc"
     )
     assert record.client_wait_ms == 100.0
@@ -300,7 +258,7 @@ def test_client_wait_span_only_for_a_request_driven_wait(h: Harness) -> None:
 
 def test_no_phase_span_for_a_missing_marker(h: Harness) -> None:
     times = stream_times(session_init_done_ns=None, first_token_ns=None)
-    record = make_record(times)
+    record = stream_record(times)
     assert record.timing_unavailable_reason is not None
     h.run(record, times)
     assert set(h.spans()) == {"invoke_agent claude_code", "cli_ready"}
@@ -310,7 +268,7 @@ def test_no_phase_span_for_a_missing_marker(h: Harness) -> None:
 
 def test_request_driven_run_without_prompt_has_no_model_span(h: Harness) -> None:
     times = stream_times()  # no promptSent: the model segment cannot be told
-    record = make_record(times, request_driven=True, runtime_family="acp-json-rpc")
+    record = stream_record(times, request_driven=True, runtime_family="acp-json-rpc")
     assert record.model_first_token_ms is None
     h.run(record, times)
     assert "model_first_token" not in h.spans()
@@ -318,7 +276,7 @@ def test_request_driven_run_without_prompt_has_no_model_span(h: Harness) -> None
 
 def test_markers_are_root_span_events_with_explicit_times(h: Harness) -> None:
     times = stream_times(prompt_sent_ns=START + 900 * MS)
-    h.run(make_record(times, exit_code=0), times)
+    h.run(stream_record(times, exit_code=0), times)
     events = [(e.name, e.timestamp) for e in h.root().events]
     assert events == [
         ("processSpawned", wall(START)),
@@ -332,7 +290,7 @@ def test_markers_are_root_span_events_with_explicit_times(h: Harness) -> None:
 
 def test_reused_process_run_starts_at_its_prompt(h: Harness) -> None:
     times = MarkerTimes(start_ns=START, first_token_ns=START + 700 * MS, end_ns=START + 900 * MS)
-    record = make_record(times, process_reused=True, session_resumed=True, turn_ordinal=3)
+    record = stream_record(times, process_reused=True, session_resumed=True, turn_ordinal=3)
     h.run(record, times)
     spans = h.spans()
     assert set(spans) == {"invoke_agent claude_code", "model_first_token"}
@@ -346,7 +304,7 @@ def test_reused_process_run_starts_at_its_prompt(h: Harness) -> None:
 @pytest.mark.parametrize("status", ["failed", "timed_out"])
 def test_failed_and_timed_out_runs_are_errors(h: Harness, status: str) -> None:
     times = stream_times(first_token_ns=None)
-    h.run(make_record(times, status=status, exit_code=1), times)
+    h.run(stream_record(times, status=status, exit_code=1), times)
     root = h.root()
     assert root.status.status_code is StatusCode.ERROR
     assert (root.attributes or {})[sc.ERROR_TYPE] == status
@@ -354,7 +312,7 @@ def test_failed_and_timed_out_runs_are_errors(h: Harness, status: str) -> None:
 
 def test_cancelled_run_is_not_an_error(h: Harness) -> None:
     times = stream_times()
-    h.run(make_record(times, status="cancelled"), times)
+    h.run(stream_record(times, status="cancelled"), times)
     assert h.root().status.status_code is StatusCode.UNSET
     assert sc.ERROR_TYPE not in (h.root().attributes or {})
 
@@ -370,7 +328,7 @@ def test_traceparent_names_the_root_span(h: Harness) -> None:
     # A given provider's pipeline exports the spans: nothing for the durable OTLP sink.
     assert span.needs_delivery is False
     times = stream_times()
-    span.finish(make_record(times, agent="gemini"), times)
+    span.finish(stream_record(times, agent="gemini"), times)
     assert not span.recording
 
 
@@ -379,7 +337,7 @@ def test_parent_context_is_honoured(h: Harness) -> None:
     with app.start_as_current_span("request") as outer:
         span = h.tel.start_run(agent="codex", start_ns=START, anchor=ANCHOR)
     times = stream_times()
-    span.finish(make_record(times, agent="codex"), times)
+    span.finish(stream_record(times, agent="codex"), times)
     root = h.root()
     assert root.parent is not None
     assert root.parent.span_id == outer.get_span_context().span_id
@@ -389,14 +347,14 @@ def test_parent_context_is_honoured(h: Harness) -> None:
     explicit = trace.set_span_in_context(trace.NonRecordingSpan(outer.get_span_context()))
     h.exporter.clear()
     span = h.tel.start_run(agent="codex", start_ns=START, anchor=ANCHOR, parent=explicit)
-    span.finish(make_record(times, agent="codex"), times)
+    span.finish(stream_record(times, agent="codex"), times)
     assert h.root().parent is not None
 
 
 def test_finish_twice_emits_once(h: Harness) -> None:
     times = stream_times()
-    span = h.run(make_record(times), times)
-    span.finish(make_record(times), times)
+    span = h.run(stream_record(times), times)
+    span.finish(stream_record(times), times)
     assert len(h.exporter.get_finished_spans()) == 4
     assert h.point(sc.METRIC_CLI_READY).count == 1
 
@@ -420,7 +378,7 @@ def test_provider_name_from_agent(agent: str, provider: str | None) -> None:
 
 def test_provider_name_is_omitted_when_unknown(h: Harness) -> None:
     times = stream_times()
-    h.run(make_record(times, agent="opencode_acp", runtime_family="acp-json-rpc"), times)
+    h.run(stream_record(times, agent="opencode_acp", runtime_family="acp-json-rpc"), times)
     assert sc.GEN_AI_PROVIDER_NAME not in (h.root().attributes or {})
     assert sc.GEN_AI_PROVIDER_NAME not in (h.point(sc.METRIC_CLI_READY).attributes or {})
 
@@ -435,7 +393,7 @@ CONTENT_KEYS = (sc.GEN_AI_INPUT_MESSAGES, sc.GEN_AI_OUTPUT_MESSAGES, sc.TTFT_CON
 def test_captured_content_is_on_the_root_span_as_genai_messages(h: Harness) -> None:
     times = stream_times()
     content = CapturedContent(input_text=PROMPT, output_text=ANSWER)
-    h.run(make_record(times), times, content=content)
+    h.run(stream_record(times), times, content=content)
     spans = h.spans()
     a = dict(spans["invoke_agent claude_code"].attributes or {})
     assert a[sc.GEN_AI_OPERATION_NAME] == "invoke_agent"  # the span of the GenAI operation
@@ -454,7 +412,7 @@ def test_captured_content_is_on_the_root_span_as_genai_messages(h: Harness) -> N
 
 def test_truncated_content_is_flagged_and_an_unseen_text_is_omitted(h: Harness) -> None:
     times = stream_times()
-    h.run(make_record(times), times, content=CapturedContent(output_text=ANSWER, truncated=True))
+    h.run(stream_record(times), times, content=CapturedContent(output_text=ANSWER, truncated=True))
     a = dict(h.root().attributes or {})
     assert sc.GEN_AI_INPUT_MESSAGES not in a
     assert json.loads(str(a[sc.GEN_AI_OUTPUT_MESSAGES]))[0]["parts"][0]["content"] == ANSWER
@@ -463,7 +421,7 @@ def test_truncated_content_is_flagged_and_an_unseen_text_is_omitted(h: Harness) 
 
 def test_without_content_no_span_has_content_attributes(h: Harness) -> None:
     times = stream_times()
-    record = make_record(times)
+    record = stream_record(times)
     h.run(record, times)  # finish(record, times): the call without the keyword
     without = {s.name: dict(s.attributes or {}) for s in h.exporter.get_finished_spans()}
     h.exporter.clear()
@@ -480,7 +438,7 @@ def test_without_content_no_span_has_content_attributes(h: Harness) -> None:
 
 def test_histograms_in_seconds_per_segment(h: Harness) -> None:
     times = stream_times()
-    record = make_record(times, turn_ordinal=2, session_resumed=True, model="m1")
+    record = stream_record(times, turn_ordinal=2, session_resumed=True, model="m1")
     h.run(record, times)
     metrics = h.metrics()
     expected_s = {
@@ -513,7 +471,9 @@ def test_histograms_in_seconds_per_segment(h: Harness) -> None:
 def test_time_to_first_chunk_is_prompt_to_first_token_only(h: Harness) -> None:
     # Request-driven: a long client wait must not leak into time_to_first_chunk.
     times = stream_times(prompt_sent_ns=START + 1200 * MS)
-    record = make_record(times, request_driven=True, runtime_family="acp-json-rpc", turn_ordinal=1)
+    record = stream_record(
+        times, request_driven=True, runtime_family="acp-json-rpc", turn_ordinal=1
+    )
     h.run(record, times)
     assert record.model_first_token_ms == 200.0
     assert record.spawn_to_first_token_ms == 1400.0
@@ -528,7 +488,7 @@ def test_time_to_first_chunk_is_prompt_to_first_token_only(h: Harness) -> None:
 
 def test_missing_segments_are_not_recorded(h: Harness) -> None:
     times = stream_times(first_token_ns=None)
-    h.run(make_record(times, status="timed_out"), times)
+    h.run(stream_record(times, status="timed_out"), times)
     metrics = h.metrics()
     assert set(metrics) == {
         sc.METRIC_CLI_READY,
@@ -575,7 +535,7 @@ def test_exporter_faults_are_logged_once_and_never_raise(caplog: pytest.LogCaptu
     times = stream_times()
     for _ in range(3):
         span = tel.start_run(agent="claude_code", start_ns=START, anchor=ANCHOR)
-        span.finish(make_record(times), times)
+        span.finish(stream_record(times), times)
         assert not span.recording  # the root span was ended despite the fault
     warnings = [r for r in caplog.records if r.name == "ttft_probe.sinks.otel"]
     assert [r.getMessage() for r in warnings] == [
@@ -595,7 +555,7 @@ def test_broken_provider_gives_a_run_without_ids() -> None:
         None,
     )
     times = stream_times()
-    span.finish(make_record(times), times)
+    span.finish(stream_record(times), times)
     assert tel.shutdown(100)
 
 

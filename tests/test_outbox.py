@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from test_record import _record
+from helpers.records import record
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks._base import Delivery
 from ttft_probe.sinks.outbox import Deliverer, Outbox, SinkSpec, configured_sinks, started_wall_ns
@@ -54,7 +54,7 @@ class Clock:
 
 
 def _runs(store: Store, n: int, sinks: Sequence[str] = ("recording",)) -> list[RunRecord]:
-    records = [_record(run_id=f"00000000-0000-4000-8000-{i:012d}",
+    records = [record(run_id=f"00000000-0000-4000-8000-{i:012d}",
                        started_at=f"2026-11-21T08:00:{i % 60:02d}.000000+00:00") for i in range(n)]
     for r in records:
         store.add(r, MarkerTimes(start_ns=10, first_token_ns=20), sinks)

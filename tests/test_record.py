@@ -6,6 +6,7 @@ import attrs
 import pytest
 
 from conftest import assert_valid
+from helpers.records import record
 from ttft_probe.record import (
     MarkerTimes,
     RunRecord,
@@ -125,19 +126,6 @@ def test_out_of_order_markers_make_nulls_and_a_remainder() -> None:
     assert s.remainder_ms == 500.0 - 100.0 - 600.0
 
 
-def _record(**kw: object) -> RunRecord:
-    base: dict[str, object] = {
-        "run_id": "3f2b8c1e-8d4a-4e3b-9a57-0c2f1d9e8b7a",
-        "agent": "claude_code",
-        "runtime_family": "claude-stream-json",
-        "status": "succeeded",
-        "probe_version": "0",
-        "started_at": "2026-11-21T08:00:00.000000+00:00",
-    }
-    base.update(kw)
-    return RunRecord(**base)  # type: ignore[arg-type]
-
-
 def test_schema_lists_exactly_the_record_fields() -> None:
     schema = record_schema()
     names = [f.name for f in attrs.fields(RunRecord)]
@@ -147,17 +135,17 @@ def test_schema_lists_exactly_the_record_fields() -> None:
 
 
 def test_record_round_trips_and_validates() -> None:
-    r = _record(cli_ready_ms=1, timing_unavailable_reason="no_first_token", turn_ordinal=2)
+    r = record(cli_ready_ms=1, timing_unavailable_reason="no_first_token", turn_ordinal=2)
     assert_valid(r)
     assert RunRecord.from_dict(r.to_dict()) == r
     assert r.to_dict()["timing_unavailable_reason"] == "no_first_token"
 
 
 def test_record_is_frozen_and_validated() -> None:
-    r = _record()
+    r = record()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         r.agent = "x"  # type: ignore[misc]
     with pytest.raises(ValueError, match="turn_ordinal"):
-        _record(turn_ordinal=0)
+        record(turn_ordinal=0)
     with pytest.raises(ValueError, match="sometimes"):
-        _record(status="sometimes")
+        record(status="sometimes")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 from rich.console import Console
 
+from helpers.records import NOW, rec
 from ttft_probe.analysis._model import build_report
 from ttft_probe.analysis.chart import write_chart
 from ttft_probe.analysis.report import (
@@ -29,42 +29,6 @@ from ttft_probe.cli import main
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
 from ttft_probe.sinks.store import Store
-
-NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def rec(
-    *,
-    agent: str = "claude_code",
-    turn: int | None = 2,
-    resumed: bool = True,
-    reused: bool = False,
-    total: float | None = 1000.0,
-    cli: float | None = 400.0,
-    init: float | None = 300.0,
-    model: float | None = 300.0,
-    status: str = "succeeded",
-    reason: str | None = None,
-    age: timedelta = timedelta(hours=1),
-    now: datetime = NOW,
-) -> RunRecord:
-    return RunRecord(
-        run_id=str(uuid.uuid4()),
-        agent=agent,
-        runtime_family="claude-stream-json",
-        status=status,
-        turn_ordinal=turn,
-        session_resumed=resumed,
-        process_reused=reused,
-        spawn_to_first_token_ms=total,
-        cli_ready_ms=cli,
-        session_init_ms=init,
-        client_wait_ms=0.0,
-        model_first_token_ms=model,
-        timing_unavailable_reason=reason,
-        probe_version="0.0.0",
-        started_at=(now - age).isoformat(timespec="microseconds"),
-    )
 
 
 def known_cohort(now: datetime = NOW) -> list[RunRecord]:

@@ -26,11 +26,22 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otlp_receiver import OtlpReceiver, attributes_of
+from helpers.otlp import attributes_of
+from helpers.records import (
+    ANCHOR,
+    MS,
+    SPAN_ID,
+    START,
+    STREAM_RUN_ID,
+    TRACE_ID,
+    stream_times,
+    traced_record,
+    wall,
+)
+from otlp_receiver import OtlpReceiver
 from ttft_probe import _semconv as sc
-from ttft_probe._clock import WallAnchor
 from ttft_probe.content import CapturedContent
-from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
+from ttft_probe.record import MarkerTimes
 from ttft_probe.sinks._base import Delivery, Sink
 from ttft_probe.sinks.otel import Telemetry
 from ttft_probe.sinks.otlp import OtlpSink, build_spans, child_span_id
@@ -38,59 +49,16 @@ from ttft_probe.sinks.otlp import OtlpSink, build_spans, child_span_id
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-MS = 1_000_000
-ANCHOR = WallAnchor(wall_ns=1_750_000_000_000_000_000, mono_ns=10_000_000_000)
-START = 10_000_123_456
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-SPAN_ID = "00f067aa0ba902b7"
 PARENT_ID = "a3ce929d0e0e4736"
-RUN_ID = "0b7c2f1e-5d7a-4c7b-9d55-3f1f3b0f6a11"
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
 ROOT = "invoke_agent claude_code"
 PHASES = ("cli_ready", "session_init", "model_first_token")
 
 
-def stream_times(**overrides: int | None) -> MarkerTimes:
-    """Ready 480 ms, session 900 ms, first token 1400 ms, end 2000 ms."""
-    base: dict[str, int | None] = {
-        "cli_ready_ns": START + 480 * MS,
-        "session_init_done_ns": START + 900 * MS,
-        "first_token_ns": START + 1400 * MS,
-        "end_ns": START + 2000 * MS,
-    }
-    base.update(overrides)
-    return MarkerTimes(start_ns=START, **base)
-
-
-def make_record(times: MarkerTimes, **fields: Any) -> RunRecord:
-    segs = compute_segments(times, request_driven=False, process_reused=False)
-    values: dict[str, Any] = {
-        "run_id": RUN_ID,
-        "agent": "claude_code",
-        "runtime_family": "claude-stream-json",
-        "status": "succeeded",
-        "probe_version": "0.1.0.dev0",
-        "started_at": "2025-06-15T12:00:00Z",
-        "trace_id": TRACE_ID,
-        "span_id": SPAN_ID,
-        "turn_ordinal": 2,
-        "session_resumed": True,
-        "model": "claude-x",
-        "exit_code": 0,
-        **attrs.asdict(segs, recurse=False),
-    }
-    values.update(fields)
-    return RunRecord(**values)
-
-
 def delivery(times: MarkerTimes | None = None, **fields: Any) -> Delivery:
     times = times or stream_times()
-    return Delivery(make_record(times, **fields), times, ANCHOR.wall_ns_at(times.start_ns))
-
-
-def wall(mono_ns: int) -> int:
-    return ANCHOR.wall_ns_at(mono_ns)
+    return Delivery(traced_record(times, **fields), times, ANCHOR.wall_ns_at(times.start_ns))
 
 
 def sink_for(endpoint: str, **env: str) -> OtlpSink:
@@ -190,7 +158,7 @@ def test_rebuilt_spans_have_the_shape_of_the_live_spans() -> None:
     tel = Telemetry(tracer_provider=tp, meter_provider=None)
     times = stream_times(prompt_sent_ns=START + 900 * MS)
     run = tel.start_run(agent="claude_code", start_ns=START, anchor=ANCHOR)
-    record = make_record(times, trace_id=run.trace_id_hex, span_id=run.span_id_hex)
+    record = traced_record(times, trace_id=run.trace_id_hex, span_id=run.span_id_hex)
     run.finish(record, times)
     live = {s.name: s for s in exporter.get_finished_spans()}
     rebuilt = {s.name: s for s in build_spans(Delivery(record, times, wall(START)))}
@@ -215,7 +183,7 @@ def test_rebuilt_spans_have_the_shape_of_the_live_spans() -> None:
     assert rebuilt[ROOT].context.span_id == live[ROOT].context.span_id
     for name in PHASES:
         assert shape(rebuilt[name]) == shape(live[name])
-        assert rebuilt[name].context.span_id == child_span_id(RUN_ID, name)
+        assert rebuilt[name].context.span_id == child_span_id(STREAM_RUN_ID, name)
 
 
 def test_delivered_run_arrives_with_the_records_ids_links_times_and_attributes(
@@ -257,7 +225,7 @@ def test_delivered_run_arrives_with_the_records_ids_links_times_and_attributes(
     assert a["ttft_probe.session_init_ms"] == 420.0
     assert a["ttft_probe.model_first_token_ms"] == 500.0
     assert a["ttft_probe.dominant_segment"] == "model_first_token"
-    assert a["ttft_probe.run_id"] == RUN_ID
+    assert a["ttft_probe.run_id"] == STREAM_RUN_ID
 
     expected = {
         "cli_ready": (START, START + 480 * MS),
@@ -268,7 +236,7 @@ def test_delivered_run_arrives_with_the_records_ids_links_times_and_attributes(
         _, child = spans[name]
         assert child.trace_id == root.trace_id
         assert child.parent_span_id == root.span_id
-        assert child.span_id == child_span_id(RUN_ID, name).to_bytes(8, "big")
+        assert child.span_id == child_span_id(STREAM_RUN_ID, name).to_bytes(8, "big")
         assert child.kind == child.SPAN_KIND_INTERNAL
         assert (child.start_time_unix_nano, child.end_time_unix_nano) == (wall(begin), wall(end))
         c = attributes_of(child.attributes)
@@ -326,7 +294,7 @@ def test_failed_run_is_an_error_span(rx: OtlpReceiver) -> None:
 
 def test_a_run_without_marker_times_sends_its_root_alone(rx: OtlpReceiver) -> None:
     times = stream_times()
-    record = make_record(times)
+    record = traced_record(times)
     d = Delivery(record, None, wall(START))
     assert sink_for(rx.endpoint).deliver([d], 10) == [True]
     ((_, root),) = rx.spans()
@@ -420,7 +388,7 @@ def test_live_and_rebuilt_root_spans_carry_the_same_content() -> None:
     times = stream_times()
     content = CapturedContent(input_text=PROMPT, output_text=ANSWER, truncated=True)
     run = tel.start_run(agent="claude_code", start_ns=START, anchor=ANCHOR)
-    record = make_record(times, trace_id=run.trace_id_hex, span_id=run.span_id_hex)
+    record = traced_record(times, trace_id=run.trace_id_hex, span_id=run.span_id_hex)
     run.finish(record, times, content=content)
     live = {s.name: dict(s.attributes or {}) for s in exporter.get_finished_spans()}
     rebuilt = {

@@ -10,11 +10,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fake_posthog import FakePostHog, Mode
+from helpers.records import SECRET_MODEL, full_record
 from ttft_probe.content import CapturedContent
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
@@ -22,39 +22,6 @@ from ttft_probe.sinks._base import Delivery, Sink
 from ttft_probe.sinks.posthog import DEFAULT_HOST, PostHogSink, install_id, install_id_path
 
 API_KEY = "phc_test_SECRET_key_0123456789"
-SECRET_MODEL = "model-SECRET-value-42"
-
-
-def make_record(**kw: Any) -> RunRecord:
-    base: dict[str, Any] = {
-        "run_id": str(uuid.uuid4()),
-        "conversation_id": "conv-1",
-        "session_id": "sess-1",
-        "turn_ordinal": 1,
-        "agent": "claude_code",
-        "runtime_family": "claude-stream-json",
-        "agent_version": "2.0.0",
-        "model": SECRET_MODEL,
-        "status": "succeeded",
-        "exit_code": 0,
-        "spawn_to_first_token_ms": 1500.0,
-        "cli_ready_ms": 300.0,
-        "session_init_ms": 200.0,
-        "client_wait_ms": 0.0,
-        "model_first_token_ms": 1000.0,
-        "remainder_ms": 0.0,
-        "total_duration_ms": 4250.0,
-        "input_tokens": 12,
-        "output_tokens": 34,
-        "cache_read_input_tokens": 5600,
-        "cache_creation_input_tokens": 78,
-        "trace_id": "0af7651916cd43dd8448eb211c80319c",
-        "span_id": "b7ad6b7169203331",
-        "probe_version": "0.1.0",
-        "started_at": "2025-01-02T03:04:05.678901+00:00",
-    }
-    base.update(kw)
-    return RunRecord(**base)
 
 
 def delivery(record: RunRecord) -> Delivery:
@@ -80,7 +47,7 @@ def test_sink_satisfies_the_protocol(sink: PostHogSink) -> None:
 
 
 def test_batch_arrives_as_run_finished_events(server: FakePostHog, sink: PostHogSink) -> None:
-    r1, r2 = make_record(), make_record(status="failed", exit_code=1)
+    r1, r2 = full_record(), full_record(status="failed", exit_code=1)
     assert sink.deliver([delivery(r1), delivery(r2)], timeout_s=5) == [True, True]
 
     assert len(server.requests) == 1  # one HTTP request per batch
@@ -108,7 +75,7 @@ def test_batch_arrives_as_run_finished_events(server: FakePostHog, sink: PostHog
 def test_uncompressed_body_is_accepted_too(server: FakePostHog) -> None:
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", gzip=False)
     try:
-        assert sink.deliver([delivery(make_record())], timeout_s=5) == [True]
+        assert sink.deliver([delivery(full_record())], timeout_s=5) == [True]
     finally:
         sink.close()
     assert server.requests[0].encoding is None
@@ -117,7 +84,7 @@ def test_uncompressed_body_is_accepted_too(server: FakePostHog) -> None:
 
 def test_ai_generation_event(server: FakePostHog) -> None:
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="install-abc", ai_generation=True)
-    record = make_record()
+    record = full_record()
     try:
         assert sink.deliver([delivery(record)], timeout_s=5) == [True]
     finally:
@@ -152,7 +119,7 @@ def test_ai_generation_event(server: FakePostHog) -> None:
 
 def test_ai_generation_of_a_failed_run_without_trace() -> None:
     sink = PostHogSink(API_KEY, host="http://127.0.0.1:9", distinct_id="d", ai_generation=True)
-    record = make_record(
+    record = full_record(
         agent="codex",
         status="failed",
         trace_id=None,
@@ -184,7 +151,7 @@ def with_content(record: RunRecord, content: CapturedContent | None) -> Delivery
 
 def test_captured_content_goes_into_the_ai_properties(server: FakePostHog) -> None:
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
-    record = make_record()
+    record = full_record()
     content = CapturedContent(input_text=PROMPT, output_text=ANSWER)
     try:
         assert sink.deliver([with_content(record, content)], timeout_s=5) == [True]
@@ -208,7 +175,7 @@ def test_only_the_text_seen_is_sent_and_truncation_is_flagged(server: FakePostHo
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
     content = CapturedContent(output_text=ANSWER, truncated=True)
     try:
-        assert sink.deliver([with_content(make_record(), content)], timeout_s=5) == [True]
+        assert sink.deliver([with_content(full_record(), content)], timeout_s=5) == [True]
     finally:
         sink.close()
     (event,) = server.events
@@ -221,7 +188,7 @@ def test_only_the_text_seen_is_sent_and_truncation_is_flagged(server: FakePostHo
 def test_without_content_the_body_has_no_content_keys(server: FakePostHog) -> None:
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
     try:
-        assert sink.deliver([delivery(make_record())], timeout_s=5) == [True]
+        assert sink.deliver([delivery(full_record())], timeout_s=5) == [True]
     finally:
         sink.close()
     (request,) = server.requests
@@ -238,7 +205,7 @@ def test_an_oversized_answer_is_cut_to_fit_posthogs_event_limit(server: FakePost
     answer = "日本語 answer " * 100_000  # 1.2 M characters, far over 900 KiB as JSON
     content = CapturedContent(input_text=PROMPT, output_text=answer)
     try:
-        assert sink.deliver([with_content(make_record(), content)], timeout_s=10) == [True]
+        assert sink.deliver([with_content(full_record(), content)], timeout_s=10) == [True]
     finally:
         sink.close()
     for event in server.events:
@@ -258,8 +225,8 @@ def test_large_content_is_split_into_requests_each_confirmed_alone(
 
     monkeypatch.setattr(posthog, "_MAX_REQUEST_BYTES", 20_000)
     content = CapturedContent(input_text=PROMPT, output_text="x" * 15_000)
-    batch = [with_content(make_record(), content) for _ in range(2)]
-    batch.append(delivery(make_record()))
+    batch = [with_content(full_record(), content) for _ in range(2)]
+    batch.append(delivery(full_record()))
     with FakePostHog(mode="flapping") as server:  # 500 on requests 1, 3 …; 200 on 2, 4 …
         sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
         try:
@@ -278,7 +245,7 @@ def test_retried_delivery_keeps_its_uuid(server: FakePostHog) -> None:
     """flapping: the first attempt gets 500, the retry 200; PostHog counts the run once."""
     server.mode = "flapping"
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
-    record = make_record()
+    record = full_record()
     try:
         assert sink.deliver([delivery(record)], timeout_s=5) == [False]
         assert sink.deliver([delivery(record)], timeout_s=5) == [True]
@@ -298,7 +265,7 @@ def test_unconfirmed_success_then_retry_is_counted_once() -> None:
     """The server took the batch but answered too late; the retry carries the same uuid."""
     with FakePostHog(mode="slow", delay_s=1.0) as server:
         sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
-        record = make_record()
+        record = full_record()
         try:
             assert sink.deliver([delivery(record)], timeout_s=0.3) == [False]
             assert server.wait_for(lambda: len(server.requests) == 1, timeout=5)
@@ -314,7 +281,7 @@ def test_server_down_fails_fast() -> None:
     with FakePostHog(mode="down") as server:
         sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
         started = time.monotonic()
-        result = sink.deliver([delivery(make_record()), delivery(make_record())], timeout_s=5)
+        result = sink.deliver([delivery(full_record()), delivery(full_record())], timeout_s=5)
         elapsed = time.monotonic() - started
         sink.close()
     assert result == [False, False]
@@ -325,7 +292,7 @@ def test_http_500_is_not_confirmed() -> None:
     with FakePostHog(mode="error") as server:
         sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
         try:
-            assert sink.deliver([delivery(make_record())], timeout_s=5) == [False]
+            assert sink.deliver([delivery(full_record())], timeout_s=5) == [False]
         finally:
             sink.close()
         assert len(server.requests) == 1  # the SDK's retries are off: one attempt
@@ -336,7 +303,7 @@ def test_slow_server_is_bounded_by_timeout() -> None:
     with FakePostHog(mode="slow", delay_s=3.0) as server:
         sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
         started = time.monotonic()
-        result = sink.deliver([delivery(make_record())], timeout_s=0.5)
+        result = sink.deliver([delivery(full_record())], timeout_s=0.5)
         elapsed = time.monotonic() - started
         close_started = time.monotonic()
         sink.close()
@@ -349,7 +316,7 @@ def test_slow_server_is_bounded_by_timeout() -> None:
 def test_deliver_after_close_and_empty_batch(sink: PostHogSink, server: FakePostHog) -> None:
     assert sink.deliver([], timeout_s=1) == []
     sink.close()
-    assert sink.deliver([delivery(make_record())], timeout_s=1) == [False]
+    assert sink.deliver([delivery(full_record())], timeout_s=1) == [False]
     assert server.requests == []
 
 
@@ -357,7 +324,7 @@ def test_no_background_threads_left(server: FakePostHog) -> None:
     import threading
 
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="d")
-    assert sink.deliver([delivery(make_record())], timeout_s=5) == [True]
+    assert sink.deliver([delivery(full_record())], timeout_s=5) == [True]
     sink.close()
     names = {t.name for t in threading.enumerate()}
     assert "ttft-probe-posthog" not in names
@@ -495,7 +462,7 @@ def test_import_does_not_import_posthog(tmp_path: Path) -> None:
 
 
 def test_no_key_or_property_value_in_logs(caplog: pytest.LogCaptureFixture) -> None:
-    record = make_record()
+    record = full_record()
     with caplog.at_level(logging.DEBUG):
         modes: tuple[Mode, ...] = ("ok", "error", "down")
         for mode in modes:

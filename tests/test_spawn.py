@@ -18,20 +18,13 @@ from typing import Any
 import pytest
 
 from conftest import CHILDREN, PROBE, assert_valid, script, stored
+from helpers.stand_in import DELTA, claude_init, line
 from reliability import fault_case
 from ttft_probe import Probe
 from ttft_probe.record import RunRecord
 from ttft_probe.sinks.store import Store
 
-INIT = {"type": "system", "subtype": "init", "session_id": "s-1", "model": "claude-x"}
-DELTA = {
-    "type": "stream_event",
-    "event": {
-        "type": "content_block_delta",
-        "index": 0,
-        "delta": {"type": "text_delta", "text": "Hi"},
-    },
-}
+INIT = claude_init("s-1")
 RESULT = {
     "type": "result",
     "subtype": "success",
@@ -39,10 +32,6 @@ RESULT = {
     "session_id": "s-1",
     "usage": {"input_tokens": 3, "output_tokens": 5},
 }
-
-
-def line(obj: dict[str, Any]) -> dict[str, str]:
-    return {"out": json.dumps(obj) + "\n"}
 
 
 def claude_like(tmp_path: Path, *, exit_code: int = 0, token_delay_ms: int = 120) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_record import _record
+from helpers.records import record
 from ttft_probe.content import CapturedContent
 from ttft_probe.errors import StoreError
 from ttft_probe.record import MarkerTimes
@@ -27,13 +27,13 @@ def test_default_path_honours_ttft_probe_home(
 def test_wal_schema_version_and_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     times = MarkerTimes(start_ns=1, cli_ready_ns=2, first_token_ns=5)
-    a = _record(
+    a = record(
         run_id="00000000-0000-4000-8000-000000000001",
         session_id="S",
         turn_ordinal=1,
         started_at="2026-11-21T08:00:00.000000+00:00",
     )
-    b = _record(
+    b = record(
         run_id="00000000-0000-4000-8000-000000000002",
         session_id="S",
         turn_ordinal=2,
@@ -78,9 +78,9 @@ def test_captured_content_is_kept_beside_the_record_and_handed_to_the_outbox(
     tmp_path: Path,
 ) -> None:
     store = Store(tmp_path / "s.sqlite3")
-    plain = _record(run_id="00000000-0000-4000-8000-000000000001",
+    plain = record(run_id="00000000-0000-4000-8000-000000000001",
                     started_at="2026-11-21T08:00:00.000000+00:00")
-    captured = _record(run_id="00000000-0000-4000-8000-000000000002",
+    captured = record(run_id="00000000-0000-4000-8000-000000000002",
                        started_at="2026-11-21T08:00:01.000000+00:00")
     content = CapturedContent(input_text="Say hello", output_text="Hello — 日本語",
                               truncated=True)
@@ -103,7 +103,7 @@ def test_a_version_3_store_gains_the_content_column_and_delivers_its_pending_run
     for migration in MIGRATIONS[:3]:
         conn.executescript(migration)
     conn.execute("PRAGMA user_version = 3")
-    old = _record()
+    old = record()
     conn.execute(
         "INSERT INTO runs (run_id, started_at, agent, status, record_json) VALUES (?,?,?,?,?)",
         (old.run_id, old.started_at, old.agent, "succeeded", old.to_json()),

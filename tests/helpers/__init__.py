@@ -1,1 +1,1 @@
-"""Shared test helpers: transcripts, records, local servers."""
+"""Helpers shared by the test modules: transcripts, records, local HTTP servers, the adapter fuzz kit."""
