@@ -32,8 +32,8 @@ from ttft_probe._clock import WallAnchor
 from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
 from ttft_probe.sinks._base import Delivery, Sink
-from ttft_probe.sinks.otel import Telemetry
 from ttft_probe.sinks.otlp import OtlpSink, build_spans, child_span_id
+from ttft_probe.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -69,8 +69,8 @@ if TYPE_CHECKING:
 
     from ttft_probe.observer import ProviderObserver
     from ttft_probe.record import RunRecord
-    from ttft_probe.sinks.otel import Telemetry
     from ttft_probe.sinks.store import Store
+    from ttft_probe.telemetry import Telemetry
 
 __all__ = ["Probe", "RunOutcome", "TrackedProcess", "probe_of"]
 
@@ -412,7 +412,7 @@ class Probe:
             return None
         if self._telemetry is None:
             if option is True:
-                from ttft_probe.sinks.otel import Telemetry  # noqa: PLC0415 - lazy OTel
+                from ttft_probe.telemetry import Telemetry  # noqa: PLC0415 - lazy OTel
 
                 self._telemetry = Telemetry.from_environment()
             else:

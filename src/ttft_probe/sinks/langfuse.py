@@ -584,7 +584,7 @@ class LangfuseSink:
         )
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON  # noqa: PLC0415
 
-        from ttft_probe.sinks.otel import resource_from  # noqa: PLC0415
+        from ttft_probe.telemetry.env import resource_from  # noqa: PLC0415
 
         plan = _IdPlan()
         tracker = _Tracker()

@@ -1,6 +1,6 @@
 """Durable OTLP delivery of a run's spans, rebuilt from the stored record (DESIGN §7).
 
-The live spans of :mod:`ttft_probe.sinks.otel` on ttft_probe's *private* provider are not
+The live spans of :mod:`ttft_probe.telemetry.live` on ttft_probe's *private* provider are not
 exported as they end: an in-memory batch processor loses them on SIGKILL and while the
 collector is down. Instead the outbox hands the stored run to :class:`OtlpSink`, which
 rebuilds the run's spans and exports them synchronously; the outbox marks the run
@@ -11,7 +11,7 @@ delivered only when the collector answered with success, and retries otherwise::
         ok = sink.deliver([Delivery(record, times, started_wall_ns)], timeout_s=5.0)
         sink.close()
 
-What is sent for each run is :func:`ttft_probe.sinks.otel.run_shape` — the same spans,
+What is sent for each run is :func:`ttft_probe.telemetry.shape.run_shape` — the same spans,
 attributes, events and status the live path emits — as SDK ``ReadableSpan`` objects:
 
 - the root ``invoke_agent {agent}`` (kind ``CLIENT``) with exactly the record's
@@ -32,7 +32,7 @@ attributes, events and status the live path emits — as SDK ``ReadableSpan`` ob
   carrying the GenAI operation, ``gen_ai.input.messages`` / ``gen_ai.output.messages``
   (JSON strings of the GenAI message lists, each only when that text was seen) and
   ``ttft_probe.content_truncated`` = ``True`` when a text was cut — the same attributes
-  the live root span gets (:func:`ttft_probe.sinks.otel.content_attributes`). Without
+  the live root span gets (:func:`ttft_probe.telemetry.shape.content_attributes`). Without
   content the spans are exactly as before. Runs whose content makes a batch larger than
   about 3 MiB are exported in several requests (OTLP/gRPC receivers refuse messages over
   4 MiB by default), each run's spans in one.
@@ -68,14 +68,14 @@ import attrs
 from ttft_probe import _semconv as sc
 from ttft_probe._version import VERSION
 from ttft_probe.sinks._base import Delivery, size_groups
-from ttft_probe.sinks.otel import (
+from ttft_probe.telemetry.env import (
     GRPC,
     HTTP_PROTOBUF,
     otlp_configured,
     otlp_protocol,
     resource_from,
-    run_shape,
 )
+from ttft_probe.telemetry.shape import run_shape
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -147,7 +147,7 @@ def build_spans(
     Args:
         delivery: The stored run (record, marker times, start as Unix ns, and the opt-in
             captured content, which goes on the root span when present).
-        resource: The spans' resource (default: :func:`ttft_probe.sinks.otel.resource_from`
+        resource: The spans' resource (default: :func:`ttft_probe.telemetry.env.resource_from`
             of the process environment).
         parent_span_id: The root span's parent (16 hex digits, same trace); default: the
             record's or the delivery's ``parent_span_id`` field, when it has one.
