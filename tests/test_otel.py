@@ -28,10 +28,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otlp_receiver import OtlpReceiver, attributes_of
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor
+from ttft_probe.agents import provider_name
 from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
 from ttft_probe.telemetry import RunSpan, Telemetry
-from ttft_probe.telemetry.shape import provider_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -74,6 +74,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from ttft_probe.agents import provider_name
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
 from ttft_probe.sinks._base import Delivery, size_groups
@@ -123,12 +124,9 @@ _MAX_REQUEST_BYTES: Final = 5 * 1024 * 1024
 """The SDK's batch cap (``posthog.consumer.BATCH_SIZE_LIMIT``; PostHog's body cap is 20 MiB)."""
 _CONTENT_TRUNCATED: Final = "content_truncated"
 
-# PostHog's own ``$ai_provider`` values, as its SDK wrappers send them.
-_PROVIDER_BY_PREFIX: Final = (
-    ("claude", "anthropic"),
-    ("codex", "openai"),
-    ("gemini", "gemini"),
-)
+# PostHog's own ``$ai_provider`` values, as its SDK wrappers send them, where they are
+# not the ``gen_ai.provider.name`` of :data:`ttft_probe.agents.PROVIDERS`.
+_AI_PROVIDER_BY_GEN_AI: Final = {"gcp.gemini": "gemini"}
 
 _sdk_lock = threading.Lock()
 _sdk_request: Any = None
@@ -169,13 +167,12 @@ def ai_provider(agent: str) -> str | None:
     """PostHog's ``$ai_provider`` for an agent name, or ``None`` when it cannot be told.
 
     ``claude*`` → ``anthropic``, ``codex*`` → ``openai``, ``gemini*`` → ``gemini`` (the
-    values PostHog's own SDK wrappers send); other agents depend on their configuration.
+    values PostHog's own SDK wrappers send): the agent's ``gen_ai.provider.name``
+    (:func:`ttft_probe.agents.provider_name`) in PostHog's spelling. Other agents depend
+    on their configuration.
     """
-    name = agent.lower()
-    for prefix, provider in _PROVIDER_BY_PREFIX:
-        if name.startswith(prefix):
-            return provider
-    return None
+    provider = provider_name(agent)
+    return None if provider is None else _AI_PROVIDER_BY_GEN_AI.get(provider, provider)
 
 
 def install_id_path(env: Mapping[str, str]) -> Path:

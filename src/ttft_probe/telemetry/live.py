@@ -88,6 +88,7 @@ import attrs
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor, monotonic_ns
 from ttft_probe._version import VERSION
+from ttft_probe.agents import provider_name
 from ttft_probe.telemetry.env import (
     GRPC,
     HTTP_PROTOBUF,
@@ -95,7 +96,7 @@ from ttft_probe.telemetry.env import (
     otlp_protocol,
     resource_from,
 )
-from ttft_probe.telemetry.shape import metric_attributes, provider_name, root_span_name, run_shape
+from ttft_probe.telemetry.shape import metric_attributes, root_span_name, run_shape
 
 if TYPE_CHECKING:
     from collections.abc import Callable

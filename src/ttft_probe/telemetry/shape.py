@@ -9,7 +9,8 @@ What is emitted (names in :mod:`ttft_probe._semconv`):
 - Root span ``invoke_agent {agent}``, kind ``CLIENT``: the GenAI "invoke agent client
   span" (the agent runs in another process; ``INTERNAL`` is for agents in the same
   process). ``gen_ai.operation.name``, ``gen_ai.agent.name``, ``gen_ai.provider.name``
-  (claude*→``anthropic``, codex*→``openai``, gemini*→``gcp.gemini``; omitted otherwise)
+  (:func:`ttft_probe.agents.provider_name`: claude*→``anthropic``, codex*→``openai``,
+  gemini*→``gcp.gemini``; omitted otherwise)
   are set at creation for samplers; at finish ``gen_ai.request.model``,
   ``gen_ai.agent.version``, ``gen_ai.conversation.id`` (conversation id, else the agent's
   session id), ``gen_ai.usage.*``, ``process.exit_code``, and every non-``None`` record
@@ -58,6 +59,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from ttft_probe import _semconv as sc
+from ttft_probe.agents import provider_name
 from ttft_probe.record import Marker, MarkerTimes, RunRecord, Status
 
 if TYPE_CHECKING:
@@ -69,7 +71,6 @@ __all__ = [
     "RunShape",
     "content_attributes",
     "metric_attributes",
-    "provider_name",
     "root_span_name",
     "run_shape",
 ]
@@ -85,27 +86,6 @@ _PHASE_KEYS: Final = (  # the root's keys copied onto every phase span
     sc.TTFT_PROCESS_REUSED,
     sc.TTFT_STATUS,
 )
-
-_PROVIDER_BY_PREFIX: Final = (
-    ("claude", "anthropic"),
-    ("codex", "openai"),
-    ("gemini", "gcp.gemini"),
-)
-
-
-def provider_name(agent: str) -> str | None:
-    """``gen_ai.provider.name`` for an agent name, or ``None`` when it cannot be told.
-
-    ``claude*`` → ``anthropic``, ``codex*`` → ``openai``, ``gemini*`` → ``gcp.gemini``
-    (well-known values of the GenAI conventions); anything else (``opencode_acp``, a
-    plain CLI) → ``None``, since its provider depends on its configuration.
-    """
-    name = agent.lower()
-    for prefix, provider in _PROVIDER_BY_PREFIX:
-        if name.startswith(prefix):
-            return provider
-    return None
-
 
 @attrs.frozen
 class RunShape:
