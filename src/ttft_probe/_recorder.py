@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ttft_probe._logonce import LogOnce
+
 if TYPE_CHECKING:
     from ttft_probe._run import RunResult
     from ttft_probe.record import RunRecord
@@ -56,7 +58,7 @@ class Recorder:
         self._pending = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._warned = False
+        self._warn = LogOnce(_log)
 
     def start_delivery(self) -> None:
         """Start the deliverer, which imports the sinks' SDKs in its own thread.
@@ -128,9 +130,7 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001 - the disk never reaches the run
                 # Once per recorder: a read-only or full disk fails every run the same way.
                 # A StoreError's message names the fix (free space, TTFT_PROBE_HOME).
-                if not self._warned:
-                    self._warned = True
-                    _log.warning("the run was not stored: %s", exc)
+                self._warn.warning("store", "the run was not stored: %s", exc)
         if self._on_record is not None:
             try:
                 self._on_record(result.record)

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Self
 import attrs
 
 from ttft_probe import _semconv as sc
+from ttft_probe._logonce import LogOnce
 from ttft_probe._version import VERSION
 from ttft_probe.sinks._base import Delivery, size_groups
 from ttft_probe.telemetry.env import (
@@ -304,7 +305,7 @@ class OtlpSink:
         )
         self._lock = threading.Lock()
         self._resource: Resource | None = None
-        self._warned: set[str] = set()
+        self._warn = LogOnce(_log)
         self._closed = False
 
     @classmethod
@@ -386,7 +387,7 @@ class OtlpSink:
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
-            self._warn_once(
+            self._warn.warning(
                 "timeout", "ttft_probe: OTLP export did not finish within %.1f s", timeout_s
             )
         for index, ok in dict(outcome).items():  # requests answered in time, if any
@@ -411,7 +412,7 @@ class OtlpSink:
                 try:
                     built.append((index, build_spans(delivery, resource)))
                 except Exception:  # noqa: BLE001 - one bad run must not block the batch
-                    self._warn_once(
+                    self._warn.warning(
                         "build", "ttft_probe: could not rebuild a run's spans", exc_info=True
                     )
             if not built:
@@ -424,7 +425,7 @@ class OtlpSink:
                     spans = [span for _, run_spans in runs for span in run_spans]
                     ok = exporter.export(spans) is SpanExportResult.SUCCESS
                     if not ok:
-                        self._warn_once(
+                        self._warn.warning(
                             "export", "ttft_probe: the OTLP collector did not accept spans"
                         )
                     for index, _ in runs:
@@ -432,7 +433,7 @@ class OtlpSink:
             finally:
                 exporter.shutdown()
         except Exception:  # noqa: BLE001 - exporter faults are a False, never an exception
-            self._warn_once("export_fault", "ttft_probe: OTLP export failed", exc_info=True)
+            self._warn.warning("export_fault", "ttft_probe: OTLP export failed", exc_info=True)
 
     def _get_resource(self) -> Resource:
         with self._lock:
@@ -456,12 +457,6 @@ class OtlpSink:
             compression=None if config.compression is None else Compression(config.compression),
         )
 
-    def _warn_once(self, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
-        with self._lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        _log.warning(msg, *args, exc_info=exc_info)
 
 
 def _estimated_size(spans: Sequence[ReadableSpan]) -> int:

@@ -74,6 +74,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from ttft_probe._logonce import LogOnce
 from ttft_probe.agents import provider_name
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
@@ -341,7 +342,7 @@ class PostHogSink:
         self.gzip = gzip
         self._lock = threading.Lock()
         self._in_flight: set[threading.Thread] = set()
-        self._logged: set[str] = set()
+        self._warn = LogOnce(_log)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -549,16 +550,15 @@ class PostHogSink:
         return result[0]
 
     def _failed(self, kind: str, n: int) -> None:
-        if kind in self._logged:
-            _log.debug("PostHog delivery of %d run(s) failed: %s", n, kind)
-            return
-        self._logged.add(kind)
-        _log.warning(
+        said = self._warn.warning(
+            kind,
             "PostHog delivery of %d run(s) to %s failed: %s (the outbox retries)",
             n,
             self.host,
             kind,
         )
+        if not said:
+            _log.debug("PostHog delivery of %d run(s) failed: %s", n, kind)
 
     def close(self) -> None:
         """Stop delivering; wait at most 1 s for a request still in flight. Never raises."""

@@ -87,6 +87,7 @@ import attrs
 
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor, monotonic_ns
+from ttft_probe._logonce import LogOnce
 from ttft_probe._version import VERSION
 from ttft_probe.agents import provider_name
 from ttft_probe.telemetry.env import (
@@ -221,7 +222,7 @@ class Telemetry:
         self._lock = threading.Lock()
         self._setup: _Setup | None = None
         self._setup_failed = False
-        self._warned: set[str] = set()
+        self._warn = LogOnce(_log)
         self._atexit_registered = False
         self._shut_down = False
 
@@ -305,7 +306,9 @@ class Telemetry:
                 start_time=anchor.wall_ns_at(start_ns),
             )
         except Exception:  # noqa: BLE001 - instrumentation must not reach the run
-            self._warn_once("start_run", "ttft_probe: could not start the run span", exc_info=True)
+            self._warn.warning(
+                "start_run", "ttft_probe: could not start the run span", exc_info=True
+            )
             return RunSpan(self, None, None, anchor, start_ns)
         return RunSpan(self, setup, span, anchor, start_ns)
 
@@ -351,7 +354,7 @@ class Telemetry:
             t.join(max(0, deadline - monotonic_ns()) / 1e9)
         late = [t.name for t in threads if t.is_alive()]
         if late:
-            self._warn_once(
+            self._warn.warning(
                 "shutdown_timeout",
                 "ttft_probe: OpenTelemetry shutdown did not finish within %d ms (%s); "
                 "undelivered telemetry is dropped",
@@ -369,13 +372,7 @@ class Telemetry:
         try:
             job()
         except Exception:  # noqa: BLE001 - exporter faults never reach the caller
-            self._warn_once(key, "ttft_probe: OpenTelemetry %s failed", key, exc_info=True)
-
-    def _warn_once(self, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        _log.warning(msg, *args, exc_info=exc_info)
+            self._warn.warning(key, "ttft_probe: OpenTelemetry %s failed", key, exc_info=True)
 
     def _get_setup(self) -> _Setup | None:
         with self._lock:
@@ -384,7 +381,7 @@ class Telemetry:
                     self._setup = self._build()
                 except Exception:  # noqa: BLE001 - run without telemetry rather than fail
                     self._setup_failed = True
-                    self._warn_once(
+                    self._warn.warning(
                         "setup", "ttft_probe: OpenTelemetry setup failed", exc_info=True
                     )
                 else:
@@ -472,7 +469,7 @@ class Telemetry:
         try:
             exporter = _metric_exporter(self._otlp_protocol("METRICS"))
         except Exception:  # noqa: BLE001
-            self._warn_once(
+            self._warn.warning(
                 "metric_exporter", "ttft_probe: OTLP metric exporter unavailable", exc_info=True
             )
             return None
@@ -485,7 +482,7 @@ class Telemetry:
     def _otlp_protocol(self, signal: str) -> str:
         protocol = otlp_protocol(os.environ, signal)
         if protocol is None:
-            self._warn_once(
+            self._warn.warning(
                 f"protocol_{signal}",
                 "ttft_probe: OTLP protocol %r is not supported; using http/protobuf",
                 os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
@@ -611,7 +608,7 @@ class RunSpan:
         try:
             self._emit_spans(span, setup.tracer, record, times, content)
         except Exception:  # noqa: BLE001 - instrumentation must not reach the run
-            self._telemetry._warn_once(  # noqa: SLF001 - one logger-once per Telemetry
+            self._telemetry._warn.warning(  # noqa: SLF001 - one LogOnce per Telemetry
                 "finish_spans", "ttft_probe: could not emit the run's spans", exc_info=True
             )
             if span.is_recording():  # never leave the root span open
@@ -621,7 +618,7 @@ class RunSpan:
             try:
                 _record_histograms(setup.histograms, record)
             except Exception:  # noqa: BLE001
-                self._telemetry._warn_once(  # noqa: SLF001
+                self._telemetry._warn.warning(  # noqa: SLF001
                     "finish_metrics",
                     "ttft_probe: could not record the run's metrics",
                     exc_info=True,
