@@ -74,6 +74,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from ttft_probe._home import home_dir
 from ttft_probe._logonce import LogOnce
 from ttft_probe.agents import provider_name
 from ttft_probe.errors import ConfigError
@@ -111,7 +112,6 @@ ENV_API_KEY: Final = "POSTHOG_API_KEY"
 ENV_PROJECT_API_KEY: Final = "POSTHOG_PROJECT_API_KEY"
 ENV_HOST: Final = "POSTHOG_HOST"
 ENV_AI_GENERATION: Final = "TTFT_PROBE_POSTHOG_AI_GENERATION"
-ENV_HOME: Final = "TTFT_PROBE_HOME"
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"", "0", "false", "no", "off"})
@@ -178,12 +178,7 @@ def ai_provider(agent: str) -> str | None:
 
 def install_id_path(env: Mapping[str, str]) -> Path:
     """``$TTFT_PROBE_HOME/install_id``, else ``install_id`` in the user state dir."""
-    home = env.get(ENV_HOME)
-    if home:
-        return Path(home).expanduser() / INSTALL_ID_FILE
-    import platformdirs  # noqa: PLC0415 - only needed when no home is configured
-
-    return Path(platformdirs.user_state_dir("ttft-probe", appauthor=False)) / INSTALL_ID_FILE
+    return home_dir(env) / INSTALL_ID_FILE
 
 
 def install_id(path: Path) -> str:
