@@ -11,8 +11,9 @@ twice downstream.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol, runtime_checkable
 
 import attrs
 
@@ -21,7 +22,12 @@ from ttft_probe.record import MarkerTimes, RunRecord
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
 
-__all__ = ["Delivery", "Preparable", "Sink", "size_groups"]
+__all__ = ["HEX_SPAN_ID", "HEX_TRACE_ID", "Delivery", "Preparable", "Sink", "size_groups"]
+
+HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
+"""A W3C trace id as records carry it (``trace_id``): 32 lowercase hex digits."""
+HEX_SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
+"""A W3C span id as records carry it (``span_id``, ``parent_span_id``): 16 lowercase hex."""
 
 
 @attrs.frozen

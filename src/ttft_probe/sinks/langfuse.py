@@ -97,7 +97,6 @@ import atexit
 import hashlib
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,7 +109,7 @@ from ttft_probe import _semconv as sc
 from ttft_probe._logonce import LogOnce
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
-from ttft_probe.sinks._base import Delivery
+from ttft_probe.sinks._base import HEX_TRACE_ID, Delivery
 
 if TYPE_CHECKING:
     from langfuse import Langfuse
@@ -160,7 +159,6 @@ _BACKSTOP_FLUSH_S: Final = 0.5
 """The SDK's flush interval (s): exports a partial batch (and polls its score queue)."""
 _PROPAGATED_MAX: Final = 200
 """Langfuse drops propagated trace attributes (session, user, tags) longer than this."""
-_HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
 _NS_PER_MS: Final = 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -192,7 +190,7 @@ def langfuse_ids(record: RunRecord) -> LangfuseIds:
     (the run's W3C trace id), else the SDK's ``Langfuse.create_trace_id(seed=run_id)``.
     """
     trace_id = record.trace_id
-    if trace_id is None or not _HEX_TRACE_ID.fullmatch(trace_id) or int(trace_id, 16) == 0:
+    if trace_id is None or not HEX_TRACE_ID.fullmatch(trace_id) or int(trace_id, 16) == 0:
         trace_id = _seeded_hex(record.run_id, 16)
     return LangfuseIds(
         trace_id=trace_id,

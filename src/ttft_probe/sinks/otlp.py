@@ -68,7 +68,7 @@ import attrs
 from ttft_probe import _semconv as sc
 from ttft_probe._logonce import LogOnce
 from ttft_probe._version import VERSION
-from ttft_probe.sinks._base import Delivery, size_groups
+from ttft_probe.sinks._base import HEX_SPAN_ID, HEX_TRACE_ID, Delivery, size_groups
 from ttft_probe.telemetry.env import (
     GRPC,
     HTTP_PROTOBUF,
@@ -92,8 +92,6 @@ _NS_PER_MS: Final = 1_000_000
 _DEFAULT_TIMEOUT_S: Final = 10.0
 _TRACES_PATH: Final = "/v1/traces"
 _SAMPLED: Final = 0x01
-_HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
-_HEX_SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
 _COMPRESSIONS: Final = frozenset({"gzip", "deflate", "none"})
 _MAX_EXPORT_BYTES: Final = 3 * 1024 * 1024
 """Estimated size bound of one export: the runs of a batch are split into exports below
@@ -170,15 +168,15 @@ def build_spans(
     scope = InstrumentationScope(_SCOPE, VERSION)
     shape = run_shape(record, times, delivery.content)
 
-    trace_id = _hex_id(record.trace_id, _HEX_TRACE_ID)
-    root_id = _hex_id(record.span_id, _HEX_SPAN_ID)
+    trace_id = _hex_id(record.trace_id, HEX_TRACE_ID)
+    root_id = _hex_id(record.span_id, HEX_SPAN_ID)
     if trace_id is None or root_id is None:  # no span was made at spawn: stable stand-ins
         trace_id = _derived_trace_id(record.run_id)
         root_id = child_span_id(record.run_id, shape.name)
     flags = TraceFlags(_SAMPLED)
     root_ctx = SpanContext(trace_id, root_id, is_remote=False, trace_flags=flags)
     parent_hex = parent_span_id if parent_span_id is not None else _parent_span_id_of(delivery)
-    parent_id = _hex_id(parent_hex, _HEX_SPAN_ID)
+    parent_id = _hex_id(parent_hex, HEX_SPAN_ID)
     parent_ctx = (
         None
         if parent_id is None
