@@ -276,19 +276,10 @@ def test_delivered_run_arrives_with_the_records_ids_links_times_and_attributes(
         assert c["ttft_probe.session_resumed"] is True
 
 
-@attrs.frozen
-class _DeliveryWithParent(Delivery):
-    """Stands in for the ``parent_span_id`` field the record (or Delivery) is to gain."""
-
-    parent_span_id: str | None = None
-
-
 def test_the_roots_parent_is_kept(rx: OtlpReceiver) -> None:
     sink = sink_for(rx.endpoint)
     d = delivery()
-    with_parent = _DeliveryWithParent(
-        d.record, d.times, d.started_wall_ns, parent_span_id=PARENT_ID
-    )
+    with_parent = attrs.evolve(d, record=attrs.evolve(d.record, parent_span_id=PARENT_ID))
     assert sink.deliver([with_parent], 10) == [True]
     spans = {span.name: span for _, span in rx.spans()}
     assert spans[ROOT].parent_span_id.hex() == PARENT_ID

@@ -17,8 +17,8 @@ attributes, events and status the live path emits — as SDK ``ReadableSpan`` ob
 - the root ``invoke_agent {agent}`` (kind ``CLIENT``) with exactly the record's
   ``trace_id`` and ``span_id``, so the span the child's ``TRACEPARENT`` named is the one
   that arrives. Its parent is the record's parent span (``parent_span_id``, when the
-  record or the delivery carries one, or the ``parent_span_id`` argument of
-  :func:`build_spans`), in the same trace; otherwise it is a root. A record without ids
+  record carries one, or the ``parent_span_id`` argument of :func:`build_spans`), in
+  the same trace; otherwise it is a root. A record without ids
   (no span was made at spawn) gets ids derived from its ``run_id``: still stable.
 - the phase spans (kind ``INTERNAL``) with span ids derived from ``run_id`` and the span
   name (:func:`child_span_id`), so a redelivery sends identical ids and a collector or
@@ -123,18 +123,6 @@ def _hex_id(value: object, pattern: re.Pattern[str]) -> int | None:
     return int(value, 16) or None
 
 
-def _parent_span_id_of(delivery: Delivery) -> str | None:
-    """The parent span id the record (or the delivery) carries, when it has that field.
-
-    ``RunRecord.parent_span_id`` is not a contract field yet; read it when it exists.
-    """
-    for holder in (delivery.record, delivery):
-        value = getattr(holder, "parent_span_id", None)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 def build_spans(
     delivery: Delivery,
     resource: Resource | None = None,
@@ -149,7 +137,7 @@ def build_spans(
         resource: The spans' resource (default: :func:`ttft_probe.telemetry.env.resource_from`
             of the process environment).
         parent_span_id: The root span's parent (16 hex digits, same trace); default: the
-            record's or the delivery's ``parent_span_id`` field, when it has one.
+            record's ``parent_span_id``.
 
     Returns:
         ``ReadableSpan`` objects with explicit ids and timestamps (Unix ns). Imports the
@@ -175,7 +163,7 @@ def build_spans(
         root_id = child_span_id(record.run_id, shape.name)
     flags = TraceFlags(_SAMPLED)
     root_ctx = SpanContext(trace_id, root_id, is_remote=False, trace_flags=flags)
-    parent_hex = parent_span_id if parent_span_id is not None else _parent_span_id_of(delivery)
+    parent_hex = parent_span_id if parent_span_id is not None else record.parent_span_id
     parent_id = _hex_id(parent_hex, HEX_SPAN_ID)
     parent_ctx = (
         None
