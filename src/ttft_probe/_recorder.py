@@ -49,7 +49,6 @@ class Recorder:
         self._open_store = store
         self._specs = list(sinks) if store is not None else []
         self._deliver_here = deliver
-        self._sink_names = [spec.name for spec in self._specs]
         self._deliverer: Deliverer | None = None
         self._start_lock = threading.Lock()
         self._store: Store | None = None
@@ -119,10 +118,7 @@ class Recorder:
             try:
                 if self._store is None:
                     self._store = self._open_store()
-                sinks = [
-                    name for name in self._sink_names
-                    if name != "otlp" or result.needs_span_delivery
-                ]
+                sinks = [spec.name for spec in self._specs if spec.wants(result)]
                 self._store.add(result.record, result.times, sinks, result.content)
                 self.start_delivery()
                 if self._deliverer is not None:

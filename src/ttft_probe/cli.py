@@ -606,7 +606,7 @@ def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> N
     from rich.console import Console  # noqa: PLC0415 - only for flush
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
-    from ttft_probe.sinks.outbox import Outbox, configured_sinks  # noqa: PLC0415
+    from ttft_probe.sinks.outbox import Outbox, configured_sinks, switch_on_hint  # noqa: PLC0415
     from ttft_probe.sinks.store import Store  # noqa: PLC0415
 
     quiet = quiet or background
@@ -626,8 +626,7 @@ def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> N
     pending = db.pending()
     if not specs:
         queued = ", ".join(f"{n} for {sink}" for sink, n in pending.items()) or "nothing"
-        console.print("No sink is configured (set OTEL_EXPORTER_OTLP_ENDPOINT, POSTHOG_API_KEY, "
-                      f"or LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY). Pending: {queued}.")
+        console.print(f"No sink is configured (set {switch_on_hint()}). Pending: {queued}.")
         sys.exit(1 if pending else 0)
     sinks = []
     for spec in specs:

@@ -8,13 +8,15 @@ to the next process once the lease runs out, and ``ttft-probe flush`` delivers w
 is left. Sinks are idempotent per run (PostHog ``uuid`` = ``run_id``; fixed span ids for
 OTLP and Langfuse), so a retry after an unconfirmed success is not counted twice.
 
-Sinks switch on by the ecosystem's own variables; their SDKs are imported only then,
-and only in the deliverer's thread, never on the agent's path:
+:data:`SINKS` is the one list of the sinks that exist: what switches each on (the
+ecosystem's own variables) and which runs it takes. Their SDKs are imported only when
+switched on, and only in the deliverer's thread, never on the agent's path:
 
 ========  ==============================================================================
 sink      switched on by
 ========  ==============================================================================
 otlp      ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
+          (only runs whose spans no application pipeline exported)
 posthog   ``POSTHOG_API_KEY`` (or ``POSTHOG_PROJECT_API_KEY``); ``POSTHOG_HOST``
 langfuse  ``LANGFUSE_PUBLIC_KEY`` and ``LANGFUSE_SECRET_KEY``; ``LANGFUSE_HOST``
 ========  ==============================================================================
@@ -36,9 +38,18 @@ import attrs
 from ttft_probe.sinks._base import Delivery, Sink
 
 if TYPE_CHECKING:
+    from ttft_probe._run import RunResult
     from ttft_probe.sinks.store import Store
 
-__all__ = ["SINKS", "Deliverer", "Outbox", "SinkSpec", "configured_sinks"]
+__all__ = [
+    "SINKS",
+    "Deliverer",
+    "Outbox",
+    "RegisteredSink",
+    "SinkSpec",
+    "configured_sinks",
+    "switch_on_hint",
+]
 
 _log = logging.getLogger("ttft_probe")
 
@@ -49,11 +60,16 @@ BATCH: Final = 100
 
 @attrs.frozen
 class SinkSpec:
-    """A sink that the environment switches on, not yet imported."""
+    """A sink that the environment switches on, not yet imported.
+
+    ``spans_only``: only runs whose spans still need delivery
+    (:attr:`RunResult.needs_span_delivery`) get an outbox row for it.
+    """
 
     name: str
     target: str  # "module:Class"
     env: Mapping[str, str] = attrs.field(repr=False)
+    spans_only: bool = False
 
     def build(self) -> Sink | None:
         """Import the sink and build it from the environment (may raise ConfigError)."""
@@ -62,25 +78,53 @@ class SinkSpec:
         sink: Sink | None = cls.from_environment(self.env)
         return sink
 
+    def wants(self, result: RunResult) -> bool:
+        """Whether ``result`` gets an outbox row for this sink."""
+        return not self.spans_only or result.needs_span_delivery
 
-SINKS: Final[tuple[tuple[str, str, tuple[tuple[str, ...], ...]], ...]] = (
-    # name, "module:Class", any of these groups of variables (all set) switches it on
-    (
+
+@attrs.frozen
+class RegisteredSink:
+    """One row of :data:`SINKS`.
+
+    Attributes:
+        name: The outbox key (:attr:`Sink.name`).
+        target: ``"module:Class"`` of the sink, imported only when it is switched on.
+        switched_on_by: Groups of variables; any group whose variables are all set
+            switches the sink on.
+        spans_only: Only runs whose spans no application pipeline exported get a row:
+            the OTLP sink sends the spans the private provider made but did not export.
+    """
+
+    name: str
+    target: str
+    switched_on_by: tuple[tuple[str, ...], ...]
+    spans_only: bool = False
+
+    def switched_on(self, env: Mapping[str, str]) -> bool:
+        """Whether ``env`` switches this sink on."""
+        return any(all(env.get(var) for var in group) for group in self.switched_on_by)
+
+
+SINKS: Final = (
+    RegisteredSink(
         "otlp",
         "ttft_probe.sinks.otlp:OtlpSink",
         (("OTEL_EXPORTER_OTLP_ENDPOINT",), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",)),
+        spans_only=True,
     ),
-    (
+    RegisteredSink(
         "posthog",
         "ttft_probe.sinks.posthog:PostHogSink",
         (("POSTHOG_API_KEY",), ("POSTHOG_PROJECT_API_KEY",)),
     ),
-    (
+    RegisteredSink(
         "langfuse",
         "ttft_probe.sinks.langfuse:LangfuseSink",
         (("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"),),
     ),
 )
+"""The sinks that exist, in delivery order."""
 
 
 def configured_sinks(env: Mapping[str, str] | None = None) -> list[SinkSpec]:
@@ -89,10 +133,20 @@ def configured_sinks(env: Mapping[str, str] | None = None) -> list[SinkSpec]:
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         env = {k: v for k, v in env.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
     return [
-        SinkSpec(name, target, env)
-        for name, target, groups in SINKS
-        if any(all(env.get(var) for var in group) for group in groups)
+        SinkSpec(row.name, row.target, env, spans_only=row.spans_only)
+        for row in SINKS
+        if row.switched_on(env)
     ]
+
+
+def switch_on_hint() -> str:
+    """How to switch a sink on, for a message: each sink's first group of variables.
+
+    ``OTEL_EXPORTER_OTLP_ENDPOINT, POSTHOG_API_KEY, or LANGFUSE_PUBLIC_KEY and
+    LANGFUSE_SECRET_KEY``.
+    """
+    ways = [" and ".join(row.switched_on_by[0]) for row in SINKS]
+    return ", ".join(ways[:-1]) + ", or " + ways[-1] if len(ways) > 1 else ways[0]
 
 
 def started_wall_ns(started_at: str) -> int:
