@@ -12,17 +12,20 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
 
 from ttft_probe._logonce import LogOnce
 
 if TYPE_CHECKING:
     from ttft_probe._run import RunResult
     from ttft_probe.record import RunRecord
-    from ttft_probe.sinks.outbox import Deliverer, SinkSpec
+    from ttft_probe.sinks.outbox import Deliverer, DetachedFlush, SinkSpec
     from ttft_probe.sinks.store import Store
 
-__all__ = ["Recorder"]
+__all__ = ["DETACHED", "Recorder"]
+
+DETACHED: Final = "detached"
+"""``deliver`` value: a detached ``ttft-probe flush`` delivers, started by ``deliver()``."""
 
 _log = logging.getLogger("ttft_probe")
 
@@ -34,8 +37,12 @@ class Recorder:
         store: Opens the store lazily in the writer thread (``None``: no store).
         on_record: Called with each record after it is stored; exceptions are logged.
         sinks: The configured sinks: each run gets an outbox row per sink.
-        deliver: Deliver from a thread of this process; ``False`` leaves the outbox to
-            another process (``ttft-probe run`` starts a detached ``ttft-probe flush``).
+        deliver: ``True``: deliver from a thread of this process (a
+            :class:`~ttft_probe.sinks.outbox.Deliverer`). :data:`DETACHED`: a detached
+            ``ttft-probe flush`` delivers (a :class:`~ttft_probe.sinks.outbox.DetachedFlush`,
+            started by :meth:`deliver`); ``ttft-probe run`` does this, to deliver nothing in
+            its own process. ``False``: leave the outbox to another process.
+        flush_store: With :data:`DETACHED`, the flush's ``--store`` (``None``: default).
     """
 
     def __init__(
@@ -44,12 +51,14 @@ class Recorder:
         on_record: Callable[[RunRecord], None] | None = None,
         sinks: Sequence[SinkSpec] = (),
         *,
-        deliver: bool = True,
+        deliver: bool | Literal["detached"] = True,
+        flush_store: str | None = None,
     ) -> None:
         self._open_store = store
         self._specs = list(sinks) if store is not None else []
-        self._deliver_here = deliver
-        self._deliverer: Deliverer | None = None
+        self._deliver = deliver
+        self._flush_store = flush_store
+        self._deliverer: Deliverer | DetachedFlush | None = None
         self._start_lock = threading.Lock()
         self._store: Store | None = None
         self._on_record = on_record
@@ -63,17 +72,22 @@ class Recorder:
         """Start the deliverer, which imports the sinks' SDKs in its own thread.
 
         Called right after the agent was spawned, so the imports overlap the agent's run
-        rather than the probe's own start-up. Idempotent; a no-op without sinks.
+        rather than the probe's own start-up. Idempotent; a no-op without sinks. With
+        :data:`DETACHED` this only prepares the flush; :meth:`deliver` starts it.
         """
-        if not self._specs or not self._deliver_here or self._deliverer is not None:
+        if not self._specs or not self._deliver or self._deliverer is not None:
             return
         if self._open_store is None:
             return
         with self._start_lock:
             if self._deliverer is None:
-                from ttft_probe.sinks.outbox import Deliverer  # noqa: PLC0415 - only with sinks
+                from ttft_probe.sinks import outbox  # noqa: PLC0415 - only with sinks
 
-                self._deliverer = Deliverer(self._specs, self._open_store)
+                self._deliverer = (
+                    outbox.DetachedFlush(self._flush_store)
+                    if self._deliver == DETACHED
+                    else outbox.Deliverer(self._specs, self._open_store)
+                )
 
     def submit(self, result: RunResult) -> None:
         """Queue a finished run; never blocks, never raises."""
@@ -95,8 +109,11 @@ class Recorder:
         """Wait up to ``timeout`` s for the delivery of what is stored; ``True`` if done.
 
         Whatever is not confirmed by then stays in the outbox for the next process or
-        ``ttft-probe flush``.
+        ``ttft-probe flush``. With :data:`DETACHED`, this starts the flush (which also
+        takes what earlier runs left) and waits for it.
         """
+        if self._deliver == DETACHED:
+            self.start_delivery()
         if self._deliverer is None:
             return True
         return self._deliverer.wait_idle(timeout)

@@ -8,6 +8,12 @@ to the next process once the lease runs out, and ``ttft-probe flush`` delivers w
 is left. Sinks are idempotent per run (PostHog ``uuid`` = ``run_id``; fixed span ids for
 OTLP and Langfuse), so a retry after an unconfirmed success is not counted twice.
 
+Who delivers: a :class:`Deliverer` thread of the process that stored the runs (the
+library's default), or a :class:`DetachedFlush`, a ``ttft-probe flush`` process of its
+own started once the runs are stored (``ttft-probe run``, which must not deliver in its
+own process). The recorder (:mod:`ttft_probe._recorder`) holds one or the other and
+drives both the same way: :meth:`kick` after a run is stored, :meth:`wait_idle` at close.
+
 :data:`SINKS` is the one list of the sinks that exist: what switches each on (the
 ecosystem's own variables) and which runs it takes. Their SDKs are imported only when
 switched on, and only in the deliverer's thread, never on the agent's path:
@@ -27,6 +33,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,10 +52,12 @@ if TYPE_CHECKING:
 __all__ = [
     "SINKS",
     "Deliverer",
+    "DetachedFlush",
     "Outbox",
     "RegisteredSink",
     "SinkSpec",
     "configured_sinks",
+    "start_flush",
     "switch_on_hint",
 ]
 
@@ -318,3 +328,72 @@ class Deliverer:
                 sink.close()
             except Exception:  # noqa: BLE001
                 _log.warning("closing the %s sink failed", sink.name, exc_info=True)
+
+
+def start_flush(store: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m ttft_probe flush --background [--store STORE]``, detached.
+
+    The flush runs in a session of its own with its stdio on ``/dev/null``, so it outlives
+    the caller and never writes to the caller's terminal; ``--background`` makes it quiet
+    and leaves the work to a flush already running on the same store. ``store``: the
+    store's path as given (``None``: the default store, found as the caller finds it).
+
+    Raises:
+        OSError: The process could not be started.
+    """
+    argv = [sys.executable, "-m", "ttft_probe", "flush", "--background"]
+    if store is not None:
+        argv += ["--store", store]
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+    )
+
+
+class DetachedFlush:
+    """Delivery by a detached ``ttft-probe flush`` (:func:`start_flush`), not by this process.
+
+    The counterpart of :class:`Deliverer` for a process that must not deliver itself
+    (``ttft-probe run`` exits as soon as its runs are stored). Nothing happens until
+    :meth:`wait_idle`, called once the runs are stored: it starts the flush, once, and
+    waits for it at most ``timeout`` s. The flush delivers these runs and whatever
+    earlier ones left, then exits; what it does not confirm stays in the outbox.
+    """
+
+    def __init__(self, store: str | None) -> None:
+        """Remember the store the flush is to deliver from (``None``: the default)."""
+        self._store = store
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._failed = False
+
+    def kick(self) -> None:
+        """Nothing yet: the flush starts at :meth:`wait_idle`, after the runs are stored."""
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Start the flush unless started, then wait up to ``timeout`` s for it to exit.
+
+        Returns ``True`` when it exited in time. Never raises: a flush that cannot be
+        started is logged (once) and leaves the runs in the outbox.
+        """
+        with self._lock:
+            if self._process is None:
+                if self._failed:
+                    return False
+                try:
+                    self._process = start_flush(self._store)
+                except OSError as exc:
+                    self._failed = True
+                    _log.warning("could not start delivery (%s); run `ttft-probe flush`", exc)
+                    return False
+            process = self._process
+        if timeout <= 0:
+            return process.poll() is not None
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Nothing to stop: the flush outlives this process by design."""
