@@ -12,6 +12,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,29 @@ def _all_three(home: Path, ph: FakePostHog, lf: FakeLangfuse, otlp: OtlpReceiver
                 LANGFUSE_PUBLIC_KEY="pk-lf-test", LANGFUSE_SECRET_KEY="sk-lf-test",
                 LANGFUSE_HOST=lf.url, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint,
                 OTEL_METRICS_EXPORTER="none")
+
+
+def test_a_detached_probe_leaves_delivery_to_a_flush_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in list(os.environ):
+        if key.startswith(("OTEL_", "POSTHOG_", "LANGFUSE_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TTFT_PROBE_HOME", str(tmp_path / "probe"))
+    db = tmp_path / "elsewhere.sqlite3"  # not the default store: the flush must be told
+    with FakePostHog() as ph:
+        monkeypatch.setenv("POSTHOG_API_KEY", "phc_test")
+        monkeypatch.setenv("POSTHOG_HOST", ph.host)
+        before = set(threading.enumerate())
+        probe = Probe(store=db, telemetry=False, deliver="detached")
+        outcome = probe.run(script(tmp_path, HELLO), timeout=60)
+        assert outcome.exit_status == 0
+        assert probe.close(timeout=10, delivery_wait=60)
+        started = set(threading.enumerate()) - before
+        assert not [t for t in started if t.name == "ttft-probe-delivery"]
+        [record] = probe.records
+        assert [e["uuid"] for e in ph.events] == [record.run_id]
+    assert Store(db).pending() == {}
 
 
 def test_one_run_reaches_all_three_backends_with_the_same_record(tmp_path: Path) -> None:

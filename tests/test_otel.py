@@ -30,9 +30,10 @@ from helpers.records import ANCHOR, MS, START, stream_record, stream_times, wall
 from otlp_receiver import OtlpReceiver
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor
+from ttft_probe.agents import provider_name
 from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes, RunRecord
-from ttft_probe.sinks.otel import RunSpan, Telemetry, provider_name
+from ttft_probe.telemetry import RunSpan, Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -576,7 +577,7 @@ CHILD_RUN = textwrap.dedent(
     import attrs
     from ttft_probe._clock import WallAnchor, monotonic_ns
     from ttft_probe.record import MarkerTimes, RunRecord, compute_segments
-    from ttft_probe.sinks.otel import Telemetry
+    from ttft_probe.telemetry import Telemetry
 
     MS = 1_000_000
     anchor = WallAnchor.now()
@@ -641,8 +642,8 @@ def test_importing_does_not_load_exporters_or_optional_sdks() -> None:
             """
             import json, sys
             import ttft_probe
-            import ttft_probe.sinks.otel
-            from ttft_probe.sinks.otel import Telemetry
+            import ttft_probe.telemetry
+            from ttft_probe.telemetry import Telemetry
             Telemetry.from_environment()
             print(json.dumps({"modules": sorted(sys.modules)}))
             """

@@ -43,8 +43,8 @@ from ttft_probe import _semconv as sc
 from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes
 from ttft_probe.sinks._base import Delivery, Sink
-from ttft_probe.sinks.otel import Telemetry
 from ttft_probe.sinks.otlp import OtlpSink, build_spans, child_span_id
+from ttft_probe.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -244,19 +244,10 @@ def test_delivered_run_arrives_with_the_records_ids_links_times_and_attributes(
         assert c["ttft_probe.session_resumed"] is True
 
 
-@attrs.frozen
-class _DeliveryWithParent(Delivery):
-    """Stands in for the ``parent_span_id`` field the record (or Delivery) is to gain."""
-
-    parent_span_id: str | None = None
-
-
 def test_the_roots_parent_is_kept(rx: OtlpReceiver) -> None:
     sink = sink_for(rx.endpoint)
     d = delivery()
-    with_parent = _DeliveryWithParent(
-        d.record, d.times, d.started_wall_ns, parent_span_id=PARENT_ID
-    )
+    with_parent = attrs.evolve(d, record=attrs.evolve(d.record, parent_span_id=PARENT_ID))
     assert sink.deliver([with_parent], 10) == [True]
     spans = {span.name: span for _, span in rx.spans()}
     assert spans[ROOT].parent_span_id.hex() == PARENT_ID

@@ -19,7 +19,13 @@ from ttft_probe.content import CapturedContent
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
 from ttft_probe.sinks._base import Delivery, Sink
-from ttft_probe.sinks.posthog import DEFAULT_HOST, PostHogSink, install_id, install_id_path
+from ttft_probe.sinks.posthog import (
+    DEFAULT_HOST,
+    PostHogSink,
+    ai_provider,
+    install_id,
+    install_id_path,
+)
 
 API_KEY = "phc_test_SECRET_key_0123456789"
 
@@ -137,6 +143,20 @@ def test_ai_generation_of_a_failed_run_without_trace() -> None:
     for absent in ("$ai_span_id", "$ai_time_to_first_token", "$ai_input_tokens"):
         assert absent not in props
 
+
+
+@pytest.mark.parametrize(
+    ("agent", "provider"),
+    [
+        ("claude_code", "anthropic"),
+        ("codex_acp", "openai"),
+        ("gemini", "gemini"),  # PostHog's own value, not the GenAI "gcp.gemini"
+        ("gemini_acp", "gemini"),
+        ("opencode_acp", None),
+    ],
+)
+def test_ai_provider_speaks_posthogs_values(agent: str, provider: str | None) -> None:
+    assert ai_provider(agent) == provider
 
 # --- opt-in captured content ---
 

@@ -15,15 +15,20 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
+
+from ttft_probe._logonce import LogOnce
 
 if TYPE_CHECKING:
     from ttft_probe._run import PendingRun, RunResult
     from ttft_probe.record import RunRecord
-    from ttft_probe.sinks.outbox import Deliverer, SinkSpec
+    from ttft_probe.sinks.outbox import Deliverer, DetachedFlush, SinkSpec
     from ttft_probe.sinks.store import Store
 
-__all__ = ["Recorder"]
+__all__ = ["DETACHED", "Recorder"]
+
+DETACHED: Final = "detached"
+"""``deliver`` value: a detached ``ttft-probe flush`` delivers, started by ``deliver()``."""
 
 _log = logging.getLogger("ttft_probe")
 
@@ -35,8 +40,12 @@ class Recorder:
         store: Opens the store lazily in the writer thread (``None``: no store).
         on_record: Called with each record after it is stored; exceptions are logged.
         sinks: The configured sinks: each run gets an outbox row per sink.
-        deliver: Deliver from a thread of this process; ``False`` leaves the outbox to
-            another process (``ttft-probe run`` starts a detached ``ttft-probe flush``).
+        deliver: ``True``: deliver from a thread of this process (a
+            :class:`~ttft_probe.sinks.outbox.Deliverer`). :data:`DETACHED`: a detached
+            ``ttft-probe flush`` delivers (a :class:`~ttft_probe.sinks.outbox.DetachedFlush`,
+            started by :meth:`deliver`); ``ttft-probe run`` does this, to deliver nothing in
+            its own process. ``False``: leave the outbox to another process.
+        flush_store: With :data:`DETACHED`, the flush's ``--store`` (``None``: default).
     """
 
     def __init__(
@@ -45,13 +54,14 @@ class Recorder:
         on_record: Callable[[RunRecord], None] | None = None,
         sinks: Sequence[SinkSpec] = (),
         *,
-        deliver: bool = True,
+        deliver: bool | Literal["detached"] = True,
+        flush_store: str | None = None,
     ) -> None:
         self._open_store = store
         self._specs = list(sinks) if store is not None else []
-        self._deliver_here = deliver
-        self._sink_names = [spec.name for spec in self._specs]
-        self._deliverer: Deliverer | None = None
+        self._deliver = deliver
+        self._flush_store = flush_store
+        self._deliverer: Deliverer | DetachedFlush | None = None
         self._start_lock = threading.Lock()
         self._store: Store | None = None
         self._on_record = on_record
@@ -59,23 +69,28 @@ class Recorder:
         self._pending = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._warned = False
+        self._warn = LogOnce(_log)
 
     def start_delivery(self) -> None:
         """Start the deliverer, which imports the sinks' SDKs in its own thread.
 
         Called right after the agent was spawned, so the imports overlap the agent's run
-        rather than the probe's own start-up. Idempotent; a no-op without sinks.
+        rather than the probe's own start-up. Idempotent; a no-op without sinks. With
+        :data:`DETACHED` this only prepares the flush; :meth:`deliver` starts it.
         """
-        if not self._specs or not self._deliver_here or self._deliverer is not None:
+        if not self._specs or not self._deliver or self._deliverer is not None:
             return
         if self._open_store is None:
             return
         with self._start_lock:
             if self._deliverer is None:
-                from ttft_probe.sinks.outbox import Deliverer  # noqa: PLC0415 - only with sinks
+                from ttft_probe.sinks import outbox  # noqa: PLC0415 - only with sinks
 
-                self._deliverer = Deliverer(self._specs, self._open_store)
+                self._deliverer = (
+                    outbox.DetachedFlush(self._flush_store)
+                    if self._deliver == DETACHED
+                    else outbox.Deliverer(self._specs, self._open_store)
+                )
 
     def submit(self, run: PendingRun) -> None:
         """Queue a closed turn to build and store; never blocks, never raises."""
@@ -100,8 +115,11 @@ class Recorder:
         """Wait up to ``timeout`` s for the delivery of what is stored; ``True`` if done.
 
         Whatever is not confirmed by then stays in the outbox for the next process or
-        ``ttft-probe flush``.
+        ``ttft-probe flush``. With :data:`DETACHED`, this starts the flush (which also
+        takes what earlier runs left) and waits for it.
         """
+        if self._deliver == DETACHED:
+            self.start_delivery()
         if self._deliverer is None:
             return True
         return self._deliverer.wait_idle(timeout)
@@ -137,10 +155,7 @@ class Recorder:
             try:
                 if self._store is None:
                     self._store = self._open_store()
-                sinks = [
-                    name for name in self._sink_names
-                    if name != "otlp" or result.needs_span_delivery
-                ]
+                sinks = [spec.name for spec in self._specs if spec.wants(result)]
                 self._store.add(result.record, result.times, sinks, result.content)
                 self.start_delivery()
                 if self._deliverer is not None:
@@ -148,9 +163,7 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001 - the disk never reaches the run
                 # Once per recorder: a read-only or full disk fails every run the same way.
                 # A StoreError's message names the fix (free space, TTFT_PROBE_HOME).
-                if not self._warned:
-                    self._warned = True
-                    _log.warning("the run was not stored: %s", exc)
+                self._warn.warning("store", "the run was not stored: %s", exc)
         if self._on_record is not None:
             try:
                 self._on_record(result.record)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ttft_probe._clock import WallAnchor
     from ttft_probe.agents import ResolvedAgent
     from ttft_probe.content import CapturedContent
-    from ttft_probe.sinks.otel import RunSpan, Telemetry
+    from ttft_probe.telemetry import RunSpan, Telemetry
 
 __all__ = [
     "CallerContext",

@@ -4,12 +4,17 @@ The family of a command is inferred from its executable name and flags when the 
 gives none (``claude -p … --output-format stream-json`` is ``claude-stream-json``,
 ``claude -p …`` without it prints plain text, ``gemini --acp`` speaks ACP, …). Unknown
 executables are ``plain``.
+
+The model provider an agent name implies (:data:`PROVIDERS`, :func:`provider_name`) is
+here too, as the OpenTelemetry GenAI ``gen_ai.provider.name`` value; sinks whose wire
+format names providers otherwise (PostHog's ``$ai_provider``) translate from it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import attrs
 
@@ -18,10 +23,12 @@ from ttft_probe.record import RuntimeFamily
 
 __all__ = [
     "AGENTS",
+    "PROVIDERS",
     "AgentSpec",
     "ResolvedAgent",
     "find_executable",
     "flag_value",
+    "provider_name",
     "resolve_agent",
 ]
 
@@ -160,6 +167,31 @@ AGENTS: tuple[AgentSpec, ...] = (
     AgentSpec("cursor_agent", _F.JSON_EVENT_STREAM, "cursor-agent", None, _stream_json),
     AgentSpec("cursor_agent", _F.PLAIN, "cursor-agent"),
 )
+
+PROVIDERS: Final = (
+    # agent-name prefix, ``gen_ai.provider.name`` (a well-known value of the OTel GenAI
+    # semantic conventions). Agents not listed (opencode, cursor-agent, plain CLIs) talk
+    # to whatever provider they are configured for.
+    ("claude", "anthropic"),
+    ("codex", "openai"),
+    ("gemini", "gcp.gemini"),
+)
+
+
+def provider_name(agent: str) -> str | None:
+    """``gen_ai.provider.name`` for an agent name, or ``None`` when it cannot be told.
+
+    ``claude*`` → ``anthropic``, ``codex*`` → ``openai``, ``gemini*`` → ``gcp.gemini``
+    (:data:`PROVIDERS`, well-known values of the GenAI conventions); anything else
+    (``opencode_acp``, a plain CLI) → ``None``, since its provider depends on its
+    configuration. Case-insensitive.
+    """
+    name = agent.lower()
+    for prefix, provider in PROVIDERS:
+        if name.startswith(prefix):
+            return provider
+    return None
+
 
 # Launchers whose own argv precede the agent's executable.
 _LAUNCHERS = frozenset({"node", "npx", "bunx", "bun", "pnpx", "env", "exec", "nice", "timeout"})

@@ -12,7 +12,6 @@ import gc
 import logging
 import os
 import re
-import subprocess
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -237,8 +236,9 @@ def run(
             store=store,
             adapter_options=options,
             observe_provider=upstream or observe_provider,
-            # Delivery happens in a detached `flush`, never in this process (see below).
-            deliver=False,
+            # A detached `flush` delivers, started once the runs are stored (probe.close):
+            # never this process, which exits right after.
+            deliver="detached",
             capture_content=capture_content,
         )
         _resume_gc()
@@ -255,14 +255,13 @@ def run(
             for hint in (_hint(result.record, result.times), granularity_hint(result.record)):
                 if hint:
                     click.echo(f"ttft-probe: hint: {hint}", err=True)
-    if not probe.close(timeout=STORE_WAIT_S):
+    if not probe.close(timeout=STORE_WAIT_S, delivery_wait=delivery_wait):
         from ttft_probe.sinks.store import default_store_path  # noqa: PLC0415
 
         where = store or default_store_path()
         click.echo(f"ttft-probe: warning: the run was not stored: the store at {where} was "
                    f"still busy after {STORE_WAIT_S:g} s (locked by another process, or a slow "
                    "disk); set TTFT_PROBE_HOME or --store to another location", err=True)
-    _deliver_in_background(store, delivery_wait)
     _exit_now(outcome.exit_status)
 
 
@@ -283,31 +282,22 @@ def _exit_now(status: int) -> NoReturn:
     os._exit(status)
 
 
-def _deliver_in_background(store: str | None, wait: float) -> None:
-    """Start a detached `ttft-probe flush` when a sink is configured; wait at most ``wait`` s.
+def _flush_in_background(store: str | None) -> None:
+    """Hand the outbox to a detached `ttft-probe flush` when a sink is configured.
 
-    The runs are already in the store; the flush delivers them (and anything left over
-    by earlier runs) without holding up this process or the agent's caller. Never raises.
+    For `ab`, whose probes only queue (``run_ab`` is a library call): the runs are
+    already in the store; the flush delivers them without holding up this process.
+    ``run`` gets the same flush from its probe (``Probe(deliver="detached")``).
     """
-    from ttft_probe.sinks.outbox import configured_sinks  # noqa: PLC0415
+    from ttft_probe.sinks.outbox import configured_sinks, start_flush  # noqa: PLC0415
 
     if not configured_sinks():
         return
-    argv = [sys.executable, "-m", "ttft_probe", "flush", "--background"]
-    if store is not None:
-        argv += ["--store", store]
     try:
-        flusher = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-        )
+        start_flush(store)
     except OSError as exc:
         click.echo(f"ttft-probe: could not start delivery ({exc}); run `ttft-probe flush`",
                    err=True)
-        return
-    if wait > 0:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            flusher.wait(timeout=wait)
 
 
 def _regex(pattern: str | None, flag: str) -> re.Pattern[str] | None:
@@ -606,7 +596,7 @@ def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> N
     from rich.console import Console  # noqa: PLC0415 - only for flush
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
-    from ttft_probe.sinks.outbox import Outbox, configured_sinks  # noqa: PLC0415
+    from ttft_probe.sinks.outbox import Outbox, configured_sinks, switch_on_hint  # noqa: PLC0415
     from ttft_probe.sinks.store import Store  # noqa: PLC0415
 
     quiet = quiet or background
@@ -626,8 +616,7 @@ def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> N
     pending = db.pending()
     if not specs:
         queued = ", ".join(f"{n} for {sink}" for sink, n in pending.items()) or "nothing"
-        console.print("No sink is configured (set OTEL_EXPORTER_OTLP_ENDPOINT, POSTHOG_API_KEY, "
-                      f"or LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY). Pending: {queued}.")
+        console.print(f"No sink is configured (set {switch_on_hint()}). Pending: {queued}.")
         sys.exit(1 if pending else 0)
     sinks = []
     for spec in specs:
@@ -1082,7 +1071,7 @@ def ab(
         click.echo(json.dumps(result.to_dict()))
     else:
         _print_ab(result, planned=None if exit_status == 0 else pairs)
-    _deliver_in_background(store, 0.0)
+    _flush_in_background(store)
     sys.exit(exit_status)
 
 

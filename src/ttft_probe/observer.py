@@ -94,6 +94,7 @@ import attrs
 import h11
 
 from ttft_probe._clock import monotonic_ns
+from ttft_probe._logonce import LogOnce
 from ttft_probe.errors import ConfigError, TtftProbeError
 
 if TYPE_CHECKING:
@@ -389,7 +390,7 @@ class _ContentDetector:
                 self._decoder = _Decoder.for_encoding(content_encoding)
             except ValueError:
                 self._disabled = True
-                _log_once(
+                _warn.warning(
                     "sse_encoding",
                     "an SSE body's content encoding is not decodable; "
                     "its first content is not observed",
@@ -446,17 +447,8 @@ def is_loopback_peer(peername: object) -> bool:
     return address.is_loopback
 
 
-_logged_once: set[str] = set()
-_logged_lock = threading.Lock()
-
-
-def _log_once(key: str, message: str, *args: object, exc_info: bool = False) -> None:
-    """Log a warning the first time ``key`` is seen in this process (never data)."""
-    with _logged_lock:
-        if key in _logged_once:
-            return
-        _logged_once.add(key)
-    logger.warning(message, *args, exc_info=exc_info)
+_warn = LogOnce(logger)
+"""Warnings said the first time their key is seen in this process (never data)."""
 
 
 # --- the proxy ------------------------------------------------------------------------
@@ -613,7 +605,7 @@ class _Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast("asyncio.Transport", transport)  # a TCP server (uvloop's too)
         if not is_loopback_peer(transport.get_extra_info("peername")):
-            _log_once("peer", "observer: refused a connection from a non-loopback peer")
+            _warn.warning("peer", "observer: refused a connection from a non-loopback peer")
             self._closed = True
             transport.abort()
             return
@@ -841,7 +833,9 @@ class _Link(asyncio.Protocol):
             self._upstream_unreachable(exc)
 
     def _upstream_unreachable(self, exc: BaseException) -> None:
-        _log_once("connect", "observer: the upstream cannot be reached (%s)", type(exc).__name__)
+        _warn.warning(
+            "connect", "observer: the upstream cannot be reached (%s)", type(exc).__name__
+        )
         logger.debug("observer: upstream connect failed (%s)", type(exc).__name__)
         self._up_failed = True
         self._pending = None
@@ -1170,7 +1164,7 @@ class ProviderObserver:
                 loop.call_soon_threadsafe(self._shutdown)
         thread.join(timeout)
         if thread.is_alive():
-            _log_once("stop", "observer: the proxy thread did not stop within %s s", timeout)
+            _warn.warning("stop", "observer: the proxy thread did not stop within %s s", timeout)
 
     def __enter__(self) -> Self:
         """Start (see :meth:`start`)."""

@@ -69,8 +69,8 @@ if TYPE_CHECKING:
 
     from ttft_probe.observer import ProviderObserver
     from ttft_probe.record import RunRecord
-    from ttft_probe.sinks.otel import Telemetry
     from ttft_probe.sinks.store import Store
+    from ttft_probe.telemetry import Telemetry
 
 __all__ = ["Probe", "RunOutcome", "TrackedProcess", "probe_of"]
 
@@ -339,7 +339,10 @@ class Probe:
             ``cli_forward_ms``). Needs the probe to spawn the agent.
         deliver: Send each stored run to the sinks the environment configures (OTLP,
             PostHog, Langfuse; see :mod:`ttft_probe.sinks.outbox`), from a background
-            thread through the store's outbox. ``False``: queue them in the outbox only,
+            thread through the store's outbox. ``"detached"``: deliver nothing in this
+            process; :meth:`close` hands the outbox to a detached ``ttft-probe flush``
+            and waits ``delivery_wait`` s for it (what ``ttft-probe run`` does: it exits
+            as soon as its runs are stored). ``False``: queue them in the outbox only,
             for ``ttft-probe flush`` (or a later probe) to deliver.
         capture_content: Keep each run's prompt and answer text, as the agent's streams
             carry them (:mod:`ttft_probe.content`), in the store and in the spans,
@@ -364,7 +367,7 @@ class Probe:
         on_record: Callable[[RunRecord], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
         observe_provider: bool | str = False,
-        deliver: bool = True,
+        deliver: bool | Literal["detached"] = True,
         capture_content: bool = False,
     ) -> None:
         """See the class docstring."""
@@ -390,7 +393,13 @@ class Probe:
         }
         self.processes: list[TrackedProcess] = []
         specs = configured_sinks() if store is not False else []
-        self._recorder = Recorder(self._store_opener(store), on_record, specs, deliver=deliver)
+        self._recorder = Recorder(
+            self._store_opener(store),
+            on_record,
+            specs,
+            deliver=deliver,
+            flush_store=_flush_store(store),
+        )
         self._telemetry: Telemetry | None = None
         # At interpreter exit, runs of processes that already ended still get stored.
         weakref.finalize(self, _settle, self.processes, self._recorder)
@@ -416,7 +425,7 @@ class Probe:
             return None
         if self._telemetry is None:
             if option is True:
-                from ttft_probe.sinks.otel import Telemetry  # noqa: PLC0415 - lazy OTel
+                from ttft_probe.telemetry import Telemetry  # noqa: PLC0415 - lazy OTel
 
                 self._telemetry = Telemetry.from_environment()
             else:
@@ -1040,6 +1049,17 @@ def _closed_std_fds() -> frozenset[int]:
         except OSError:
             closed.add(fd)
     return frozenset(closed)
+
+
+def _flush_store(store: object) -> str | None:
+    """The ``--store`` of a detached flush for a ``Probe(store=…)`` (``None``: the default)."""
+    if store is None or isinstance(store, bool):
+        return None
+    from ttft_probe.sinks.store import Store  # noqa: PLC0415 - sqlite3 only when used
+
+    if isinstance(store, Store):
+        return str(store.path)
+    return os.fspath(cast("str | os.PathLike[str]", store))
 
 
 def _settle(processes: list[TrackedProcess], recorder: Recorder, timeout: float = 5.0) -> None:

@@ -11,8 +11,9 @@ twice downstream.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol, runtime_checkable
 
 import attrs
 
@@ -21,7 +22,12 @@ from ttft_probe.record import MarkerTimes, RunRecord
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
 
-__all__ = ["Delivery", "Preparable", "Sink", "size_groups"]
+__all__ = ["HEX_SPAN_ID", "HEX_TRACE_ID", "Delivery", "Sink", "size_groups"]
+
+HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
+"""A W3C trace id as records carry it (``trace_id``): 32 lowercase hex digits."""
+HEX_SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
+"""A W3C span id as records carry it (``span_id``, ``parent_span_id``): 16 lowercase hex."""
 
 
 @attrs.frozen
@@ -53,6 +59,12 @@ class Sink(Protocol):
     ``name`` is the outbox key (``"otlp"``, ``"posthog"``, ``"langfuse"``). Implementations
     import their SDK lazily, never raise from :meth:`deliver` (a failure is ``False``,
     logged once per kind), and bound each call by ``timeout_s`` seconds.
+
+    The outbox builds a sink with its class's ``from_environment(env: Mapping[str, str])
+    -> Sink | None`` (``None``: not configured). A sink may also have a ``prepare()``
+    method (not part of this protocol, looked up by name): the deliverer calls it in its
+    own thread right after building the sink, so the SDK is imported while the agent
+    runs rather than after it exited.
     """
 
     name: ClassVar[str]
@@ -64,24 +76,6 @@ class Sink(Protocol):
     def close(self) -> None:
         """Release connections and SDK resources (bounded, never raises)."""
         ...
-
-
-class Preparable(Protocol):
-    """Optional for a sink: ``prepare()`` imports its SDK ahead of the first delivery.
-
-    The deliverer calls it in its own thread right after building the sink, so the
-    import happens while the agent runs, not after it exited.
-    """
-
-    def prepare(self) -> None:
-        """Import and set up whatever :meth:`Sink.deliver` will need."""
-        ...
-
-
-SinkFactory = type[Sink]
-"""A sink class with ``from_environment(env: Mapping[str, str]) -> Sink | None``."""
-
-EnvMapping = Mapping[str, str]
 
 
 def size_groups(sizes: Sequence[int], limit: int) -> list[list[int]]:

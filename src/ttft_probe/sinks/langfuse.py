@@ -97,7 +97,6 @@ import atexit
 import hashlib
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -107,9 +106,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import attrs
 
 from ttft_probe import _semconv as sc
+from ttft_probe._logonce import LogOnce
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
-from ttft_probe.sinks._base import Delivery
+from ttft_probe.sinks._base import HEX_TRACE_ID, Delivery
 
 if TYPE_CHECKING:
     from langfuse import Langfuse
@@ -159,7 +159,6 @@ _BACKSTOP_FLUSH_S: Final = 0.5
 """The SDK's flush interval (s): exports a partial batch (and polls its score queue)."""
 _PROPAGATED_MAX: Final = 200
 """Langfuse drops propagated trace attributes (session, user, tags) longer than this."""
-_HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
 _NS_PER_MS: Final = 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -191,7 +190,7 @@ def langfuse_ids(record: RunRecord) -> LangfuseIds:
     (the run's W3C trace id), else the SDK's ``Langfuse.create_trace_id(seed=run_id)``.
     """
     trace_id = record.trace_id
-    if trace_id is None or not _HEX_TRACE_ID.fullmatch(trace_id) or int(trace_id, 16) == 0:
+    if trace_id is None or not HEX_TRACE_ID.fullmatch(trace_id) or int(trace_id, 16) == 0:
         trace_id = _seeded_hex(record.run_id, 16)
     return LangfuseIds(
         trace_id=trace_id,
@@ -437,7 +436,7 @@ class LangfuseSink:
         self._pipeline: _Pipeline | None = None
         self._broken = False
         self._closed = False
-        self._logged: set[str] = set()
+        self._warn = LogOnce(_log)
 
     def __repr__(self) -> str:
         """Names the host only: never a key."""
@@ -503,14 +502,14 @@ class LangfuseSink:
                 pipeline.tracker.forget(live)
             results = [a is not None and a.confirmed for a in attempts]
         except Exception as exc:  # noqa: BLE001 - a sink never raises into the outbox
-            self._log_once("deliver", "Langfuse delivery failed (%s)", type(exc).__name__)
+            self._warn.warning("deliver", "Langfuse delivery failed (%s)", type(exc).__name__)
             return [False] * count
         if any(a is not None and not a.done for a in attempts):
-            self._log_once(
+            self._warn.warning(
                 "timeout", "Langfuse did not confirm within %.1f s; will retry", timeout_s
             )
         elif not all(results):
-            self._log_once("rejected", "Langfuse export failed; will retry")
+            self._warn.warning("rejected", "Langfuse export failed; will retry")
         return results
 
     def close(self) -> None:
@@ -525,14 +524,16 @@ class LangfuseSink:
         try:
             pipeline.exporter.shutdown()  # exports fail at once from now on
         except Exception as exc:  # noqa: BLE001
-            self._log_once("close", "Langfuse exporter shutdown failed (%s)", type(exc).__name__)
+            self._warn.warning(
+                "close", "Langfuse exporter shutdown failed (%s)", type(exc).__name__
+            )
         worker = threading.Thread(
             target=self._teardown, args=(pipeline,), name="ttft-probe-langfuse-close", daemon=True
         )
         worker.start()
         worker.join(self._close_timeout_s)
         if worker.is_alive():
-            self._log_once(
+            self._warn.warning(
                 "close_timeout",
                 "Langfuse SDK did not stop within %.1f s; its threads end within the export "
                 "timeout",
@@ -540,12 +541,6 @@ class LangfuseSink:
             )
 
     # --- internals ---
-
-    def _log_once(self, kind: str, message: str, *args: object) -> None:
-        if kind in self._logged:
-            return
-        self._logged.add(kind)
-        _log.warning(message, *args)
 
     def _ready(self) -> _Pipeline | None:
         with self._lock:
@@ -556,7 +551,7 @@ class LangfuseSink:
                     self._pipeline = self._build()
                 except Exception as exc:  # noqa: BLE001 - disable the sink, keep the runs
                     self._broken = True
-                    self._log_once(
+                    self._warn.warning(
                         "build",
                         "Langfuse sink disabled: SDK set-up failed (%s)",
                         type(exc).__name__,
@@ -584,7 +579,7 @@ class LangfuseSink:
         )
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON  # noqa: PLC0415
 
-        from ttft_probe.sinks.otel import resource_from  # noqa: PLC0415
+        from ttft_probe.telemetry.env import resource_from  # noqa: PLC0415
 
         plan = _IdPlan()
         tracker = _Tracker()
@@ -700,14 +695,14 @@ class LangfuseSink:
                 (trace_id, int(ids.generation_observation_id, 16)),
             ]
         except Exception as exc:  # noqa: BLE001
-            self._log_once("emit", "Langfuse: run skipped (%s)", type(exc).__name__)
+            self._warn.warning("emit", "Langfuse: run skipped (%s)", type(exc).__name__)
             return None
         attempt = pipeline.tracker.expect(keys)  # before the spans end: exports are async
         try:
             _make_spans(pipeline, delivery, ids, user_id=self._user_id, tags=self._tags)
         except Exception as exc:  # noqa: BLE001
             pipeline.tracker.forget([attempt])
-            self._log_once("emit", "Langfuse: run skipped (%s)", type(exc).__name__)
+            self._warn.warning("emit", "Langfuse: run skipped (%s)", type(exc).__name__)
             return None
         return attempt
 
@@ -721,7 +716,7 @@ class LangfuseSink:
             try:
                 step()
             except Exception as exc:  # noqa: BLE001 - each step on its own
-                self._log_once("close", "Langfuse SDK shutdown failed (%s)", type(exc).__name__)
+                self._warn.warning("close", "Langfuse SDK shutdown failed (%s)", type(exc).__name__)
 
 
 class _NotRecordingError(RuntimeError):

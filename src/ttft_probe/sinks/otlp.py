@@ -1,6 +1,6 @@
 """Durable OTLP delivery of a run's spans, rebuilt from the stored record (DESIGN §7).
 
-The live spans of :mod:`ttft_probe.sinks.otel` on ttft_probe's *private* provider are not
+The live spans of :mod:`ttft_probe.telemetry.live` on ttft_probe's *private* provider are not
 exported as they end: an in-memory batch processor loses them on SIGKILL and while the
 collector is down. Instead the outbox hands the stored run to :class:`OtlpSink`, which
 rebuilds the run's spans and exports them synchronously; the outbox marks the run
@@ -11,14 +11,14 @@ delivered only when the collector answered with success, and retries otherwise::
         ok = sink.deliver([Delivery(record, times, started_wall_ns)], timeout_s=5.0)
         sink.close()
 
-What is sent for each run is :func:`ttft_probe.sinks.otel.run_shape` — the same spans,
+What is sent for each run is :func:`ttft_probe.telemetry.shape.run_shape` — the same spans,
 attributes, events and status the live path emits — as SDK ``ReadableSpan`` objects:
 
 - the root ``invoke_agent {agent}`` (kind ``CLIENT``) with exactly the record's
   ``trace_id`` and ``span_id``, so the span the child's ``TRACEPARENT`` named is the one
   that arrives. Its parent is the record's parent span (``parent_span_id``, when the
-  record or the delivery carries one, or the ``parent_span_id`` argument of
-  :func:`build_spans`), in the same trace; otherwise it is a root. A record without ids
+  record carries one, or the ``parent_span_id`` argument of :func:`build_spans`), in
+  the same trace; otherwise it is a root. A record without ids
   (no span was made at spawn) gets ids derived from its ``run_id``: still stable.
 - the phase spans (kind ``INTERNAL``) with span ids derived from ``run_id`` and the span
   name (:func:`child_span_id`), so a redelivery sends identical ids and a collector or
@@ -32,7 +32,7 @@ attributes, events and status the live path emits — as SDK ``ReadableSpan`` ob
   carrying the GenAI operation, ``gen_ai.input.messages`` / ``gen_ai.output.messages``
   (JSON strings of the GenAI message lists, each only when that text was seen) and
   ``ttft_probe.content_truncated`` = ``True`` when a text was cut — the same attributes
-  the live root span gets (:func:`ttft_probe.sinks.otel.content_attributes`). Without
+  the live root span gets (:func:`ttft_probe.telemetry.shape.content_attributes`). Without
   content the spans are exactly as before. Runs whose content makes a batch larger than
   about 3 MiB are exported in several requests (OTLP/gRPC receivers refuse messages over
   4 MiB by default), each run's spans in one.
@@ -66,16 +66,17 @@ from typing import TYPE_CHECKING, ClassVar, Final, Self
 import attrs
 
 from ttft_probe import _semconv as sc
+from ttft_probe._logonce import LogOnce
 from ttft_probe._version import VERSION
-from ttft_probe.sinks._base import Delivery, size_groups
-from ttft_probe.sinks.otel import (
+from ttft_probe.sinks._base import HEX_SPAN_ID, HEX_TRACE_ID, Delivery, size_groups
+from ttft_probe.telemetry.env import (
     GRPC,
     HTTP_PROTOBUF,
     otlp_configured,
     otlp_protocol,
     resource_from,
-    run_shape,
 )
+from ttft_probe.telemetry.shape import run_shape
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -91,8 +92,6 @@ _NS_PER_MS: Final = 1_000_000
 _DEFAULT_TIMEOUT_S: Final = 10.0
 _TRACES_PATH: Final = "/v1/traces"
 _SAMPLED: Final = 0x01
-_HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
-_HEX_SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
 _COMPRESSIONS: Final = frozenset({"gzip", "deflate", "none"})
 _MAX_EXPORT_BYTES: Final = 3 * 1024 * 1024
 """Estimated size bound of one export: the runs of a batch are split into exports below
@@ -124,18 +123,6 @@ def _hex_id(value: object, pattern: re.Pattern[str]) -> int | None:
     return int(value, 16) or None
 
 
-def _parent_span_id_of(delivery: Delivery) -> str | None:
-    """The parent span id the record (or the delivery) carries, when it has that field.
-
-    ``RunRecord.parent_span_id`` is not a contract field yet; read it when it exists.
-    """
-    for holder in (delivery.record, delivery):
-        value = getattr(holder, "parent_span_id", None)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 def build_spans(
     delivery: Delivery,
     resource: Resource | None = None,
@@ -147,10 +134,10 @@ def build_spans(
     Args:
         delivery: The stored run (record, marker times, start as Unix ns, and the opt-in
             captured content, which goes on the root span when present).
-        resource: The spans' resource (default: :func:`ttft_probe.sinks.otel.resource_from`
+        resource: The spans' resource (default: :func:`ttft_probe.telemetry.env.resource_from`
             of the process environment).
         parent_span_id: The root span's parent (16 hex digits, same trace); default: the
-            record's or the delivery's ``parent_span_id`` field, when it has one.
+            record's ``parent_span_id``.
 
     Returns:
         ``ReadableSpan`` objects with explicit ids and timestamps (Unix ns). Imports the
@@ -169,15 +156,15 @@ def build_spans(
     scope = InstrumentationScope(_SCOPE, VERSION)
     shape = run_shape(record, times, delivery.content)
 
-    trace_id = _hex_id(record.trace_id, _HEX_TRACE_ID)
-    root_id = _hex_id(record.span_id, _HEX_SPAN_ID)
+    trace_id = _hex_id(record.trace_id, HEX_TRACE_ID)
+    root_id = _hex_id(record.span_id, HEX_SPAN_ID)
     if trace_id is None or root_id is None:  # no span was made at spawn: stable stand-ins
         trace_id = _derived_trace_id(record.run_id)
         root_id = child_span_id(record.run_id, shape.name)
     flags = TraceFlags(_SAMPLED)
     root_ctx = SpanContext(trace_id, root_id, is_remote=False, trace_flags=flags)
-    parent_hex = parent_span_id if parent_span_id is not None else _parent_span_id_of(delivery)
-    parent_id = _hex_id(parent_hex, _HEX_SPAN_ID)
+    parent_hex = parent_span_id if parent_span_id is not None else record.parent_span_id
+    parent_id = _hex_id(parent_hex, HEX_SPAN_ID)
     parent_ctx = (
         None
         if parent_id is None
@@ -304,7 +291,7 @@ class OtlpSink:
         )
         self._lock = threading.Lock()
         self._resource: Resource | None = None
-        self._warned: set[str] = set()
+        self._warn = LogOnce(_log)
         self._closed = False
 
     @classmethod
@@ -386,7 +373,7 @@ class OtlpSink:
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
-            self._warn_once(
+            self._warn.warning(
                 "timeout", "ttft_probe: OTLP export did not finish within %.1f s", timeout_s
             )
         for index, ok in dict(outcome).items():  # requests answered in time, if any
@@ -411,7 +398,7 @@ class OtlpSink:
                 try:
                     built.append((index, build_spans(delivery, resource)))
                 except Exception:  # noqa: BLE001 - one bad run must not block the batch
-                    self._warn_once(
+                    self._warn.warning(
                         "build", "ttft_probe: could not rebuild a run's spans", exc_info=True
                     )
             if not built:
@@ -424,7 +411,7 @@ class OtlpSink:
                     spans = [span for _, run_spans in runs for span in run_spans]
                     ok = exporter.export(spans) is SpanExportResult.SUCCESS
                     if not ok:
-                        self._warn_once(
+                        self._warn.warning(
                             "export", "ttft_probe: the OTLP collector did not accept spans"
                         )
                     for index, _ in runs:
@@ -432,7 +419,7 @@ class OtlpSink:
             finally:
                 exporter.shutdown()
         except Exception:  # noqa: BLE001 - exporter faults are a False, never an exception
-            self._warn_once("export_fault", "ttft_probe: OTLP export failed", exc_info=True)
+            self._warn.warning("export_fault", "ttft_probe: OTLP export failed", exc_info=True)
 
     def _get_resource(self) -> Resource:
         with self._lock:
@@ -456,12 +443,6 @@ class OtlpSink:
             compression=None if config.compression is None else Compression(config.compression),
         )
 
-    def _warn_once(self, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
-        with self._lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        _log.warning(msg, *args, exc_info=exc_info)
 
 
 def _estimated_size(spans: Sequence[ReadableSpan]) -> int:

@@ -8,13 +8,21 @@ to the next process once the lease runs out, and ``ttft-probe flush`` delivers w
 is left. Sinks are idempotent per run (PostHog ``uuid`` = ``run_id``; fixed span ids for
 OTLP and Langfuse), so a retry after an unconfirmed success is not counted twice.
 
-Sinks switch on by the ecosystem's own variables; their SDKs are imported only then,
-and only in the deliverer's thread, never on the agent's path:
+Who delivers: a :class:`Deliverer` thread of the process that stored the runs (the
+library's default), or a :class:`DetachedFlush`, a ``ttft-probe flush`` process of its
+own started once the runs are stored (``ttft-probe run``, which must not deliver in its
+own process). The recorder (:mod:`ttft_probe._recorder`) holds one or the other and
+drives both the same way: :meth:`kick` after a run is stored, :meth:`wait_idle` at close.
+
+:data:`SINKS` is the one list of the sinks that exist: what switches each on (the
+ecosystem's own variables) and which runs it takes. Their SDKs are imported only when
+switched on, and only in the deliverer's thread, never on the agent's path:
 
 ========  ==============================================================================
 sink      switched on by
 ========  ==============================================================================
 otlp      ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
+          (only runs whose spans no application pipeline exported)
 posthog   ``POSTHOG_API_KEY`` (or ``POSTHOG_PROJECT_API_KEY``); ``POSTHOG_HOST``
 langfuse  ``LANGFUSE_PUBLIC_KEY`` and ``LANGFUSE_SECRET_KEY``; ``LANGFUSE_HOST``
 ========  ==============================================================================
@@ -25,6 +33,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,9 +46,20 @@ import attrs
 from ttft_probe.sinks._base import Delivery, Sink
 
 if TYPE_CHECKING:
+    from ttft_probe._run import RunResult
     from ttft_probe.sinks.store import Store
 
-__all__ = ["SINKS", "Deliverer", "Outbox", "SinkSpec", "configured_sinks"]
+__all__ = [
+    "SINKS",
+    "Deliverer",
+    "DetachedFlush",
+    "Outbox",
+    "RegisteredSink",
+    "SinkSpec",
+    "configured_sinks",
+    "start_flush",
+    "switch_on_hint",
+]
 
 _log = logging.getLogger("ttft_probe")
 
@@ -49,11 +70,16 @@ BATCH: Final = 100
 
 @attrs.frozen
 class SinkSpec:
-    """A sink that the environment switches on, not yet imported."""
+    """A sink that the environment switches on, not yet imported.
+
+    ``spans_only``: only runs whose spans still need delivery
+    (:attr:`RunResult.needs_span_delivery`) get an outbox row for it.
+    """
 
     name: str
     target: str  # "module:Class"
     env: Mapping[str, str] = attrs.field(repr=False)
+    spans_only: bool = False
 
     def build(self) -> Sink | None:
         """Import the sink and build it from the environment (may raise ConfigError)."""
@@ -62,25 +88,53 @@ class SinkSpec:
         sink: Sink | None = cls.from_environment(self.env)
         return sink
 
+    def wants(self, result: RunResult) -> bool:
+        """Whether ``result`` gets an outbox row for this sink."""
+        return not self.spans_only or result.needs_span_delivery
 
-SINKS: Final[tuple[tuple[str, str, tuple[tuple[str, ...], ...]], ...]] = (
-    # name, "module:Class", any of these groups of variables (all set) switches it on
-    (
+
+@attrs.frozen
+class RegisteredSink:
+    """One row of :data:`SINKS`.
+
+    Attributes:
+        name: The outbox key (:attr:`Sink.name`).
+        target: ``"module:Class"`` of the sink, imported only when it is switched on.
+        switched_on_by: Groups of variables; any group whose variables are all set
+            switches the sink on.
+        spans_only: Only runs whose spans no application pipeline exported get a row:
+            the OTLP sink sends the spans the private provider made but did not export.
+    """
+
+    name: str
+    target: str
+    switched_on_by: tuple[tuple[str, ...], ...]
+    spans_only: bool = False
+
+    def switched_on(self, env: Mapping[str, str]) -> bool:
+        """Whether ``env`` switches this sink on."""
+        return any(all(env.get(var) for var in group) for group in self.switched_on_by)
+
+
+SINKS: Final = (
+    RegisteredSink(
         "otlp",
         "ttft_probe.sinks.otlp:OtlpSink",
         (("OTEL_EXPORTER_OTLP_ENDPOINT",), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",)),
+        spans_only=True,
     ),
-    (
+    RegisteredSink(
         "posthog",
         "ttft_probe.sinks.posthog:PostHogSink",
         (("POSTHOG_API_KEY",), ("POSTHOG_PROJECT_API_KEY",)),
     ),
-    (
+    RegisteredSink(
         "langfuse",
         "ttft_probe.sinks.langfuse:LangfuseSink",
         (("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"),),
     ),
 )
+"""The sinks that exist, in delivery order."""
 
 
 def configured_sinks(env: Mapping[str, str] | None = None) -> list[SinkSpec]:
@@ -89,10 +143,20 @@ def configured_sinks(env: Mapping[str, str] | None = None) -> list[SinkSpec]:
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         env = {k: v for k, v in env.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
     return [
-        SinkSpec(name, target, env)
-        for name, target, groups in SINKS
-        if any(all(env.get(var) for var in group) for group in groups)
+        SinkSpec(row.name, row.target, env, spans_only=row.spans_only)
+        for row in SINKS
+        if row.switched_on(env)
     ]
+
+
+def switch_on_hint() -> str:
+    """How to switch a sink on, for a message: each sink's first group of variables.
+
+    ``OTEL_EXPORTER_OTLP_ENDPOINT, POSTHOG_API_KEY, or LANGFUSE_PUBLIC_KEY and
+    LANGFUSE_SECRET_KEY``.
+    """
+    ways = [" and ".join(row.switched_on_by[0]) for row in SINKS]
+    return ", ".join(ways[:-1]) + ", or " + ways[-1] if len(ways) > 1 else ways[0]
 
 
 def started_wall_ns(started_at: str) -> int:
@@ -264,3 +328,72 @@ class Deliverer:
                 sink.close()
             except Exception:  # noqa: BLE001
                 _log.warning("closing the %s sink failed", sink.name, exc_info=True)
+
+
+def start_flush(store: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m ttft_probe flush --background [--store STORE]``, detached.
+
+    The flush runs in a session of its own with its stdio on ``/dev/null``, so it outlives
+    the caller and never writes to the caller's terminal; ``--background`` makes it quiet
+    and leaves the work to a flush already running on the same store. ``store``: the
+    store's path as given (``None``: the default store, found as the caller finds it).
+
+    Raises:
+        OSError: The process could not be started.
+    """
+    argv = [sys.executable, "-m", "ttft_probe", "flush", "--background"]
+    if store is not None:
+        argv += ["--store", store]
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+    )
+
+
+class DetachedFlush:
+    """Delivery by a detached ``ttft-probe flush`` (:func:`start_flush`), not by this process.
+
+    The counterpart of :class:`Deliverer` for a process that must not deliver itself
+    (``ttft-probe run`` exits as soon as its runs are stored). Nothing happens until
+    :meth:`wait_idle`, called once the runs are stored: it starts the flush, once, and
+    waits for it at most ``timeout`` s. The flush delivers these runs and whatever
+    earlier ones left, then exits; what it does not confirm stays in the outbox.
+    """
+
+    def __init__(self, store: str | None) -> None:
+        """Remember the store the flush is to deliver from (``None``: the default)."""
+        self._store = store
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._failed = False
+
+    def kick(self) -> None:
+        """Nothing yet: the flush starts at :meth:`wait_idle`, after the runs are stored."""
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Start the flush unless started, then wait up to ``timeout`` s for it to exit.
+
+        Returns ``True`` when it exited in time. Never raises: a flush that cannot be
+        started is logged (once) and leaves the runs in the outbox.
+        """
+        with self._lock:
+            if self._process is None:
+                if self._failed:
+                    return False
+                try:
+                    self._process = start_flush(self._store)
+                except OSError as exc:
+                    self._failed = True
+                    _log.warning("could not start delivery (%s); run `ttft-probe flush`", exc)
+                    return False
+            process = self._process
+        if timeout <= 0:
+            return process.poll() is not None
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Nothing to stop: the flush outlives this process by design."""

@@ -74,6 +74,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from ttft_probe._home import home_dir
+from ttft_probe._logonce import LogOnce
+from ttft_probe.agents import provider_name
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
 from ttft_probe.sinks._base import Delivery, size_groups
@@ -109,7 +112,6 @@ ENV_API_KEY: Final = "POSTHOG_API_KEY"
 ENV_PROJECT_API_KEY: Final = "POSTHOG_PROJECT_API_KEY"
 ENV_HOST: Final = "POSTHOG_HOST"
 ENV_AI_GENERATION: Final = "TTFT_PROBE_POSTHOG_AI_GENERATION"
-ENV_HOME: Final = "TTFT_PROBE_HOME"
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"", "0", "false", "no", "off"})
@@ -123,12 +125,9 @@ _MAX_REQUEST_BYTES: Final = 5 * 1024 * 1024
 """The SDK's batch cap (``posthog.consumer.BATCH_SIZE_LIMIT``; PostHog's body cap is 20 MiB)."""
 _CONTENT_TRUNCATED: Final = "content_truncated"
 
-# PostHog's own ``$ai_provider`` values, as its SDK wrappers send them.
-_PROVIDER_BY_PREFIX: Final = (
-    ("claude", "anthropic"),
-    ("codex", "openai"),
-    ("gemini", "gemini"),
-)
+# PostHog's own ``$ai_provider`` values, as its SDK wrappers send them, where they are
+# not the ``gen_ai.provider.name`` of :data:`ttft_probe.agents.PROVIDERS`.
+_AI_PROVIDER_BY_GEN_AI: Final = {"gcp.gemini": "gemini"}
 
 _sdk_lock = threading.Lock()
 _sdk_request: Any = None
@@ -169,23 +168,17 @@ def ai_provider(agent: str) -> str | None:
     """PostHog's ``$ai_provider`` for an agent name, or ``None`` when it cannot be told.
 
     ``claude*`` → ``anthropic``, ``codex*`` → ``openai``, ``gemini*`` → ``gemini`` (the
-    values PostHog's own SDK wrappers send); other agents depend on their configuration.
+    values PostHog's own SDK wrappers send): the agent's ``gen_ai.provider.name``
+    (:func:`ttft_probe.agents.provider_name`) in PostHog's spelling. Other agents depend
+    on their configuration.
     """
-    name = agent.lower()
-    for prefix, provider in _PROVIDER_BY_PREFIX:
-        if name.startswith(prefix):
-            return provider
-    return None
+    provider = provider_name(agent)
+    return None if provider is None else _AI_PROVIDER_BY_GEN_AI.get(provider, provider)
 
 
 def install_id_path(env: Mapping[str, str]) -> Path:
     """``$TTFT_PROBE_HOME/install_id``, else ``install_id`` in the user state dir."""
-    home = env.get(ENV_HOME)
-    if home:
-        return Path(home).expanduser() / INSTALL_ID_FILE
-    import platformdirs  # noqa: PLC0415 - only needed when no home is configured
-
-    return Path(platformdirs.user_state_dir("ttft-probe", appauthor=False)) / INSTALL_ID_FILE
+    return home_dir(env) / INSTALL_ID_FILE
 
 
 def install_id(path: Path) -> str:
@@ -344,7 +337,7 @@ class PostHogSink:
         self.gzip = gzip
         self._lock = threading.Lock()
         self._in_flight: set[threading.Thread] = set()
-        self._logged: set[str] = set()
+        self._warn = LogOnce(_log)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -552,16 +545,15 @@ class PostHogSink:
         return result[0]
 
     def _failed(self, kind: str, n: int) -> None:
-        if kind in self._logged:
-            _log.debug("PostHog delivery of %d run(s) failed: %s", n, kind)
-            return
-        self._logged.add(kind)
-        _log.warning(
+        said = self._warn.warning(
+            kind,
             "PostHog delivery of %d run(s) to %s failed: %s (the outbox retries)",
             n,
             self.host,
             kind,
         )
+        if not said:
+            _log.debug("PostHog delivery of %d run(s) failed: %s", n, kind)
 
     def close(self) -> None:
         """Stop delivering; wait at most 1 s for a request still in flight. Never raises."""

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from ttft_probe._home import ENV_HOME, home_dir
 from ttft_probe.errors import StoreError
 from ttft_probe.record import MarkerTimes, RunRecord
 
@@ -42,7 +43,6 @@ _log = logging.getLogger("ttft_probe")
 
 T = TypeVar("T")
 
-ENV_HOME: Final = "TTFT_PROBE_HOME"
 DB_NAME: Final = "runs.sqlite3"
 _DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 """SQLite primary result codes that mean the file itself is damaged (not the disk)."""
@@ -208,12 +208,7 @@ def _content(content_json: str | None) -> CapturedContent | None:
 
 def default_store_path() -> Path:
     """Where the store lives: ``$TTFT_PROBE_HOME/runs.sqlite3`` or the user state dir."""
-    home = os.environ.get(ENV_HOME)
-    if home:
-        return Path(home).expanduser() / DB_NAME
-    import platformdirs  # noqa: PLC0415 - only needed when no home is configured
-
-    return Path(platformdirs.user_state_dir("ttft-probe", appauthor=False)) / DB_NAME
+    return home_dir() / DB_NAME
 
 
 class Store:

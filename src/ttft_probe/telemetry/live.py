@@ -37,51 +37,8 @@ API:
   ``timeout_ms`` and returns whether that finished in time. ``Telemetry`` is also a
   context manager that calls it.
 
-What is emitted (names in :mod:`ttft_probe._semconv`):
-
-- Root span ``invoke_agent {agent}``, kind ``CLIENT``: the GenAI "invoke agent client
-  span" (the agent runs in another process; ``INTERNAL`` is for agents in the same
-  process). ``gen_ai.operation.name``, ``gen_ai.agent.name``, ``gen_ai.provider.name``
-  (claude*→``anthropic``, codex*→``openai``, gemini*→``gcp.gemini``; omitted otherwise)
-  are set at creation for samplers; at finish ``gen_ai.request.model``,
-  ``gen_ai.agent.version``, ``gen_ai.conversation.id`` (conversation id, else the agent's
-  session id), ``gen_ai.usage.*``, ``process.exit_code``, and every non-``None`` record
-  field as ``ttft_probe.<field>``. Status ``ERROR`` with ``error.type`` = the status for
-  ``failed`` and ``timed_out``; unset otherwise. For Jaeger's tag search (exact match
-  only) also ``ttft_probe.turn_cohort`` (``turn_1``/``turn_2+``) and
-  ``ttft_probe.dominant_segment`` (the largest of ``cli_ready``, ``session_init``,
-  ``client_wait``, ``model_first_token``; only when the breakdown is complete).
-- Captured content, only when the run was made with the opt-in content capture
-  (``Probe(capture_content=True)`` / ``--capture-content``; :mod:`ttft_probe.content`),
-  on the root span, the one carrying the GenAI operation (there is no separate model
-  span; the phase spans never get it): ``gen_ai.input.messages`` (the prompt) and
-  ``gen_ai.output.messages`` (the answer), each the JSON string of the GenAI message
-  list (``[{"role": "user", "parts": [{"type": "text", "content": …}]}]``, non-ASCII
-  kept as it is) and each omitted when that text was not seen;
-  ``ttft_probe.content_truncated`` = ``True`` only when a text was cut at its cap
-  (:func:`content_attributes`). Without capture none of these keys exists: the spans
-  are exactly as before.
-- Child spans ``cli_ready``, ``session_init``, ``client_wait`` (only when
-  ``client_wait_ms`` is non-zero) and ``model_first_token``, each only when both of its
-  markers exist and are in order, with explicit start and end times. They carry the
-  cohort attributes (``gen_ai.operation.name``, ``gen_ai.agent.name``,
-  ``ttft_probe.run_id``, ``ttft_probe.turn_ordinal``, ``ttft_probe.turn_cohort``,
-  ``ttft_probe.session_resumed``, ``ttft_probe.process_reused``, ``ttft_probe.status``)
-  so that one span answers "slow ``session_init`` on turn 2+" in Jaeger, whose search
-  matches operation, duration and tags on the same span.
-- :func:`run_shape` is all of the above as a pure value: the live spans here and the
-  spans the OTLP sink rebuilds from a stored record are made from it.
-- Root span events ``processSpawned`` (not for a reused process), ``cliReady``,
-  ``sessionInitDone``, ``promptSent``, ``firstToken`` and ``processExited`` (at
-  ``times.end_ns``, only when the record has an exit code or signal), explicit times.
-- Histograms in seconds: ``ttft_probe.spawn_to_first_token``, ``ttft_probe.cli_ready``,
-  ``ttft_probe.session_init``, ``ttft_probe.client_wait``, ``ttft_probe.model_first_token``
-  and ``gen_ai.client.operation.time_to_first_chunk`` (= ``model_first_token_ms`` only:
-  its definition starts at the request, not at spawn). Attributes:
-  ``gen_ai.operation.name``, ``gen_ai.agent.name``, ``gen_ai.provider.name``,
-  ``gen_ai.request.model``, ``ttft_probe.turn_cohort`` (``turn_1``/``turn_2+``),
-  ``ttft_probe.session_resumed``, ``ttft_probe.process_reused``, ``ttft_probe.status``,
-  ``error.type``. ``None`` values are not recorded.
+What is emitted (the spans, their events and the histograms' attributes) is made, and
+described, in :mod:`ttft_probe.telemetry.shape`; this module records it.
 
 Every wall-clock time is ``anchor.wall_ns_at(monotonic ns)``: the wall clock is read once,
 in the anchor (DESIGN §3).
@@ -119,21 +76,28 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import random
 import sys
 import threading
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Self
 
 import attrs
 
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor, monotonic_ns
+from ttft_probe._logonce import LogOnce
 from ttft_probe._version import VERSION
-from ttft_probe.record import Marker, MarkerTimes, RunRecord, Status
+from ttft_probe.agents import provider_name
+from ttft_probe.telemetry.env import (
+    GRPC,
+    HTTP_PROTOBUF,
+    otlp_configured,
+    otlp_protocol,
+    resource_from,
+)
+from ttft_probe.telemetry.shape import metric_attributes, root_span_name, run_shape
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -149,24 +113,13 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from ttft_probe.content import CapturedContent
+    from ttft_probe.record import MarkerTimes, RunRecord
 
-__all__ = [
-    "ATEXIT_TIMEOUT_MS",
-    "GRPC",
-    "HTTP_PROTOBUF",
-    "RunShape",
-    "RunSpan",
-    "Telemetry",
-    "content_attributes",
-    "otlp_configured",
-    "otlp_protocol",
-    "provider_name",
-    "resource_from",
-    "root_span_name",
-    "run_shape",
-]
+__all__ = ["ATEXIT_TIMEOUT_MS", "RunSpan", "Telemetry"]
 
-_log = logging.getLogger(__name__)
+# The logger keeps the name it had as ``ttft_probe.sinks.otel``: users' logging
+# configuration refers to it.
+_log = logging.getLogger("ttft_probe.sinks.otel")
 
 ATEXIT_TIMEOUT_MS: Final = 2000
 """Bound (ms) of the flush at interpreter exit when :meth:`Telemetry.shutdown` was not called."""
@@ -176,29 +129,6 @@ _SAMPLED: Final = 0x01
 _RANDOM_TRACE_ID: Final = 0x02
 _NS_PER_MS: Final = 1_000_000
 _MS_PER_S: Final = 1000.0
-_ERROR_STATUSES: Final = frozenset({Status.FAILED, Status.TIMED_OUT})
-_OTLP: Final = "otlp"
-HTTP_PROTOBUF: Final = "http/protobuf"
-"""``OTEL_EXPORTER_OTLP_PROTOCOL`` value of OTLP over HTTP with protobuf bodies (the default)."""
-GRPC: Final = "grpc"
-"""``OTEL_EXPORTER_OTLP_PROTOCOL`` value of OTLP over gRPC."""
-_DOMINANT_SEGMENT: Final = "ttft_probe.dominant_segment"
-"""Root span attribute: the largest segment's span name (not a record field)."""
-_PHASE_KEYS: Final = (  # the root's keys copied onto every phase span
-    sc.record_key("run_id"),
-    sc.record_key("turn_ordinal"),
-    sc.TTFT_TURN_COHORT,
-    sc.TTFT_SESSION_RESUMED,
-    sc.TTFT_PROCESS_REUSED,
-    sc.TTFT_STATUS,
-)
-
-_PROVIDER_BY_PREFIX: Final = (
-    ("claude", "anthropic"),
-    ("codex", "openai"),
-    ("gemini", "gcp.gemini"),
-)
-
 _HISTOGRAMS: Final = (
     (sc.METRIC_SPAWN_TO_FIRST_TOKEN, "Spawn (or prompt, on a reused process) to first token."),
     (sc.METRIC_CLI_READY, "Spawn to the CLI's first protocol output (processSpawned → cliReady)."),
@@ -211,19 +141,6 @@ _HISTOGRAMS: Final = (
     ),
 )
 
-
-def provider_name(agent: str) -> str | None:
-    """``gen_ai.provider.name`` for an agent name, or ``None`` when it cannot be told.
-
-    ``claude*`` → ``anthropic``, ``codex*`` → ``openai``, ``gemini*`` → ``gcp.gemini``
-    (well-known values of the GenAI conventions); anything else (``opencode_acp``, a
-    plain CLI) → ``None``, since its provider depends on its configuration.
-    """
-    name = agent.lower()
-    for prefix, provider in _PROVIDER_BY_PREFIX:
-        if name.startswith(prefix):
-            return provider
-    return None
 
 
 @attrs.frozen
@@ -305,7 +222,7 @@ class Telemetry:
         self._lock = threading.Lock()
         self._setup: _Setup | None = None
         self._setup_failed = False
-        self._warned: set[str] = set()
+        self._warn = LogOnce(_log)
         self._atexit_registered = False
         self._shut_down = False
 
@@ -389,7 +306,9 @@ class Telemetry:
                 start_time=anchor.wall_ns_at(start_ns),
             )
         except Exception:  # noqa: BLE001 - instrumentation must not reach the run
-            self._warn_once("start_run", "ttft_probe: could not start the run span", exc_info=True)
+            self._warn.warning(
+                "start_run", "ttft_probe: could not start the run span", exc_info=True
+            )
             return RunSpan(self, None, None, anchor, start_ns)
         return RunSpan(self, setup, span, anchor, start_ns)
 
@@ -435,7 +354,7 @@ class Telemetry:
             t.join(max(0, deadline - monotonic_ns()) / 1e9)
         late = [t.name for t in threads if t.is_alive()]
         if late:
-            self._warn_once(
+            self._warn.warning(
                 "shutdown_timeout",
                 "ttft_probe: OpenTelemetry shutdown did not finish within %d ms (%s); "
                 "undelivered telemetry is dropped",
@@ -453,13 +372,7 @@ class Telemetry:
         try:
             job()
         except Exception:  # noqa: BLE001 - exporter faults never reach the caller
-            self._warn_once(key, "ttft_probe: OpenTelemetry %s failed", key, exc_info=True)
-
-    def _warn_once(self, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        _log.warning(msg, *args, exc_info=exc_info)
+            self._warn.warning(key, "ttft_probe: OpenTelemetry %s failed", key, exc_info=True)
 
     def _get_setup(self) -> _Setup | None:
         with self._lock:
@@ -468,7 +381,7 @@ class Telemetry:
                     self._setup = self._build()
                 except Exception:  # noqa: BLE001 - run without telemetry rather than fail
                     self._setup_failed = True
-                    self._warn_once(
+                    self._warn.warning(
                         "setup", "ttft_probe: OpenTelemetry setup failed", exc_info=True
                     )
                 else:
@@ -556,7 +469,7 @@ class Telemetry:
         try:
             exporter = _metric_exporter(self._otlp_protocol("METRICS"))
         except Exception:  # noqa: BLE001
-            self._warn_once(
+            self._warn.warning(
                 "metric_exporter", "ttft_probe: OTLP metric exporter unavailable", exc_info=True
             )
             return None
@@ -569,7 +482,7 @@ class Telemetry:
     def _otlp_protocol(self, signal: str) -> str:
         protocol = otlp_protocol(os.environ, signal)
         if protocol is None:
-            self._warn_once(
+            self._warn.warning(
                 f"protocol_{signal}",
                 "ttft_probe: OTLP protocol %r is not supported; using http/protobuf",
                 os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
@@ -695,7 +608,7 @@ class RunSpan:
         try:
             self._emit_spans(span, setup.tracer, record, times, content)
         except Exception:  # noqa: BLE001 - instrumentation must not reach the run
-            self._telemetry._warn_once(  # noqa: SLF001 - one logger-once per Telemetry
+            self._telemetry._warn.warning(  # noqa: SLF001 - one LogOnce per Telemetry
                 "finish_spans", "ttft_probe: could not emit the run's spans", exc_info=True
             )
             if span.is_recording():  # never leave the root span open
@@ -705,7 +618,7 @@ class RunSpan:
             try:
                 _record_histograms(setup.histograms, record)
             except Exception:  # noqa: BLE001
-                self._telemetry._warn_once(  # noqa: SLF001
+                self._telemetry._warn.warning(  # noqa: SLF001
                     "finish_metrics",
                     "ttft_probe: could not record the run's metrics",
                     exc_info=True,
@@ -765,240 +678,8 @@ class _SpanIds:
 # --- what a run emits (pure functions of the record and markers) ---
 
 
-@attrs.frozen
-class RunShape:
-    """The spans of one run as a value, made by :func:`run_shape`.
-
-    What :class:`RunSpan` emits live and what the OTLP sink rebuilds from a stored record.
-
-    Times are monotonic ns (markers); the caller maps them to wall time.
-
-    Attributes:
-        name: The root span's name, ``invoke_agent {agent}`` (kind ``CLIENT``).
-        attributes: The root span's attributes (record fields, GenAI keys, ``error.type``,
-            search keys; the captured content's keys when content was given).
-        phase_attributes: The attributes of every phase span (the cohort keys).
-        events: Marker events ``(name, monotonic ns)``, in contract order.
-        phases: Phase spans ``(name, begin ns, end ns)`` (kind ``INTERNAL``).
-        error_type: ``error.type`` (the status) for failed and timed-out runs: the root
-            span's status is then ``ERROR``; ``None`` otherwise (status unset).
-    """
-
-    name: str
-    attributes: Mapping[str, AttributeValue]
-    phase_attributes: Mapping[str, AttributeValue]
-    events: tuple[tuple[str, int], ...]
-    phases: tuple[tuple[str, int, int], ...]
-    error_type: str | None
-
-    @property
-    def status_description(self) -> str | None:
-        """The root span's status description (``run failed``, …), ``None`` if unset."""
-        return None if self.error_type is None else f"run {self.error_type}"
-
-
-def root_span_name(agent: str) -> str:
-    """``invoke_agent {agent}``: the GenAI name of the root span."""
-    return f"{sc.INVOKE_AGENT} {agent}"
-
-
-def run_shape(
-    record: RunRecord,
-    times: MarkerTimes | None,
-    content: CapturedContent | None = None,
-) -> RunShape:
-    """The spans of a run, from its record and markers; without markers, the root alone.
-
-    ``content`` (opt-in capture only) adds :func:`content_attributes` to the root span,
-    the span carrying the GenAI operation; the phase spans never get them.
-
-    Pure: imports no OpenTelemetry module, reads no clock.
-    """
-    attributes = _span_attributes(record)
-    error_type = record.status.value if record.status in _ERROR_STATUSES else None
-    if error_type is not None:
-        attributes[sc.ERROR_TYPE] = error_type
-    attributes.update(content_attributes(content))
-    phase_attributes: dict[str, AttributeValue] = {
-        sc.GEN_AI_OPERATION_NAME: sc.INVOKE_AGENT,
-        sc.GEN_AI_AGENT_NAME: record.agent,
-    }
-    phase_attributes.update({key: attributes[key] for key in _PHASE_KEYS if key in attributes})
-    return RunShape(
-        name=root_span_name(record.agent),
-        attributes=attributes,
-        phase_attributes=phase_attributes,
-        events=() if times is None else tuple(_events(record, times)),
-        phases=() if times is None else tuple(_phases(record, times)),
-        error_type=error_type,
-    )
-
-
-def content_attributes(content: CapturedContent | None) -> dict[str, AttributeValue]:
-    """The span attributes of a run's opt-in captured content; empty without content.
-
-    ``gen_ai.input.messages`` / ``gen_ai.output.messages`` (OTel GenAI semantic
-    conventions): the JSON strings of :meth:`CapturedContent.input_messages` /
-    :meth:`CapturedContent.output_messages` (``ensure_ascii=False``), each only when its
-    list is not empty; ``ttft_probe.content_truncated`` = ``True`` only when a text was
-    cut at its cap. The one rendering of content for the live spans and the OTLP sink.
-    """
-    if content is None:
-        return {}
-    attributes: dict[str, AttributeValue] = {}
-    for key, messages in (
-        (sc.GEN_AI_INPUT_MESSAGES, content.input_messages()),
-        (sc.GEN_AI_OUTPUT_MESSAGES, content.output_messages()),
-    ):
-        if messages:
-            attributes[key] = json.dumps(messages, ensure_ascii=False)
-    if content.truncated:
-        attributes[sc.TTFT_CONTENT_TRUNCATED] = True
-    return attributes
-
-
-def _turn_cohort(turn_ordinal: int | None) -> str | None:
-    if turn_ordinal is None:
-        return None
-    return "turn_1" if turn_ordinal == 1 else "turn_2+"
-
-
-def _dominant_segment(record: RunRecord) -> str | None:
-    """The span name of the largest segment; ``None`` unless the breakdown is complete."""
-    if record.timing_unavailable_reason is not None or record.spawn_to_first_token_ms is None:
-        return None
-    segments = (
-        (sc.SPAN_CLI_READY, record.cli_ready_ms),
-        (sc.SPAN_SESSION_INIT, record.session_init_ms),
-        (sc.SPAN_CLIENT_WAIT, record.client_wait_ms),
-        (sc.SPAN_MODEL_FIRST_TOKEN, record.model_first_token_ms),
-    )
-    present = [(ms, name) for name, ms in segments if ms is not None]
-    if not present:
-        return None
-    return max(present)[1]
-
-
-def _span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
-    attributes: dict[str, AttributeValue] = {
-        sc.record_key(field): value
-        for field, value in record.to_dict().items()
-        if value is not None
-    }
-    attributes[sc.GEN_AI_OPERATION_NAME] = sc.INVOKE_AGENT
-    attributes[sc.GEN_AI_AGENT_NAME] = record.agent
-    optional: tuple[tuple[str, str | int | None], ...] = (
-        (sc.GEN_AI_PROVIDER_NAME, provider_name(record.agent)),
-        (sc.GEN_AI_REQUEST_MODEL, record.model),
-        (sc.GEN_AI_AGENT_VERSION, record.agent_version),
-        (sc.GEN_AI_CONVERSATION_ID, record.conversation_id or record.session_id),
-        (sc.GEN_AI_USAGE_INPUT_TOKENS, record.input_tokens),
-        (sc.GEN_AI_USAGE_OUTPUT_TOKENS, record.output_tokens),
-        (sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, record.cache_read_input_tokens),
-        (sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, record.cache_creation_input_tokens),
-        (sc.PROCESS_EXIT_CODE, record.exit_code),
-        (sc.TTFT_TURN_COHORT, _turn_cohort(record.turn_ordinal)),
-        (_DOMINANT_SEGMENT, _dominant_segment(record)),
-    )
-    attributes.update({key: value for key, value in optional if value is not None})
-    return attributes
-
-
-def _events(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int]]:
-    """Marker events (name, monotonic ns) in contract order, observed markers only."""
-    reused = record.process_reused
-    prompt = times.prompt_sent_ns
-    if prompt is None and reused:
-        prompt = times.start_ns  # a reused process's run starts at its prompt
-    exited = record.exit_code is not None or record.signal is not None
-    candidates: tuple[tuple[Marker, int | None], ...] = (
-        (Marker.PROCESS_SPAWNED, None if reused else times.start_ns),
-        (Marker.CLI_READY, times.cli_ready_ns),
-        (Marker.SESSION_INIT_DONE, times.session_init_done_ns),
-        (Marker.PROMPT_SENT, prompt),
-        (Marker.FIRST_TOKEN, times.first_token_ns),
-        (Marker.PROCESS_EXITED, times.end_ns if exited else None),
-    )
-    return [(marker.value, t) for marker, t in candidates if t is not None]
-
-
-def _phases(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int, int]]:
-    """Phase spans (name, begin ns, end ns): both markers present and in order."""
-    if times.prompt_first:
-        return _prompt_first_phases(record, times)
-    prompt = times.prompt_sent_ns
-    init = times.session_init_done_ns
-    candidates: list[tuple[str, int | None, int | None]] = []
-    if record.process_reused:
-        if prompt is None:
-            prompt = times.start_ns  # a reused process's run starts at its prompt
-    else:
-        if prompt is None and record.model_first_token_ms is not None:
-            # Stream agents: the prompt is on the command line, promptSent = sessionInitDone.
-            prompt = init
-        candidates += [
-            (sc.SPAN_CLI_READY, times.start_ns, times.cli_ready_ns),
-            (sc.SPAN_SESSION_INIT, times.cli_ready_ns, init),
-        ]
-        if record.client_wait_ms:
-            candidates.append((sc.SPAN_CLIENT_WAIT, init, times.prompt_sent_ns))
-    candidates.append((sc.SPAN_MODEL_FIRST_TOKEN, prompt, times.first_token_ns))
-    return _in_order(candidates)
-
-
-def _prompt_first_phases(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int, int]]:
-    """Phases of a turn set up after its prompt (Claude Code in SDK mode).
-
-    ``cli_ready`` → ``client_wait`` → ``session_init`` → ``model_first_token``, as
-    :func:`~ttft_probe.record.compute_segments` with ``prompt_first`` counts them: the
-    set-up starts at the prompt, or at ``cliReady`` when the prompt waited for the CLI.
-    """
-    ready, prompt = times.cli_ready_ns, times.prompt_sent_ns
-    assert prompt is not None  # noqa: S101 - MarkerTimes.prompt_first says so
-    candidates: list[tuple[str, int | None, int | None]] = []
-    if record.cli_ready_ms:
-        candidates.append((sc.SPAN_CLI_READY, times.start_ns, ready))
-    if record.client_wait_ms:
-        candidates.append((sc.SPAN_CLIENT_WAIT, ready, prompt))
-    if ready is not None:
-        candidates.append((sc.SPAN_SESSION_INIT, max(prompt, ready), times.session_init_done_ns))
-    candidates.append((sc.SPAN_MODEL_FIRST_TOKEN, times.session_init_done_ns, times.first_token_ns))
-    return _in_order(candidates)
-
-
-def _in_order(
-    candidates: list[tuple[str, int | None, int | None]],
-) -> list[tuple[str, int, int]]:
-    return [
-        (name, begin, end)
-        for name, begin, end in candidates
-        if begin is not None and end is not None and end >= begin
-    ]
-
-
-def _metric_attributes(record: RunRecord) -> dict[str, AttributeValue]:
-    attributes: dict[str, AttributeValue] = {
-        sc.GEN_AI_OPERATION_NAME: sc.INVOKE_AGENT,
-        sc.GEN_AI_AGENT_NAME: record.agent,
-        sc.TTFT_SESSION_RESUMED: record.session_resumed,
-        sc.TTFT_PROCESS_REUSED: record.process_reused,
-        sc.TTFT_STATUS: record.status.value,
-    }
-    provider = provider_name(record.agent)
-    if provider is not None:
-        attributes[sc.GEN_AI_PROVIDER_NAME] = provider
-    if record.model is not None:
-        attributes[sc.GEN_AI_REQUEST_MODEL] = record.model
-    cohort = _turn_cohort(record.turn_ordinal)
-    if cohort is not None:
-        attributes[sc.TTFT_TURN_COHORT] = cohort
-    if record.status in _ERROR_STATUSES:
-        attributes[sc.ERROR_TYPE] = record.status.value
-    return attributes
-
-
 def _record_histograms(histograms: dict[str, Histogram], record: RunRecord) -> None:
-    attributes = _metric_attributes(record)
+    attributes = metric_attributes(record)
     values_ms = (
         (sc.METRIC_SPAWN_TO_FIRST_TOKEN, record.spawn_to_first_token_ms),
         (sc.METRIC_CLI_READY, record.cli_ready_ms),
@@ -1012,19 +693,8 @@ def _record_histograms(histograms: dict[str, Histogram], record: RunRecord) -> N
             histograms[name].record(value_ms / _MS_PER_S, attributes)
 
 
+
 # --- providers and exporters (imported lazily) ---
-
-
-def resource_from(env: Mapping[str, str]) -> Resource:
-    """The SDK resource: ``service.name`` = ``OTEL_SERVICE_NAME`` or ``ttft-probe``.
-
-    ``Resource.create`` also merges the SDK's defaults and ``OTEL_RESOURCE_ATTRIBUTES``
-    (read from the process environment by the SDK). Imports the SDK.
-    """
-    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-
-    name = env.get("OTEL_SERVICE_NAME") or sc.SERVICE_NAME_DEFAULT
-    return Resource.create({sc.SERVICE_NAME: name})
 
 
 def _resource() -> Resource:
@@ -1047,38 +717,6 @@ def _global_meter_provider() -> MeterProvider | None:
     provider = metrics.get_meter_provider()
     return None if isinstance(provider, _ProxyMeterProvider) else provider
 
-
-def otlp_configured(env: Mapping[str, str], signal: str) -> bool:
-    """Whether OTLP export of ``signal`` (``"TRACES"`` or ``"METRICS"``) is configured.
-
-    True when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_<signal>_ENDPOINT``
-    is set, ``OTEL_<signal>_EXPORTER`` (default ``otlp``) lists ``otlp``, and
-    ``OTEL_SDK_DISABLED`` is not ``true`` (the OpenTelemetry configuration spec).
-    """
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    chosen = {s.strip().lower() for s in env.get(f"OTEL_{signal}_EXPORTER", _OTLP).split(",")}
-    if _OTLP not in chosen:
-        return False
-    return bool(
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
-    )
-
-
-def otlp_protocol(env: Mapping[str, str], signal: str) -> str | None:
-    """``OTEL_EXPORTER_OTLP_<signal>_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL``.
-
-    Returns:
-        :data:`HTTP_PROTOBUF` (also when unset) or :data:`GRPC`; ``None`` for any other
-        value (``http/json`` is not supported by the Python exporters).
-    """
-    raw = (
-        env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or HTTP_PROTOBUF
-    )
-    protocol = raw.strip().lower()
-    return protocol if protocol in {HTTP_PROTOBUF, GRPC} else None
 
 
 def _metric_exporter(protocol: str) -> MetricExporter:
