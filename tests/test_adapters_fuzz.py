@@ -41,6 +41,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_valid, script, stored
+from helpers import transcripts
 from helpers.fuzz import (
     ACP,
     ANCHOR,
@@ -85,7 +86,6 @@ from ttft_probe.record import (
 )
 from ttft_probe.sinks.store import Store
 
-TRANSCRIPTS = Path(__file__).parent / "transcripts"
 LINE_FAMILIES = (CLAUDE, EVENTS, ACP)
 TRACKER_ONLY = {"agent": "n/a", "records_lost": "n/a"}
 """Fault-table columns of the tests that feed a tracker directly: no agent process runs and
@@ -1242,31 +1242,12 @@ class Transcript:
 
 
 def load_transcript(path: Path) -> Transcript:
-    lines = path.read_text("utf-8").splitlines()
-    meta = json.loads(lines[0])["meta"]
-    raw = meta.get("adapter_options") or {}
-
-    def pattern(name: str) -> re.Pattern[str] | None:
-        return re.compile(raw[name]) if raw.get(name) else None
-
-    options = AdapterOptions(
-        cli_ready_regex=pattern("cli_ready_regex"),
-        session_init_regex=pattern("session_init_regex"),
-        first_token_regex=pattern("first_token_regex"),
-        argv=meta.get("argv") or (),  # Claude Code's SDK mode is in its command line
-    )
-    records: list[Read] = []
-    for line in lines[1:]:
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if rec["stream"] in {"stdout", "stdin"}:
-            data = rec["line"].encode("utf-8", "surrogateescape") + b"\n"
-            records.append((rec["stream"], data))
-    return Transcript(RuntimeFamily(path.parent.name), options, records)
+    """A recorded transcript as the reads the agent's streams carried (stdout, stdin)."""
+    tr = transcripts.load(path)
+    return Transcript(RuntimeFamily(tr.family), tr.options(), list(tr.reads()))
 
 
-TRANSCRIPT_PATHS = sorted(TRANSCRIPTS.glob("*/*.jsonl"))
+TRANSCRIPT_PATHS = transcripts.paths(with_expectation=False)
 _LOADED = {p: load_transcript(p) for p in TRANSCRIPT_PATHS}
 
 
@@ -1405,7 +1386,7 @@ SMALL = {
 @pytest.mark.parametrize("family", list(RuntimeFamily))
 def test_transcript_split_at_every_offset(family: RuntimeFamily) -> None:
     for name in SMALL[family]:
-        path = TRANSCRIPTS / name
+        path = transcripts.TRANSCRIPTS / name
         for offset in range(1, size_of(_LOADED[path])):
             fault_case()
             check_same_markers(path, cut(_LOADED[path], {offset}))
@@ -1843,7 +1824,7 @@ def test_regression_plain_token_split_inside_a_character_is_not_late() -> None:
 class _GeneratorAdapter:
     """A plugin adapter whose ``feed_stdout`` is a generator that faults part-way."""
 
-    family: ClassVar[RuntimeFamily] = CLAUDE
+    family: ClassVar[str] = CLAUDE
     framing: ClassVar[Literal["lines", "chunks"]] = "lines"
     request_driven: ClassVar[bool] = False
     tees_stdin: ClassVar[bool] = False

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,6 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import transcripts
+from helpers.transcripts import load
 from ttft_probe.adapters import (
     AdapterOptions,
     ContentObserved,
@@ -32,7 +32,6 @@ from ttft_probe.adapters import (
 from ttft_probe.adapters.plain import PlainAdapter
 from ttft_probe.record import Marker, RuntimeFamily
 
-TRANSCRIPTS = Path(__file__).parent / "transcripts"
 ANSWER = "The quick brown fox jumps over the lazy dog, twice and then once more."
 """The fake provider's answer text, in every recorded transcript."""
 ANSWER_PIECES = ["The quick brown ", "fox jumps over ", "the lazy dog, ", "twice and then ",
@@ -49,50 +48,14 @@ PLAIN = RuntimeFamily.PLAIN
 # --- replay -------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Record:
-    index: int
-    stream: str
-    data: bytes
-
-
-@attrs.frozen
-class Transcript:
-    family: RuntimeFamily
-    records: list[Record]
-
-
-def load(name: str) -> Transcript:
-    """``<family>/<case>`` as its records (meta line left out; index as in the expectations)."""
-    path = TRANSCRIPTS / f"{name}.jsonl"
-    lines = path.read_text("utf-8").splitlines()[1:]
-    records = []
-    for i, raw in enumerate(line for line in lines if line.strip()):
-        rec = json.loads(raw)
-        records.append(Record(i, rec["stream"], rec["line"].encode("utf-8", "surrogateescape")))
-    return Transcript(RuntimeFamily(path.parent.name), records)
-
-
 def all_cases() -> list[str]:
-    return [
-        f"{p.parent.name}/{p.stem}"
-        for p in sorted(TRANSCRIPTS.glob("*/*.jsonl"))
-        if p.with_name(p.stem + ".expected.json").exists()
-    ]
+    return [f"{p.parent.name}/{p.stem}" for p in transcripts.paths()]
 
 
 def regex_options(name: str, *, capture: bool) -> AdapterOptions:
-    """The case's plain regexes (as ``test_adapters`` replays them), capture on or off."""
-    meta = json.loads((TRANSCRIPTS / f"{name}.jsonl").read_text("utf-8").splitlines()[0])["meta"]
-    raw = meta.get("adapter_options") or {}
-    names = ("cli_ready_regex", "session_init_regex", "first_token_regex")
-    p = {n: re.compile(raw[n]) for n in names if raw.get(n) is not None}
-    return AdapterOptions(
-        cli_ready_regex=p.get("cli_ready_regex"),
-        session_init_regex=p.get("session_init_regex"),
-        first_token_regex=p.get("first_token_regex"),
-        capture_content=capture,
-    )
+    """The case's plain regexes, capture on or off; without its argv, so that a Claude Code
+    SDK-mode case is read by the one-shot stream-json rules."""
+    return attrs.evolve(load(name).options(capture_content=capture), argv=())
 
 
 @attrs.frozen
@@ -104,15 +67,15 @@ class Emitted:
 def replay(name: str, *, capture: bool = True) -> list[Emitted]:
     """Feed a transcript one record per call (a plain record with its newline)."""
     tr = load(name)
-    adapter = adapter_for(tr.family.value, regex_options(name, capture=capture))
+    adapter = adapter_for(tr.family, regex_options(name, capture=capture))
     out: list[Emitted] = []
-    for rec in tr.records:
+    for rec in tr.lines:
         if rec.stream == "stdout":
             data = rec.data + b"\n" if adapter.framing == "chunks" else rec.data
             out.extend(Emitted(rec.index, ev) for ev in adapter.feed_stdout(data, rec.index + 1))
         elif rec.stream == "stdin":
             out.extend(Emitted(rec.index, ev) for ev in adapter.feed_stdin(rec.data, rec.index + 1))
-    out.extend(Emitted(None, ev) for ev in adapter.close(len(tr.records) + 1))
+    out.extend(Emitted(None, ev) for ev in adapter.close(len(tr.lines) + 1))
     return out
 
 
@@ -459,9 +422,9 @@ def test_capture_changes_no_other_event(case: str) -> None:
 @pytest.mark.parametrize("case", [c for c in all_cases() if not c.startswith("plain/")])
 def test_line_filter_is_none_with_capture_on(case: str) -> None:
     tr = load(case)
-    adapter: Any = adapter_for(tr.family.value, ON)
+    adapter: Any = adapter_for(tr.family, ON)
     assert adapter.line_filter() is None
-    for rec in tr.records:
+    for rec in tr.lines:
         if rec.stream == "stdout":
             adapter.feed_stdout(rec.data, rec.index + 1)
         elif rec.stream == "stdin":
@@ -477,9 +440,9 @@ def test_line_filter_is_none_with_capture_on(case: str) -> None:
 def test_line_filter_unchanged_with_capture_off(case: str) -> None:
     """Off, the filter still narrows after the first token (the pass-through fast path)."""
     tr = load(case)
-    adapter: Any = adapter_for(tr.family.value, AdapterOptions())
+    adapter: Any = adapter_for(tr.family, AdapterOptions())
     seen = []
-    for rec in tr.records:
+    for rec in tr.lines:
         if rec.stream == "stdout":
             adapter.feed_stdout(rec.data, rec.index + 1)
         elif rec.stream == "stdin":
@@ -531,7 +494,7 @@ def mutated_reads(draw: st.DrawFn) -> tuple[RuntimeFamily, list[tuple[str, bytes
     """A real transcript, some JSON values replaced, junk mixed in, split at random offsets."""
     tr = load(draw(st.sampled_from(CASES)))
     lines: list[tuple[str, bytes]] = []
-    for rec in tr.records:
+    for rec in tr.lines:
         if rec.stream == "stderr":
             continue
         data = rec.data
@@ -558,7 +521,7 @@ def mutated_reads(draw: st.DrawFn) -> tuple[RuntimeFamily, list[tuple[str, bytes
     while outs or ins:
         take_in = bool(ins) and (not outs or draw(st.booleans()))
         merged.append(ins.pop(0) if take_in else outs.pop(0))
-    return tr.family, merged
+    return RuntimeFamily(tr.family), merged
 
 
 def feed_split(family: RuntimeFamily, reads: list[tuple[str, bytes]]) -> list[Event]:
@@ -624,7 +587,7 @@ def test_line_content_is_the_same_wherever_reads_split(case: str, cuts: set[int]
     whole: list[tuple[str, bytes]] = []
     split: list[tuple[str, bytes]] = []
     pos = 0
-    for rec in tr.records:
+    for rec in tr.lines:
         if rec.stream == "stderr":
             continue
         data = rec.data + b"\n"
@@ -636,6 +599,7 @@ def test_line_content_is_the_same_wherever_reads_split(case: str, cuts: set[int]
         bounds = [0, *inner, len(data)]
         split.extend(("stdout", data[a:b]) for a, b in itertools.pairwise(bounds))
         pos += len(data)
-    want = [e for e in feed_split(tr.family, whole) if isinstance(e, ContentObserved)]
-    got = [e for e in feed_split(tr.family, split) if isinstance(e, ContentObserved)]
+    family = RuntimeFamily(tr.family)
+    want = [e for e in feed_split(family, whole) if isinstance(e, ContentObserved)]
+    got = [e for e in feed_split(family, split) if isinstance(e, ContentObserved)]
     assert got == want

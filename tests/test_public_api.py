@@ -52,6 +52,47 @@ def test_all_is_sorted_and_exactly_the_public_surface() -> None:
     assert list(ttft_probe.__all__) == sorted(ttft_probe.__all__, key=kind)
 
 
+ADAPTERS_PUBLIC = [
+    "ENTRY_POINT_GROUP",
+    "Adapter",
+    "AdapterOptions",
+    "AgentInfo",
+    "AgentReportedTimings",
+    "ContentObserved",
+    "Event",
+    "FirstTokenGranularity",
+    "FirstTokenKind",
+    "LineSplitter",
+    "Marker",
+    "MarkerObserved",
+    "RuntimeFamily",
+    "SessionInitSource",
+    "SessionObserved",
+    "TurnEnded",
+    "UsageReported",
+    "adapter_for",
+    "check_family",
+    "decode_count",
+    "decode_ms",
+    "decode_name",
+    "decode_object",
+    "decode_text",
+    "registered_families",
+]
+"""What a plugin adapter imports from ``ttft_probe.adapters``, written out."""
+
+
+def test_adapters_exports_what_a_plugin_needs() -> None:
+    from ttft_probe import adapters
+
+    assert adapters.__all__ == ADAPTERS_PUBLIC
+    for name in ADAPTERS_PUBLIC:
+        value = getattr(adapters, name)
+        assert value is not None
+        if callable(value):
+            assert value.__doc__, f"{name} has no docstring"
+
+
 def test_import_does_not_pull_in_exporters_or_backends() -> None:
     code = (
         "import sys, ttft_probe, ttft_probe.cli\n"

@@ -377,7 +377,7 @@ def test_acp_two_turns_sync_stdin_tee(probe_home: Path) -> None:
     first, second = probe.records
     for r in (first, second):
         assert_valid(r)
-        assert (r.agent, r.runtime_family.value) == ("fake_acp", "acp-json-rpc")
+        assert (r.agent, r.runtime_family) == ("fake_acp", "acp-json-rpc")
     assert (first.turn_ordinal, second.turn_ordinal) == (1, 2)
     assert (first.process_reused, second.process_reused) == (False, True)
     assert first.client_wait_ms is not None

@@ -18,6 +18,7 @@ from typing import Final
 
 import attrs
 
+from ttft_probe.adapters._base import check_family
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RuntimeFamily
 
@@ -109,7 +110,7 @@ class AgentSpec:
     """
 
     name: str
-    family: RuntimeFamily
+    family: str
     executable: str
     base_url_env: str | None = None
     matches: Callable[[Sequence[str]], bool] = lambda _argv: True
@@ -210,7 +211,7 @@ class ResolvedAgent:
     """
 
     name: str
-    family: RuntimeFamily
+    family: str
     spec: AgentSpec | None
     resumed: bool
     resume_session_id: str | None
@@ -243,21 +244,16 @@ def resolve_agent(
     Args:
         argv: The agent command (``["claude", "-p", "hi", …]``).
         agent: An explicit agent name; when it is in the table its family is the default.
-        family: An explicit runtime family; wins over everything inferred.
+        family: An explicit runtime family (built-in or an installed plugin's); wins over
+            everything inferred.
 
     Raises:
-        ConfigError: ``argv`` is empty, or ``family`` is not a runtime family.
+        ConfigError: ``argv`` is empty, or no adapter has the name ``family``
+            (:class:`~ttft_probe.errors.UnknownAdapterError`, naming the known ones).
     """
     if not argv:
         raise ConfigError("no command given: put the agent command after `--`")
-    if family is not None:
-        try:
-            fam: RuntimeFamily | None = RuntimeFamily(family)
-        except ValueError:
-            known = ", ".join(f.value for f in RuntimeFamily)
-            raise ConfigError(f"unknown runtime family {family!r}; use one of: {known}") from None
-    else:
-        fam = None
+    fam = None if family is None else check_family(family)
     idx, exe = find_executable(argv)
     rest = argv[idx + 1 :]
     candidates = [
@@ -273,7 +269,7 @@ def resolve_agent(
     resume = spec.resume(rest) if spec is not None else Resume(resumed=False)
     return ResolvedAgent(
         name=agent or (spec.name if spec is not None else exe),
-        family=fam or (spec.family if spec is not None else RuntimeFamily.PLAIN),
+        family=fam or (spec.family if spec is not None else RuntimeFamily.PLAIN.value),
         spec=spec,
         resumed=resume.resumed,
         resume_session_id=resume.session_id,

@@ -116,10 +116,21 @@ _agent_option = click.option(
     help="Agent name for the record (default: inferred from the executable, "
     "e.g. claude_code, codex, gemini, claude_code_acp, codex_acp, opencode_acp).",
 )
+def _check_family(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from ttft_probe.adapters import check_family  # noqa: PLC0415 - only when given
+
+    try:
+        return None if value is None else check_family(value)
+    except TtftProbeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 _family_option = click.option(
     "--family",
-    type=click.Choice(["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]),
-    help="Runtime family whose marker rules apply (default: inferred from the command).",
+    metavar="NAME",
+    callback=_check_family,
+    help="Runtime family whose marker rules apply: claude-stream-json, json-event-stream, "
+    "acp-json-rpc, plain, or an installed plugin's (default: inferred from the command).",
 )
 _conversation_option = click.option(
     "--conversation",
@@ -429,7 +440,7 @@ def doctor(agent: str | None, family: str | None, timeout: float,
 
 def _print_doctor(report: DoctorReport) -> None:
     """Each marker, seen or not (with the fix), the notes, and the agent's output on failure."""
-    click.echo(f"ttft-probe doctor: {report.agent} ({report.family.value}, {report.mode}) "
+    click.echo(f"ttft-probe doctor: {report.agent} ({report.family}, {report.mode}) "
                "against the built-in fake provider")
     for check in report.checks:
         when = f"{check.at_ms:9.1f} ms" if check.at_ms is not None else "        —   "
@@ -946,7 +957,6 @@ if TYPE_CHECKING:
     from ttft_probe.sinks.store import Store
 
 EXIT_TOO_MANY_FAILED = 1
-_FAMILIES = ["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]
 
 
 @main.command(context_settings=CONTEXT)
@@ -958,8 +968,7 @@ _FAMILIES = ["claude-stream-json", "json-event-stream", "acp-json-rpc", "plain"]
 @click.option("-n", "--pairs", "pairs", type=click.IntRange(min=1), default=30, show_default=True,
               metavar="N", help="Pairs to run (DESIGN asks for at least 30).")
 @click.option("--agent", help="Agent name for the records (default: inferred from the executable).")
-@click.option("--family", type=click.Choice(_FAMILIES),
-              help="Runtime family whose marker rules apply (default: inferred from the command).")
+@_family_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the bootstrap resampling (the same runs give the same interval).")
 @click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True),

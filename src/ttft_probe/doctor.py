@@ -79,7 +79,7 @@ class DoctorReport:
     """
 
     agent: str
-    family: RuntimeFamily
+    family: str
     mode: str
     checks: tuple[MarkerCheck, ...]
     notes: tuple[str, ...]
@@ -369,9 +369,9 @@ class _AppServerClient(_RpcClient):
 
 
 def _client_for(agent: ResolvedAgent, argv: Sequence[str]) -> _Client:
-    if agent.family is RuntimeFamily.ACP_JSON_RPC:
+    if agent.family == RuntimeFamily.ACP_JSON_RPC:
         return _AppServerClient() if agent.name == "codex_app_server" else _AcpClient()
-    if agent.family is RuntimeFamily.CLAUDE_STREAM_JSON and _sdk_mode(argv):
+    if agent.family == RuntimeFamily.CLAUDE_STREAM_JSON and _sdk_mode(argv):
         return _SdkModeClient()
     return _Client()
 
@@ -383,9 +383,9 @@ def _sdk_mode(argv: Sequence[str]) -> bool:
 # --- the verdict --------------------------------------------------------------------------
 
 
-def _required(family: RuntimeFamily, client: _Client) -> tuple[Marker, ...]:
+def _required(family: str, client: _Client) -> tuple[Marker, ...]:
     """The markers the family defines for this way of running it."""
-    if family is RuntimeFamily.PLAIN:
+    if family == RuntimeFamily.PLAIN:
         return (Marker.CLI_READY, Marker.FIRST_TOKEN)  # session init needs a regex or observer
     if isinstance(client, _SdkModeClient):  # each turn is set up after its prompt
         return (Marker.CLI_READY, Marker.PROMPT_SENT, Marker.SESSION_INIT_DONE, Marker.FIRST_TOKEN)
@@ -439,7 +439,7 @@ def _notes(agent: ResolvedAgent, record: RunRecord | None) -> list[str]:
     A whole-message first token; a family that cannot see the session set-up.
     """
     notes = []
-    if agent.family is RuntimeFamily.PLAIN:
+    if agent.family == RuntimeFamily.PLAIN:
         structured = structured_output_hint(agent.name)
         if structured is not None:
             notes.append(structured)

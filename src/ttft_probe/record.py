@@ -19,12 +19,14 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import re
 from typing import Any, Final
 
 import attrs
 
 __all__ = [
     "CONTRACT_VERSION",
+    "FAMILY_NAME",
     "FirstTokenGranularity",
     "FirstTokenKind",
     "Marker",
@@ -41,7 +43,7 @@ __all__ = [
     "record_schema",
 ]
 
-CONTRACT_VERSION: Final = "1.1"
+CONTRACT_VERSION: Final = "1.2"
 """Version of the ``run_finished`` contract; the JSON Schema's ``$id`` carries it too."""
 
 _NS_PER_MS: Final = 1_000_000
@@ -58,8 +60,18 @@ class Marker(enum.StrEnum):
     PROCESS_EXITED = "processExited"
 
 
+FAMILY_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+"""What a runtime family's name may be (built-in or a plugin's entry-point name)."""
+
+
 class RuntimeFamily(enum.StrEnum):
-    """How an agent talks on stdio; one adapter per family."""
+    """The built-in runtime families: how an agent talks on stdio; one adapter each.
+
+    A family is a name (``RunRecord.runtime_family`` is a ``str``): these, or a plugin's
+    registered under the ``ttft_probe.adapters`` entry-point group (:mod:`ttft_probe.adapters`).
+    Each member is also the registry line of its adapter: the module
+    ``ttft_probe.adapters.<name with _>`` and its class ``<CamelName>Adapter``.
+    """
 
     CLAUDE_STREAM_JSON = "claude-stream-json"
     JSON_EVENT_STREAM = "json-event-stream"
@@ -354,6 +366,11 @@ def _reason(  # noqa: PLR0911 - one return per link of the chain reads best
     return None
 
 
+def _family_name(_inst: object, _attr: object, value: str) -> None:
+    if not FAMILY_NAME.fullmatch(value):
+        raise ValueError(f"runtime_family {value!r} is not a family name ({FAMILY_NAME.pattern})")
+
+
 def _opt_float(v: float | None) -> float | None:
     return None if v is None else float(v)
 
@@ -401,7 +418,7 @@ class RunRecord:
     session_resumed: bool = False
     process_reused: bool = False
     agent: str
-    runtime_family: RuntimeFamily = attrs.field(converter=RuntimeFamily)
+    runtime_family: str = attrs.field(converter=str, validator=_family_name)
     agent_version: str | None = None
     model: str | None = None
     status: Status = attrs.field(converter=Status)

@@ -51,7 +51,7 @@ class Spy:
     mode flags are the wrapped instance's (Claude Code's SDK mode sets them per instance).
     """
 
-    family: ClassVar[RuntimeFamily]
+    family: ClassVar[str]
     framing: ClassVar[Literal["lines", "chunks"]]
 
     def __init__(self, inner: Adapter, fault_at: int | None) -> None:
@@ -104,7 +104,7 @@ class Spy:
         return cast("tuple[bytes, ...] | None", inner())
 
 
-_SPY_CLASSES: dict[RuntimeFamily, type[Spy]] = {}
+_SPY_CLASSES: dict[str, type[Spy]] = {}
 
 
 def spy_on(inner: Adapter, fault_at: int | None = None) -> Spy:
@@ -184,7 +184,7 @@ class NeverEndingAcp:
     """A plugin-style request-driven adapter that never ends a turn: each stdin line is a
     prompt for session ``S``, each stdout line a token (tests subclass it)."""
 
-    family: ClassVar[RuntimeFamily] = ACP
+    family: ClassVar[str] = ACP
     framing: ClassVar[Literal["lines", "chunks"]] = "lines"
     request_driven: ClassVar[bool] = True
     tees_stdin: ClassVar[bool] = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import attrs
 
@@ -63,6 +63,14 @@ class Transcript:
         path = self.path.with_name(self.path.stem + ".expected.json")
         data: dict[str, Any] = json.loads(path.read_text("utf-8"))
         return data
+
+    def reads(self) -> list[tuple[Literal["stdout", "stdin"], bytes]]:
+        """The stdout and stdin lines as the reads that carried them (newline restored)."""
+        return [
+            (cast("Literal['stdout', 'stdin']", line.stream), line.data + b"\n")
+            for line in self.lines
+            if line.stream in {"stdout", "stdin"}
+        ]
 
     def options(self, *, capture_content: bool = False) -> AdapterOptions:
         """The adapter options the case was recorded with (plain regexes, argv)."""

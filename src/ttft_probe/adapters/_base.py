@@ -20,6 +20,7 @@ import attrs
 
 from ttft_probe.errors import UnknownAdapterError
 from ttft_probe.record import (
+    FAMILY_NAME,
     FirstTokenGranularity,
     FirstTokenKind,
     Marker,
@@ -45,6 +46,7 @@ __all__ = [
     "TurnEnded",
     "UsageReported",
     "adapter_for",
+    "check_family",
     "decode_count",
     "decode_ms",
     "decode_name",
@@ -223,7 +225,7 @@ class Adapter(Protocol):
       (``cli_ready_not_observable``) instead of ``no_cli_ready``.
     """
 
-    family: ClassVar[RuntimeFamily]
+    family: ClassVar[str]
     framing: ClassVar[Literal["lines", "chunks"]]
 
     @property
@@ -445,16 +447,19 @@ class LineSplitter:
         self._buf += data
 
 
-_BUILTIN: dict[RuntimeFamily, str] = {
-    RuntimeFamily.CLAUDE_STREAM_JSON: (
-        "ttft_probe.adapters.claude_stream_json:ClaudeStreamJsonAdapter"
-    ),
-    RuntimeFamily.JSON_EVENT_STREAM: "ttft_probe.adapters.json_event_stream:JsonEventStreamAdapter",
-    RuntimeFamily.ACP_JSON_RPC: "ttft_probe.adapters.acp_json_rpc:AcpJsonRpcAdapter",
-    RuntimeFamily.PLAIN: "ttft_probe.adapters.plain:PlainAdapter",
-}
+ENTRY_POINT_GROUP: Final = "ttft_probe.adapters"
+"""The entry-point group under which a distribution registers a family's adapter."""
 
-ENTRY_POINT_GROUP = "ttft_probe.adapters"
+
+def _builtin_target(family: RuntimeFamily) -> str:
+    """``module:Class`` of a built-in family (``acp-json-rpc``: ``AcpJsonRpcAdapter``)."""
+    module = family.value.replace("-", "_")
+    cls = "".join(part.capitalize() for part in module.split("_")) + "Adapter"
+    return f"ttft_probe.adapters.{module}:{cls}"
+
+
+_BUILTIN: Final[dict[str, str]] = {str(f): _builtin_target(f) for f in RuntimeFamily}
+"""The built-in families' adapters: one per :class:`~ttft_probe.record.RuntimeFamily` member."""
 
 
 def _load(target: str) -> AdapterFactory:
@@ -467,39 +472,68 @@ def _load(target: str) -> AdapterFactory:
 def registered_families() -> dict[str, str]:
     """Family name → ``module:attr`` of its adapter: built-ins plus entry-point plugins.
 
-    Plugins register under the ``ttft_probe.adapters`` entry-point group; a built-in
-    family cannot be overridden by a plugin.
+    Plugins register under the ``ttft_probe.adapters`` entry-point group, the entry
+    point's name being the family's name (:data:`~ttft_probe.record.FAMILY_NAME`; others
+    are skipped, with a warning); a built-in family cannot be overridden by a plugin.
     """
     from importlib.metadata import entry_points  # noqa: PLC0415 - ~20 ms, only for plugins
 
-    found = {str(k): v for k, v in _BUILTIN.items()}
+    found = dict(_BUILTIN)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if not FAMILY_NAME.fullmatch(ep.name):
+            _log.warning("adapter plugin %r: not a family name (%s); skipped", ep.name,
+                         FAMILY_NAME.pattern)  # fmt: skip
+            continue
         found.setdefault(ep.name, ep.value)
     return found
 
 
+def check_family(family: str) -> str:
+    """``family`` if a built-in or installed plugin adapter has that name.
+
+    Cheap for a built-in name; a plugin's name is looked up among the installed
+    distributions' entry points.
+
+    Raises:
+        UnknownAdapterError: No adapter has that name (the message lists the known ones
+            and says how a plugin registers).
+    """
+    if family in _BUILTIN:
+        return family
+    known = registered_families()
+    if family not in known:
+        raise _unknown(family, known)
+    return family
+
+
+def _unknown(family: str, known: Iterable[str]) -> UnknownAdapterError:
+    return UnknownAdapterError(
+        f"unknown runtime family {family!r}; known: {', '.join(sorted(known))} "
+        f"(a plugin adds one with an entry point in the {ENTRY_POINT_GROUP!r} group)"
+    )
+
+
 def adapter_for(family: str, options: AdapterOptions | None = None) -> Adapter:
-    """Build the adapter of ``family``.
+    """Build the adapter of ``family`` (a built-in or an installed plugin's name).
 
     Raises:
         UnknownAdapterError: No built-in or plugin adapter has that name (the message
             lists the known ones). A plugin that fails to import is logged and treated
             as absent.
     """
-    builtin = _BUILTIN.get(family)  # type: ignore[call-overload]
-    targets = {family: builtin} if builtin is not None else registered_families()
-    target = targets.get(family)
+    builtin = _BUILTIN.get(family)
+    known = {family: builtin} if builtin is not None else registered_families()
+    target = known.get(family)
     if target is None:
-        known = ", ".join(sorted(targets))
-        raise UnknownAdapterError(f"unknown runtime family {family!r}; known: {known}")
+        raise _unknown(family, known)
     try:
         factory = _load(target)
     except Exception:
-        if family in {str(k) for k in _BUILTIN}:
+        if builtin is not None:
             raise
         _log.warning("adapter plugin %r failed to import; skipped", family, exc_info=True)
-        known = ", ".join(sorted(str(k) for k in _BUILTIN))
         raise UnknownAdapterError(
-            f"adapter plugin {family!r} failed to import; built-in families: {known}"
+            f"adapter plugin {family!r} failed to import; built-in families: "
+            f"{', '.join(sorted(_BUILTIN))}"
         ) from None
     return factory(options or AdapterOptions())

@@ -267,7 +267,7 @@ class _Session:
 class AcpJsonRpcAdapter:
     """Adapter for ACP agents and ``codex app-server`` (see the module table)."""
 
-    family: ClassVar[RuntimeFamily] = RuntimeFamily.ACP_JSON_RPC
+    family: ClassVar[str] = RuntimeFamily.ACP_JSON_RPC
     framing: ClassVar[Literal["lines", "chunks"]] = "lines"
     request_driven: ClassVar[bool] = True
     tees_stdin: ClassVar[bool] = True

@@ -136,7 +136,7 @@ class ClaudeStreamJsonAdapter:
     (``--input-format stream-json`` in ``AdapterOptions.argv``), ``False`` otherwise.
     """
 
-    family: ClassVar[RuntimeFamily] = RuntimeFamily.CLAUDE_STREAM_JSON
+    family: ClassVar[str] = RuntimeFamily.CLAUDE_STREAM_JSON
     framing: ClassVar[Literal["lines", "chunks"]] = "lines"
 
     def __init__(self, options: AdapterOptions | None = None) -> None:

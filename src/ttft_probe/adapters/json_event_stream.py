@@ -138,7 +138,7 @@ def _usage(obj: object) -> UsageReported | None:
 class JsonEventStreamAdapter:
     """Adapter for codex ``exec --json``, gemini and cursor-agent stream-json output."""
 
-    family: ClassVar[RuntimeFamily] = RuntimeFamily.JSON_EVENT_STREAM
+    family: ClassVar[str] = RuntimeFamily.JSON_EVENT_STREAM
     framing: ClassVar[Literal["lines", "chunks"]] = "lines"
     request_driven: ClassVar[bool] = False
     tees_stdin: ClassVar[bool] = False

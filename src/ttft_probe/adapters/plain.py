@@ -73,7 +73,7 @@ _MAX_PARTIAL: Final = 64 * 1024
 class PlainAdapter:
     """Adapter for CLIs that print plain text (see the module table)."""
 
-    family: ClassVar[RuntimeFamily] = RuntimeFamily.PLAIN
+    family: ClassVar[str] = RuntimeFamily.PLAIN
     framing: ClassVar[Literal["lines", "chunks"]] = "chunks"
     request_driven: ClassVar[bool] = False
     tees_stdin: ClassVar[bool] = False
