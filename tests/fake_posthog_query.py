@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import signal
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,9 +34,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-from chdb import session as chdb_session
 
 from helpers.http import Handler, LocalFake
+
+
+def _import_chdb() -> Any:
+    """``chdb.session``, imported without the SIGPIPE block it puts on the importing thread.
+
+    Loading the engine blocks SIGPIPE in the calling thread's signal mask, which every
+    child process started from that thread afterwards inherits: a child then gets EPIPE
+    where it would have died of SIGPIPE, and tests comparing exit statuses (141) fail.
+    """
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    from chdb import session
+
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    return session
+
+
+chdb_session = _import_chdb()
 
 __all__ = ["HOGQL_FUNCTIONS", "FakePostHogQuery", "QueryError", "event_row", "run_query"]
 

@@ -25,12 +25,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from helpers import transcripts
 from helpers.otlp import attributes_of
 from helpers.records import ANCHOR, MS, START, stream_record, stream_times, wall
 from otlp_receiver import OtlpReceiver
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor
-from ttft_probe.agents import provider_name
+from ttft_probe._run import CallerContext, ExitInfo, ProcessTracker
+from ttft_probe.adapters import adapter_for
+from ttft_probe.agents import provider_name, resolve_agent
 from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.telemetry import RunSpan, Telemetry
@@ -1000,3 +1003,57 @@ def test_shutdown_is_bounded_when_the_collector_hangs() -> None:
     assert out["again"] is True  # idempotent
     assert elapsed < 15.0  # the child exits without waiting for the exporter's 30 s
     assert "did not finish within 300 ms" in out["_stderr"]
+
+
+# --- one root span per run, from a real tracker ---
+
+
+class _CountingProcessor(SpanProcessor):
+    """The ids of the root (``invoke_agent``) spans started and ended."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.ended: list[str] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if span.name.startswith("invoke_agent"):
+            self.started.append(f"{span.get_span_context().span_id:016x}")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        assert span.context is not None
+        if span.name.startswith("invoke_agent"):
+            self.ended.append(f"{span.context.span_id:016x}")
+
+
+@pytest.mark.parametrize("case", [
+    "acp-json-rpc/synthetic_concurrent_sessions",  # two turns open at once
+    "acp-json-rpc/synthetic_two_turns_one_process",  # one turn after the other
+    "claude-stream-json/claude_sdk_queued",  # a prompt queued behind the open turn
+])  # fmt: skip
+def test_each_run_of_a_long_lived_process_has_one_root_span_ended_once(case: str) -> None:
+    tr = transcripts.load(case)
+    counting = _CountingProcessor()
+    tp = TracerProvider(shutdown_on_exit=False)
+    tp.add_span_processor(counting)
+    tracker = ProcessTracker(
+        agent=resolve_agent(tr.meta["argv"]),
+        adapter=adapter_for(tr.family, tr.options()),
+        spawn_ns=0,
+        anchor=ANCHOR,
+        caller=CallerContext(),
+        probe_version="test",
+        telemetry=Telemetry(tracer_provider=tp),
+    )
+    for line in tr.lines:
+        if line.stream in {"stdout", "stdin"}:
+            feed = tracker.on_stdout if line.stream == "stdout" else tracker.on_stdin
+            feed(line.data + b"\n", line.t_ns)
+    tracker.on_stdout_eof(tr.eof_ns)
+    tracker.on_exit(ExitInfo(t_ns=tr.eof_ns + 1, returncode=0))
+    runs = tracker.results
+    assert len(runs) == len(tr.expected["turns"]) >= 2
+    # One root span per run, each ended once; no span left open; each record names its own.
+    assert len(counting.started) == len(set(counting.started)) == len(runs)
+    assert sorted(counting.ended) == sorted(counting.started)
+    assert sorted(r.record.span_id or "" for r in runs) == sorted(counting.started)
+    tp.shutdown()

@@ -1,12 +1,13 @@
 """The recorder: takes closed turns off the pump threads, builds their runs and stores them.
 
-One background thread does everything slow, in order, for each run: the identity lookup in
-the store's history (for a resumed session), building the record, finishing its spans
-(:meth:`ttft_probe._run.PendingRun.build`), then writing the store with its outbox rows,
-kicking the deliverer (:mod:`ttft_probe.sinks.outbox`) and calling user callbacks. A slow
-or failing disk therefore never delays the bytes the agent prints, and a history lookup
-always sees the runs queued before it already stored. :meth:`Recorder.flush` waits
-(bounded) until everything queued so far is written.
+Everything slow happens here, off the agent's path, in order for each run: the identity
+lookup in the store's history (for a resumed session), building the record and finishing
+its spans (:meth:`ttft_probe._run.PendingRun.build`, on the builder thread), then writing
+the store with its outbox rows, kicking the deliverer (:mod:`ttft_probe.sinks.outbox`) and
+calling user callbacks (on the writer thread). A slow or failing disk therefore never
+delays the bytes the agent prints, nor the records of later turns; a history lookup waits
+until every run built before it is written, so it always sees them. :meth:`Recorder.flush`
+waits (bounded) until everything queued so far is written.
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ class Recorder:
         self._store: Store | None = None
         self._on_record = on_record
         self._queue: queue.SimpleQueue[PendingRun | None] = queue.SimpleQueue()
-        self._pending = 0
+        self._writes: queue.SimpleQueue[RunResult] = queue.SimpleQueue()
+        self._pending = 0  # submitted, not yet written (or lost)
+        self._unwritten = 0  # built, not yet written
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._store_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
         self._warn = LogOnce(_log)
 
     def start_delivery(self) -> None:
@@ -96,11 +100,13 @@ class Recorder:
         """Queue a closed turn to build and store; never blocks, never raises."""
         with self._cond:
             self._pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._work, name="ttft-probe-recorder", daemon=True
-                )
-                self._thread.start()
+            if not self._threads:
+                self._threads = [
+                    threading.Thread(target=loop, name=f"ttft-probe-{name}", daemon=True)
+                    for name, loop in (("recorder", self._build_loop), ("writer", self._write_loop))
+                ]
+                for thread in self._threads:
+                    thread.start()
         self._queue.put(run)
 
     def flush(self, timeout: float) -> bool:
@@ -124,39 +130,58 @@ class Recorder:
             return True
         return self._deliverer.wait_idle(timeout)
 
-    def _work(self) -> None:
+    def _build_loop(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            run = self._queue.get()
+            if run is None:
                 return
+            result = run.build(self._history)  # never raises
+            run = None  # hold no run (nor its tracker) while waiting for the next
+            with self._cond:
+                if result is None:  # lost: nothing to write
+                    self._pending -= 1
+                    self._cond.notify_all()
+                    continue
+                self._unwritten += 1
+            self._writes.put(result)
+            result = None
+
+    def _write_loop(self) -> None:
+        while True:
+            result: RunResult | None = self._writes.get()
             try:
-                self._record(item)
+                assert result is not None  # noqa: S101 - only results are queued
+                self._write(result)
             finally:
-                item = None  # hold no run (nor its tracker) while waiting for the next
+                result = None
                 with self._cond:
+                    self._unwritten -= 1
                     self._pending -= 1
                     self._cond.notify_all()
 
-    def _record(self, run: PendingRun) -> None:
-        result = run.build(self._history)
-        if result is not None:
-            self._write(result)
+    def _open(self) -> Store:
+        with self._store_lock:
+            if self._store is None:
+                assert self._open_store is not None  # noqa: S101 - the callers checked
+                self._store = self._open_store()
+            return self._store
 
     def _history(self, session_id: str) -> tuple[int, str | None]:
-        """The store's earlier runs of ``session_id`` (recorder thread; may block)."""
+        """The store's earlier runs of ``session_id``, once every run built so far is written.
+
+        Builder thread; may block (a store locked by another process).
+        """
         if self._open_store is None:
             return 0, None
-        if self._store is None:
-            self._store = self._open_store()
-        return self._store.session_history(session_id)
+        with self._cond:
+            self._cond.wait_for(lambda: self._unwritten == 0)
+        return self._open().session_history(session_id)
 
     def _write(self, result: RunResult) -> None:
         if self._open_store is not None:
             try:
-                if self._store is None:
-                    self._store = self._open_store()
                 sinks = [spec.name for spec in self._specs if spec.wants(result)]
-                self._store.add(result.record, result.times, sinks, result.content)
+                self._open().add(result.record, result.times, sinks, result.content)
                 self.start_delivery()
                 if self._deliverer is not None:
                     self._deliverer.kick()

@@ -241,7 +241,7 @@ class RunBuilder:
         return found
 
 
-@attrs.frozen
+@attrs.define
 class PendingRun:
     """A closed turn on its way to the recorder thread, which builds and stores it."""
 
@@ -249,6 +249,8 @@ class PendingRun:
     span: RunSpan | None
     builder: RunBuilder
     settle: Callable[[RunResult | None], None]
+    settled: bool = attrs.field(default=False, init=False)
+    """Whether it was handed back to its process (built or not)."""
 
     def build(self, history: History | None) -> RunResult | None:
         """Build the run (see :meth:`RunBuilder.build`) and hand it to its tracker.
@@ -260,7 +262,11 @@ class PendingRun:
             result = self.builder.build(self.turn, self.span, history)
         except Exception:  # noqa: BLE001 - a faulty build loses this record, not the run
             _log.warning("could not build the run's record", exc_info=True)
-        self.settle(result)
+        self.settled = True
+        try:
+            self.settle(result)
+        except Exception:  # noqa: BLE001 - the recorder thread must live on
+            _log.warning("could not hand the run back to its process", exc_info=True)
         return result
 
 
@@ -330,7 +336,8 @@ class ProcessTracker:
         self._arrivals: collections.deque[Arrival] = collections.deque()
         self._out_split = LineSplitter()
         self._in_split = LineSplitter()
-        self._spans: dict[int, RunSpan | None] = {0: self._start_span(spawn_ns)}
+        self._spans: dict[int, RunSpan | None] = {0: self._start_span(spawn_ns)}  # open turns
+        self._spans_started = 1
         self._pending: list[PendingRun] = []
         self._unsettled = 0
         self.results: list[RunResult] = []
@@ -497,8 +504,9 @@ class ProcessTracker:
     def _closed(self, turns: list[ClosedTurn]) -> None:
         """Start the spans of turns opened since, and queue the closed ones (lock held)."""
         starts = self._assembler.turn_starts
-        for index in range(len(self._spans), len(starts)):
+        for index in range(self._spans_started, len(starts)):
             self._spans[index] = self._start_span(starts[index])
+        self._spans_started = len(starts)
         for turn in turns:
             self._unsettled += 1
             span = self._spans.pop(turn.run_index, None)
@@ -514,9 +522,10 @@ class ProcessTracker:
             for run in pending:
                 try:
                     self._submit(run)
-                except Exception:  # noqa: BLE001 - a sink fault never reaches the run
+                except Exception:  # noqa: BLE001 - a recorder fault never reaches the run
                     _log.warning("could not hand a finished run to the recorder", exc_info=True)
-                    self._settle(None)
+                    if not run.settled:
+                        self._settle(None)
 
     def _settle(self, result: RunResult | None) -> None:
         """A run was built (``None``: lost); called from the recorder thread."""

@@ -78,11 +78,11 @@ _log = logging.getLogger("ttft_probe")
 
 _CHUNK: Final = 65536
 DEFAULT_DRAIN_TIMEOUT_S: Final = 0.2
-SETTLE_TIMEOUT_S: Final = 10.0
-"""How long :meth:`Probe.run` waits for the recorder thread to build the runs' records (s);
-only a store lookup (a resumed session's history, on a locked store) can take that long."""
 """After the child exits, how long (s) to wait for its stdout EOF before finishing the run
 (a grandchild may hold the pipe open forever)."""
+SETTLE_TIMEOUT_S: Final = 10.0
+"""How long :meth:`Probe.run` waits for the recorder to build the runs' records (s); only a
+resumed session's history lookup, behind a store locked by another process, takes long."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
