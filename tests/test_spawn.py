@@ -448,6 +448,35 @@ def test_a_slow_history_lookup_delays_no_forwarded_byte(tmp_path: Path) -> None:
     assert all(r.session_resumed for r in runs)
 
 
+def test_flush_gives_a_running_agents_ended_turns(probe_home: Path) -> None:
+    """Between two turns of a live asyncio agent, ``flush`` makes the first one's record."""
+    env = {**os.environ, "TOKEN_DELAY_MS": "20", "EXIT_ON_EOF": "1"}
+    seen: list[int] = []
+
+    async def main() -> None:
+        async with Probe(family="acp-json-rpc") as probe:
+            proc = await probe.create_subprocess_exec(
+                sys.executable, str(CHILDREN / "fake_acp.py"), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            for req in _acp_requests():
+                proc.stdin.write(req)
+            for rid in (2, 3):
+                proc.stdin.write(_prompt(rid, "sess-1"))
+                await proc.stdin.drain()
+                while json.loads(await proc.stdout.readline()).get("id") != rid:
+                    pass
+                assert await asyncio.to_thread(probe.flush, 10)
+                seen.append(len(probe.records))
+            proc.stdin.close()
+            await proc.wait()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert seen == [1, 2]  # each turn's record, while the agent still runs
+
+
 def test_acp_session_load_replay_is_not_a_first_token(probe_home: Path) -> None:
     env = {**os.environ, "TOKEN_DELAY_MS": "60", "EXIT_ON_EOF": "1"}
 

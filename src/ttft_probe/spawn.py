@@ -518,13 +518,27 @@ class Probe:
 
     @property
     def records(self) -> list[RunRecord]:
-        """Every finished run's record, in the order the runs finished."""
+        """Every finished run's record, in the order the runs finished.
+
+        A record is built on the probe's background recorder a moment after its turn ends
+        (never on the thread that carries the agent's bytes): :meth:`wait`, or leaving the
+        ``with`` block, waits for the runs of exited processes; :meth:`flush` for those of
+        a process that is still running (a long-lived agent between turns).
+        """
         return [r.record for p in self.processes for r in p.results]
 
     @property
     def results(self) -> list[RunResult]:
         """Every finished run with its marker times (monotonic ns)."""
         return [r for p in self.processes for r in p.results]
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` s until every turn ended so far is built and stored.
+
+        For a process that keeps running between turns (ACP, an SDK's agent): after a
+        turn's answer arrived, its record is in :attr:`records` once this returns ``True``.
+        """
+        return self._recorder.flush(timeout)
 
     def wait(self, timeout: float = 10.0) -> bool:
         """Wait up to ``timeout`` s for every tracked process to end and its runs to be stored.
