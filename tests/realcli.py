@@ -31,6 +31,11 @@ DELTA_RUN_BOUND_NS = 100_000_000
 """Every single run within 100 ms: the lag is the agent's own forwarding (its event loop
 parsing the stream and writing the line) plus the probe's ~10 µs (BENCHMARKS.md); on two
 shared cores a busy node process has taken 30 ms for one run."""
+DELTA_RUN_BOUND_NS_BY_AGENT = {"opencode_acp": 500_000_000}
+"""Agents whose own forwarding is slower: opencode 1.18 writes the first
+``agent_message_chunk`` of a turn 155–255 ms after the provider's first delta in about one
+run of four (measured over 15 runs; the same with the previous ttft_probe release), and
+within ~5 ms otherwise: its message-part updates are batched before they reach stdout."""
 DELTA_LAGS: list[int] = []
 MS = 1_000_000
 
@@ -91,7 +96,8 @@ def assert_first_token_matches(provider: AnyProvider, times: MarkerTimes, record
         log = [{k: (v - times.start_ns) / MS if k.endswith("_ns") and v else v for k, v in e.items()}
                for e in provider.log if e["arrival_ns"] >= times.start_ns - 60_000 * MS]
         DELTA_LAGS.append(lag)
-        assert 0 <= lag <= DELTA_RUN_BOUND_NS, (
+        bound = DELTA_RUN_BOUND_NS_BY_AGENT.get(record.agent, DELTA_RUN_BOUND_NS)
+        assert 0 <= lag <= bound, (
             f"firstToken {lag / MS:.3f} ms after the send; markers {times.as_offsets_ms()}; "
             f"provider log (ms from run start): {log}")
     else:
