@@ -13,7 +13,39 @@ Every generation call answers with the same short text, split into a few deltas
 ``delta_interval_ms`` apart. The stream's preamble (``message_start``,
 ``response.created``, …) is sent at once; the first text delta is held until
 ``first_token_delay_ms`` after the request arrived, plus ``resumed_extra_delay_ms`` when
-the request's history already holds an assistant turn (a resumed conversation).
+the request's history already holds an assistant turn (a resumed conversation), plus
+``uncached_token_delay_ms`` per uncached input token (below).
+
+Prompt cache. A generation request's body is cut into *sections* in the provider's cache
+order, each one value of the body as canonical JSON (keys sorted, no spaces, UTF-8, every
+``cache_control`` key removed at any depth: a cache marker is not cached content). First
+``model`` (when the body has it; Gemini names it in the path), then
+
+- Anthropic: ``tools[i]``, ``system[i]`` (a string system is ``system[0]``, a list one
+  section per block), ``messages[i]``;
+- OpenAI Responses: ``instructions``, ``tools[i]``, ``input[i]`` (a string input is
+  ``input[0]``);
+- Gemini: ``systemInstruction`` (or ``system_instruction``), ``tools[i]``,
+  ``contents[i]``.
+
+A section counts ``max(1, bytes // 4)`` tokens; a request's input tokens are the sum over
+its sections (``count_tokens`` / ``countTokens`` answer a rougher ~4-bytes-per-token count
+of the whole body). The cached prefix is the longest run of leading sections equal, in
+name and content, to the leading sections of any of the last 1000 answered generation
+requests of the same API and model; a request is remembered after its own answer was
+worked out, and a call answered with a fault is not remembered. With ``prompt_cache``
+off, nothing is ever cached. The usage is reported in each API's own fields:
+
+- Anthropic ``usage`` (``message_start`` and the JSON message): ``cache_read_input_tokens``
+  the cached tokens; the uncached rest is ``cache_creation_input_tokens`` when the body
+  holds a ``cache_control`` marker anywhere (and the cache is on), else ``input_tokens``;
+  the other of the two is 0.
+- OpenAI ``response.usage`` (``response.completed`` and the JSON response):
+  ``input_tokens`` (cached included), ``input_tokens_details.cached_tokens``,
+  ``output_tokens``, ``total_tokens``.
+- Gemini ``usageMetadata`` (last chunk, JSON answer): ``promptTokenCount`` (cached
+  included), ``cachedContentTokenCount`` (only when above 0), ``candidatesTokenCount``,
+  ``totalTokenCount``.
 
 Every request is logged as one JSON-serialisable dict: ``api``, ``method``, ``path``
 (without the query), ``generation``, ``stream``, ``model`` (the model asked for, generation
@@ -21,8 +53,18 @@ calls only), ``resumed``, ``status`` and the monotonic
 readings ``arrival_ns`` (request head read), ``first_token_ns`` (just before the first
 text delta was written; ``None`` if none) and ``end_ns``. The monotonic clock
 (``CLOCK_MONOTONIC``) is shared by every process on Linux, so these readings are the
-ground truth a probe's markers are compared against. Bodies, headers and keys are never
-logged.
+ground truth a probe's markers are compared against. Generation calls also log the
+prompt cache's ground truth (``None`` for every other request): ``request_bytes`` (the
+body's length as received, before any ``Content-Encoding`` was undone), ``input_tokens``
+(all input tokens), ``cache_read_tokens`` (the cached prefix's tokens),
+``cache_write_tokens`` (Anthropic's ``cache_creation_input_tokens``; ``None`` for the other
+APIs), ``uncached_tokens`` (input minus cache read), ``cached_sections`` (how many leading
+sections were cached), ``first_uncached_section`` (the name of the first section past the
+cached prefix, e.g. ``"messages[3]"``; ``None`` when every section was cached or there is
+none) and ``added_delay_ms`` (``uncached_tokens × uncached_token_delay_ms``, the extra hold
+of the first text delta in ms; 0 for a call answered with a fault). A body the fake
+cannot decode (e.g. ``zstd``) counts as ``{}``: no sections, 0 input tokens. Bodies,
+headers and keys are never logged.
 
 Run it alone with ``python -m ttft_probe.testing.fake_provider``: it prints one line
 ``READY http://127.0.0.1:PORT`` when listening and appends the log as JSON lines to
@@ -33,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import re
 import signal
@@ -41,6 +84,8 @@ import threading
 import time
 import uuid
 import zlib
+from collections import deque
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
@@ -78,6 +123,116 @@ def _rough_tokens(body: dict[str, Any]) -> int:
     return max(1, len(json.dumps(body)) // 4)
 
 
+CACHE_MEMORY = 1000
+"""How many earlier generation requests per API the prompt cache remembers."""
+
+_Section = tuple[str, bytes]
+"""A section of a request body: its name (``"messages[2]"``) and canonical JSON."""
+
+
+def _without_cache_control(value: Any) -> Any:
+    """``value`` with every ``cache_control`` key removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_cache_control(v) for v in value]
+    return value
+
+
+def _has_cache_control(value: Any) -> bool:
+    """Whether ``value`` holds a ``cache_control`` key anywhere."""
+    if isinstance(value, dict):
+        return "cache_control" in value or any(_has_cache_control(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_cache_control(v) for v in value)
+    return False
+
+
+def _canonical(value: Any) -> bytes:
+    """The canonical JSON of ``value`` (cache markers removed), UTF-8."""
+    text = json.dumps(
+        _without_cache_control(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return text.encode()
+
+
+def _section_tokens(canonical: bytes) -> int:
+    return max(1, len(canonical) // 4)
+
+
+def _prompt_sections(api: Api, body: dict[str, Any]) -> list[_Section]:
+    """The sections of a generation request's body, in the provider's cache order."""
+    sections: list[_Section] = []
+
+    def single(name: str, *keys: str) -> None:
+        for key in keys:
+            if body.get(key) is not None:
+                sections.append((name, _canonical(body[key])))
+                return
+
+    def listed(name: str, *keys: str) -> None:
+        for key in keys:
+            value = body.get(key)
+            if value is None:
+                continue
+            items = value if isinstance(value, list) else [value]
+            sections.extend((f"{name}[{i}]", _canonical(v)) for i, v in enumerate(items))
+            return
+
+    single("model", "model")
+    if api == "anthropic":
+        listed("tools", "tools")
+        listed("system", "system")
+        listed("messages", "messages")
+    elif api == "openai":
+        single("instructions", "instructions")
+        listed("tools", "tools")
+        listed("input", "input")
+    elif api == "gemini":
+        single("systemInstruction", "systemInstruction", "system_instruction")
+        listed("tools", "tools")
+        listed("contents", "contents")
+    return sections
+
+
+def _prefix_keys(api: Api, model: str, sections: Sequence[_Section]) -> list[bytes]:
+    """One key per leading run of sections: equal keys, equal (API, model, run)."""
+    key = hashlib.blake2b(f"{api}\0{model}".encode(), digest_size=16).digest()
+    keys = []
+    for name, canonical in sections:
+        digest = hashlib.blake2b(canonical, digest_size=16).digest()
+        key = hashlib.blake2b(key + name.encode() + b"\0" + digest, digest_size=16).digest()
+        keys.append(key)
+    return keys
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """A generation request's input as the prompt cache saw it."""
+
+    sections: list[_Section]
+    cached_sections: int
+    marked: bool  # the body holds a cache_control marker
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(_section_tokens(c) for _, c in self.sections)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(_section_tokens(c) for _, c in self.sections[: self.cached_sections])
+
+    @property
+    def uncached_tokens(self) -> int:
+        return self.input_tokens - self.cached_tokens
+
+    @property
+    def first_uncached_section(self) -> str | None:
+        if self.cached_sections < len(self.sections):
+            return self.sections[self.cached_sections][0]
+        return None
+
+
 class _ClientGoneError(Exception):
     """The client closed the connection, or a fault asked us to drop it."""
 
@@ -113,6 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
             "end_ns": None,
             "status": None,
         }
+        self._raw_bytes = 0
 
     def _finish(self) -> None:
         self._entry["end_ns"] = time.monotonic_ns()
@@ -133,6 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+        self._raw_bytes = len(raw)
         encoding = self.headers.get("Content-Encoding", "").lower()
         try:
             if encoding == "gzip":
@@ -177,6 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
         delay_ms = provider.first_token_delay_ms
         if self._entry["resumed"]:
             delay_ms += provider.resumed_extra_delay_ms
+        delay_ms += self._entry["added_delay_ms"] or 0
         due_ns = self._entry["arrival_ns"] + int(delay_ms * 1_000_000)
         remaining_ns = due_ns - time.monotonic_ns()
         if remaining_ns > 0:
@@ -217,11 +375,40 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += 1
         self._write_chunk(b"")
 
-    def _fault(self) -> bool:
-        """Answer with the configured fault status, if one applies to this request."""
-        status, retry_after = self.server.provider._take_fault()  # noqa: SLF001
-        if status is None:
-            return False
+    def _generation(
+        self, api: Api, body: dict[str, Any], *, model: str, stream: bool, resumed: bool
+    ) -> _Prompt | None:
+        """Log a generation call and its prompt; ``None`` when it was answered with a fault.
+
+        The prompt cache is consulted for every call, but only a call that is answered
+        (no fault) is remembered by it.
+        """
+        provider = self.server.provider
+        self._entry.update(generation=True, stream=stream, model=model, resumed=resumed)
+        status, retry_after = provider._take_fault()  # noqa: SLF001
+        prompt = provider._prompt(api, model, body, remember=status is None)  # noqa: SLF001
+        self._entry.update(
+            request_bytes=self._raw_bytes,
+            input_tokens=prompt.input_tokens,
+            cache_read_tokens=prompt.cached_tokens,
+            cache_write_tokens=None,
+            uncached_tokens=prompt.uncached_tokens,
+            cached_sections=prompt.cached_sections,
+            first_uncached_section=prompt.first_uncached_section,
+            added_delay_ms=0.0,
+        )
+        if api == "anthropic":
+            self._entry["cache_write_tokens"] = _anthropic_usage(provider, prompt)[
+                "cache_creation_input_tokens"
+            ]
+        if status is not None:
+            self._send_fault(status, retry_after)
+            return None
+        self._entry["added_delay_ms"] = prompt.uncached_tokens * provider.uncached_token_delay_ms
+        return prompt
+
+    def _send_fault(self, status: int, retry_after: int | None) -> None:
+        """Answer with the configured fault status."""
         payload = {"error": {"type": "fake_fault", "code": status, "message": "injected fault"}}
         data = json.dumps(payload).encode()
         self.send_response(status)
@@ -233,7 +420,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
         self._entry["status"] = status
-        return True
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -290,18 +476,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _anthropic(self, body: dict[str, Any]) -> None:
         messages = body.get("messages")
         model = str(body.get("model") or "claude-fake")
-        self._entry.update(
-            generation=True,
-            stream=bool(body.get("stream")),
+        prompt = self._generation(
+            "anthropic",
+            body,
             model=model,
+            stream=bool(body.get("stream")),
             resumed=isinstance(messages, list)
             and any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages),
         )
-        if self._fault():
+        if prompt is None:
             return
         provider = self.server.provider
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
-        usage_in = _rough_tokens(body)
+        usage_in = _anthropic_usage(provider, prompt)
         deltas = split_answer(provider.answer)
         if not self._entry["stream"]:
             self._wait_first_token()
@@ -356,19 +543,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _openai(self, body: dict[str, Any]) -> None:
         items = body.get("input")
         model = str(body.get("model") or "gpt-fake")
-        self._entry.update(
-            generation=True,
-            stream=bool(body.get("stream")),
+        prompt = self._generation(
+            "openai",
+            body,
             model=model,
+            stream=bool(body.get("stream")),
             resumed=isinstance(items, list)
             and any(isinstance(i, dict) and i.get("role") == "assistant" for i in items),
         )
-        if self._fault():
+        if prompt is None:
             return
         provider = self.server.provider
         resp_id = f"resp_{uuid.uuid4().hex}"
         item_id = f"msg_{uuid.uuid4().hex}"
-        usage = _openai_usage(_rough_tokens(body), 15)
+        usage = _openai_usage(prompt.input_tokens, prompt.cached_tokens, 15)
         done_item = {
             "type": "message",
             "id": item_id,
@@ -453,30 +641,28 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _gemini(self, body: dict[str, Any], model: str, *, stream: bool) -> None:
         contents = body.get("contents")
-        self._entry.update(
-            generation=True,
-            stream=stream,
+        prompt = self._generation(
+            "gemini",
+            body,
             model=model,
+            stream=stream,
             resumed=isinstance(contents, list)
             and any(isinstance(c, dict) and c.get("role") == "model" for c in contents),
         )
-        if self._fault():
+        if prompt is None:
             return
         provider = self.server.provider
-        prompt_tokens = _rough_tokens(body)
         if not stream:
             self._wait_first_token()
             self._send_json(
                 200,
-                _gemini_chunk(
-                    model, _gemini_answer(body, provider.answer), prompt_tokens, final=True
-                ),
+                _gemini_chunk(model, _gemini_answer(body, provider.answer), prompt, final=True),
                 token=True,
             )
             return
         deltas = split_answer(provider.answer)
         answer: list[_Event] = [
-            (None, _gemini_chunk(model, d, prompt_tokens, final=i == len(deltas) - 1), True)
+            (None, _gemini_chunk(model, d, prompt, final=i == len(deltas) - 1), True)
             for i, d in enumerate(deltas)
         ]
         self._stream_sse([], answer)
@@ -498,7 +684,19 @@ def _classify(path: str) -> Api:
     return "other"
 
 
-def _anthropic_message(msg_id: str, model: str, text: str, input_tokens: int) -> dict[str, Any]:
+def _anthropic_usage(provider: FakeProvider, prompt: _Prompt) -> dict[str, int]:
+    """Anthropic's input usage: ``input_tokens`` counts only uncached input."""
+    to_cache = provider.prompt_cache and prompt.marked
+    return {
+        "input_tokens": 0 if to_cache else prompt.uncached_tokens,
+        "cache_creation_input_tokens": prompt.uncached_tokens if to_cache else 0,
+        "cache_read_input_tokens": prompt.cached_tokens,
+    }
+
+
+def _anthropic_message(
+    msg_id: str, model: str, text: str, usage_in: dict[str, int]
+) -> dict[str, Any]:
     return {
         "id": msg_id,
         "type": "message",
@@ -508,18 +706,18 @@ def _anthropic_message(msg_id: str, model: str, text: str, input_tokens: int) ->
         "stop_reason": "end_turn",
         "stop_sequence": None,
         "usage": {
-            "input_tokens": input_tokens,
+            "input_tokens": usage_in["input_tokens"],
             "output_tokens": 15,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": usage_in["cache_creation_input_tokens"],
+            "cache_read_input_tokens": usage_in["cache_read_input_tokens"],
         },
     }
 
 
-def _openai_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _openai_usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached_tokens},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,
@@ -562,7 +760,7 @@ def _gemini_answer(body: dict[str, Any], answer: str) -> str:
     return answer
 
 
-def _gemini_chunk(model: str, text: str, prompt_tokens: int, *, final: bool) -> dict[str, Any]:
+def _gemini_chunk(model: str, text: str, prompt: _Prompt, *, final: bool) -> dict[str, Any]:
     candidate: dict[str, Any] = {
         "content": {"parts": [{"text": text}], "role": "model"},
         "index": 0,
@@ -574,11 +772,12 @@ def _gemini_chunk(model: str, text: str, prompt_tokens: int, *, final: bool) -> 
     }
     if final:
         candidate["finishReason"] = "STOP"
-        chunk["usageMetadata"] = {
-            "promptTokenCount": prompt_tokens,
-            "candidatesTokenCount": 15,
-            "totalTokenCount": prompt_tokens + 15,
-        }
+        usage: dict[str, int] = {"promptTokenCount": prompt.input_tokens}
+        if prompt.cached_tokens > 0:
+            usage["cachedContentTokenCount"] = prompt.cached_tokens
+        usage["candidatesTokenCount"] = 15
+        usage["totalTokenCount"] = prompt.input_tokens + 15
+        chunk["usageMetadata"] = usage
     return chunk
 
 
@@ -602,6 +801,10 @@ class FakeProvider:
         close_after_events: Drop the connection of a streaming generation call after this
             many SSE events (preamble included).
         log_path: Also append every log entry as a JSON line to this file.
+        prompt_cache: Simulate the provider's prompt cache (module docstring); ``False``:
+            nothing is ever cached, token counts are unchanged.
+        uncached_token_delay_ms: Added to the first-token delay per uncached input token
+            of the request (ms per token).
     """
 
     def __init__(  # noqa: D107 - documented on the class
@@ -617,6 +820,8 @@ class FakeProvider:
         fault_count: int | None = None,
         close_after_events: int | None = None,
         log_path: Path | None = None,
+        prompt_cache: bool = True,
+        uncached_token_delay_ms: float = 0.0,
     ) -> None:
         self.first_token_delay_ms = first_token_delay_ms
         self.resumed_extra_delay_ms = resumed_extra_delay_ms
@@ -625,6 +830,8 @@ class FakeProvider:
         self.fault_status = fault_status
         self.retry_after_s = retry_after_s
         self.close_after_events = close_after_events
+        self.prompt_cache = prompt_cache
+        self.uncached_token_delay_ms = uncached_token_delay_ms
         self._faults_left = fault_count
         self._port = port
         self._log_path = log_path
@@ -633,6 +840,10 @@ class FakeProvider:
         self._changed = threading.Condition(self._lock)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # Per API: the prefix keys of the last CACHE_MEMORY remembered requests, and how
+        # many of those requests hold each key.
+        self._cache_requests: dict[Api, deque[list[bytes]]] = {}
+        self._cache_keys: dict[bytes, int] = {}
 
     _LOG_KEYS: ClassVar[tuple[str, ...]] = (
         "api",
@@ -646,6 +857,14 @@ class FakeProvider:
         "first_token_ns",
         "end_ns",
         "status",
+        "request_bytes",
+        "input_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "uncached_tokens",
+        "cached_sections",
+        "first_uncached_section",
+        "added_delay_ms",
     )
 
     @property
@@ -738,6 +957,33 @@ class FakeProvider:
                 self._faults_left -= 1
             return self.fault_status, self.retry_after_s
 
+    def _prompt(self, api: Api, model: str, body: dict[str, Any], *, remember: bool) -> _Prompt:
+        """Cut ``body`` into sections and look its prefix up in the prompt cache.
+
+        The lookup and the remembering are one step, so concurrent requests see each
+        other in some order.
+        """
+        sections = _prompt_sections(api, body)
+        marked = _has_cache_control(body)
+        if not self.prompt_cache:
+            return _Prompt(sections, 0, marked)
+        keys = _prefix_keys(api, model, sections)
+        with self._lock:
+            cached = 0
+            while cached < len(keys) and keys[cached] in self._cache_keys:
+                cached += 1
+            if remember:
+                requests = self._cache_requests.setdefault(api, deque())
+                if len(requests) >= CACHE_MEMORY:
+                    for key in requests.popleft():
+                        self._cache_keys[key] -= 1
+                        if not self._cache_keys[key]:
+                            del self._cache_keys[key]
+                requests.append(keys)
+                for key in keys:
+                    self._cache_keys[key] = self._cache_keys.get(key, 0) + 1
+        return _Prompt(sections, cached, marked)
+
     def _record(self, entry: LogEntry) -> None:
         clean = {k: entry.get(k) for k in self._LOG_KEYS}
         with self._changed:
@@ -761,6 +1007,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fault-count", type=int, default=None)
     parser.add_argument("--close-after-events", type=int, default=None)
     parser.add_argument("--log", type=Path, default=None, help="append JSON lines here")
+    parser.add_argument(
+        "--no-prompt-cache",
+        dest="prompt_cache",
+        action="store_false",
+        help="cache nothing (every input token is uncached)",
+    )
+    parser.add_argument(
+        "--uncached-token-delay-ms",
+        type=float,
+        default=0.0,
+        help="extra first-token delay per uncached input token (ms)",
+    )
     return parser.parse_args(argv)
 
 
@@ -789,6 +1047,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_count=args.fault_count,
         close_after_events=args.close_after_events,
         log_path=args.log,
+        prompt_cache=args.prompt_cache,
+        uncached_token_delay_ms=args.uncached_token_delay_ms,
     )
     with provider:
         sys.stdout.write(f"READY {provider.url}\n")
