@@ -31,6 +31,7 @@ from ttft_probe.observer import (
     ProviderFirstContent,
     ProviderObserver,
     ProviderRequest,
+    ProviderRequestBody,
     ProviderResponseEnd,
     _ContentDetector,
     _Link,
@@ -49,19 +50,27 @@ HOP_BY_HOP = {"date", "connection", "keep-alive", "transfer-encoding"}
 # --- helpers ------------------------------------------------------------------------------
 
 
+Timing = ProviderRequest | ProviderFirstContent | ProviderResponseEnd
+"""The observer's timing events (its body reports come from another thread)."""
+
+
 class Recorder:
     """Collects observer events from the proxy thread; every wait is bounded."""
 
     def __init__(self) -> None:
-        self.events: list[ObserverEvent] = []
+        self.events: list[Timing] = []
+        self.bodies: list[ProviderRequestBody] = []  # from the reader thread: kept apart
         self._cond = threading.Condition()
 
     def __call__(self, event: ObserverEvent) -> None:
         with self._cond:
-            self.events.append(event)
+            if isinstance(event, ProviderRequestBody):
+                self.bodies.append(event)
+            else:
+                self.events.append(event)
             self._cond.notify_all()
 
-    def wait_ends(self, count: int, timeout_s: float = TIMEOUT_S) -> list[ObserverEvent]:
+    def wait_ends(self, count: int, timeout_s: float = TIMEOUT_S) -> list[Timing]:
         """Wait until ``count`` ProviderResponseEnd events arrived; return all events."""
 
         def done() -> bool:
@@ -71,7 +80,7 @@ class Recorder:
             assert self._cond.wait_for(done, timeout=timeout_s), self.events
             return list(self.events)
 
-    def of(self, request_id: int) -> list[ObserverEvent]:
+    def of(self, request_id: int) -> list[Timing]:
         with self._cond:
             return [e for e in self.events if e.request_id == request_id]
 
@@ -152,6 +161,9 @@ class FakeProviderProcess:
                 str(first_token_delay_ms),
                 "--log",
                 str(self.log_path),
+                # Tests here send one request directly and again through the observer and
+                # compare the answers: a prompt cache would report the second as cached.
+                "--no-prompt-cache",
             ],
             stdout=subprocess.PIPE,
         )
@@ -587,7 +599,7 @@ def _truncated(url: str, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
 def test_upstream_close_mid_stream_truncates_the_agent_too(api: str) -> None:
     rec = Recorder()
     path, body = API_CALLS[api]
-    with FakeProvider(first_token_delay_ms=0, close_after_events=5) as fp:
+    with FakeProvider(first_token_delay_ms=0, close_after_events=5, prompt_cache=False) as fp:
         direct = _truncated(fp.url, path, body)
         with ProviderObserver(fp.url, rec) as obs:
             proxied = _truncated(obs.url, path, body)
@@ -807,7 +819,7 @@ def test_no_body_header_or_key_reaches_the_logs(caplog: pytest.LogCaptureFixture
     path, body = API_CALLS["anthropic"]
     planted = {**body, "messages": [{"role": "user", "content": secret}]}
     headers = {"x-api-key": secret, f"X-{secret}": "name-is-secret"}
-    with FakeProvider(first_token_delay_ms=0, close_after_events=4) as fp:
+    with FakeProvider(first_token_delay_ms=0, close_after_events=4, prompt_cache=False) as fp:
         with ProviderObserver(fp.url, rec) as obs:
             with pytest.raises(http.client.IncompleteRead):
                 _request(obs.url, "POST", path + f"?k={secret}", planted, headers=headers)
@@ -916,7 +928,9 @@ def test_a_raising_callback_is_logged_once_and_forwarding_goes_on(
             assert status == 200
             assert b"message_stop" in body
         conn.close()
-    assert len(calls) == 6
+    # Three timing events per request, and each body read after it was forwarded.
+    assert len([e for e in calls if not isinstance(e, ProviderRequestBody)]) == 6
+    assert len([e for e in calls if isinstance(e, ProviderRequestBody)]) == 2
     assert len([r for r in caplog.records if "on_event" in r.getMessage()]) == 1
 
 

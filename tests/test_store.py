@@ -114,4 +114,4 @@ def test_a_version_3_store_gains_the_content_column_and_delivers_its_pending_run
     store = Store(path)
     assert store.claim("langfuse", 10, lease_s=60, now=1.0) == [(old, None, None)]
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
-    assert version == (SCHEMA_VERSION,) == (4,)
+    assert version == (SCHEMA_VERSION,) == (5,)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ttft_probe.record import RunRecord
     from ttft_probe.sinks.outbox import Deliverer, DetachedFlush, SinkSpec
     from ttft_probe.sinks.store import Store
+    from ttft_probe.waterfall import Section
 
 __all__ = ["DETACHED", "Recorder"]
 
@@ -135,7 +136,7 @@ class Recorder:
             run = self._queue.get()
             if run is None:
                 return
-            result = run.build(self._history)  # never raises
+            result = run.build(self._history, self._prefixes)  # never raises
             run = None  # hold no run (nor its tracker) while waiting for the next
             with self._cond:
                 if result is None:  # lost: nothing to write
@@ -177,11 +178,27 @@ class Recorder:
             self._cond.wait_for(lambda: self._unwritten == 0)
         return self._open().session_history(session_id)
 
+    def _prefixes(self, conversation_id: str) -> tuple[bytes, tuple[Section, ...] | None]:
+        """The store's salt and the conversation's latest prefix, once earlier runs are written.
+
+        Builder thread; may block. Raises when there is no store (the builder then keeps
+        prefixes in memory).
+        """
+        if self._open_store is None:
+            raise LookupError("no store")
+        with self._cond:
+            self._cond.wait_for(lambda: self._unwritten == 0)
+        store = self._open()
+        return store.salt(), store.prefix(conversation_id)
+
     def _write(self, result: RunResult) -> None:
         if self._open_store is not None:
             try:
                 sinks = [spec.name for spec in self._specs if spec.wants(result)]
-                self._open().add(result.record, result.times, sinks, result.content)
+                self._open().add(
+                    result.record, result.times, sinks, result.content,
+                    requests=result.requests, prefix=result.prefix,
+                )  # fmt: skip
                 self.start_delivery()
                 if self._deliverer is not None:
                     self._deliverer.kick()

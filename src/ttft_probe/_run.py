@@ -15,30 +15,34 @@ from __future__ import annotations
 
 import collections
 import logging
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from ttft_probe._clock import monotonic_ns
 from ttft_probe.adapters._base import Adapter, Event, LineSplitter
-from ttft_probe.record import MarkerTimes, ObserverStatus, RunRecord
+from ttft_probe.record import MarkerTimes, ObserverStatus, PrefixStatus, RunRecord
 from ttft_probe.turns import ClosedTurn, ExitInfo, TurnAssembler
+from ttft_probe.waterfall import ModelRequest, RequestKind, Section, compare_prefix, salted
 
 if TYPE_CHECKING:
     from ttft_probe._clock import WallAnchor
     from ttft_probe.agents import ResolvedAgent
     from ttft_probe.content import CapturedContent
     from ttft_probe.telemetry import RunSpan, Telemetry
+    from ttft_probe.waterfall import RequestUsage
 
 __all__ = [
     "CallerContext",
     "ExitInfo",
     "History",
     "PendingRun",
+    "Prefixes",
     "ProcessTracker",
     "RunBuilder",
     "RunResult",
@@ -48,6 +52,9 @@ _log = logging.getLogger("ttft_probe")
 
 History = Callable[[str], tuple[int, str | None]]
 """Looks up a session's earlier stored runs: ``(count, conversation_id)``; may block."""
+Prefixes = Callable[[str], tuple[bytes, tuple["Section", ...] | None]]
+"""Looks up a conversation's latest stored prompt prefix: ``(salt, salted digests | None)``;
+may block."""
 
 
 @attrs.frozen
@@ -70,6 +77,11 @@ class RunResult:
     sent by the durable OTLP sink (an application's provider exports its own)."""
     content: CapturedContent | None = None
     """The run's prompt and answer text; only with the opt-in content capture."""
+    requests: tuple[ModelRequest, ...] | None = None
+    """The run's model requests (the waterfall); only with the provider observer."""
+    prefix: tuple[str, tuple[Section, ...]] | None = attrs.field(default=None, repr=False)
+    """``(conversation_id, salted section digests)`` of the run's first generation request,
+    the conversation's prefix for its next turn."""
 
 
 @attrs.define
@@ -125,14 +137,24 @@ class RunBuilder:
         self._request_driven = request_driven
         self._prompt_first = prompt_first
         self._history_cache: tuple[int, str | None] | None = None
+        self._prefixes: dict[str, tuple[Section, ...]] = {}  # this process's latest, salted
+        self._salt: bytes | None = None
 
-    def build(self, turn: ClosedTurn, span: RunSpan | None, history: History | None) -> RunResult:
+    def build(
+        self,
+        turn: ClosedTurn,
+        span: RunSpan | None,
+        history: History | None,
+        prefixes: Prefixes | None = None,
+    ) -> RunResult:
         """The run of ``turn``: identity, record, then its spans finished.
 
-        ``history`` is asked only for a resumed session (it may block: call this from the
-        recorder thread, after the process's earlier runs were stored).
+        ``history`` is asked only for a resumed session, ``prefixes`` only with the observer
+        for a conversation this process has no earlier turn of (both may block: call this
+        from the recorder thread, after the process's earlier runs were stored).
         """
         who = self.identity(turn, history)
+        cache, prefix = self._cache_fields(turn, who.conversation_id, prefixes)
         usage = turn.usage
         reported = turn.reported
         record = RunRecord(
@@ -165,6 +187,7 @@ class RunBuilder:
             observer_error=self.observer_error,
             provider_first_byte_ms=turn.provider_first_byte_ms,
             cli_forward_ms=turn.cli_forward_ms,
+            **cache,
             trace_id=span.trace_id_hex if span else None,
             span_id=span.span_id_hex if span else None,
             parent_span_id=span.parent_span_id_hex if span else None,
@@ -176,12 +199,73 @@ class RunBuilder:
                 span.finish(record, turn.times, content=turn.content)
             except Exception:  # noqa: BLE001 - telemetry never reaches the run
                 _log.warning("could not finish the run span", exc_info=True)
+        observed = self.observer is ObserverStatus.ON
         return RunResult(
             record=record,
             times=turn.times,
             needs_span_delivery=span is not None and span.needs_delivery,
             content=turn.content,
+            requests=turn.requests if observed else None,
+            prefix=prefix,
         )
+
+    def _cache_fields(
+        self, turn: ClosedTurn, conversation_id: str | None, prefixes: Prefixes | None
+    ) -> tuple[dict[str, Any], tuple[str, tuple[Section, ...]] | None]:
+        """The record's request and prompt-cache fields (DESIGN §10), and the prefix to keep.
+
+        All ``None`` without the observer. The turn's first generation request is the first
+        ``generation`` of its waterfall (side calls never are).
+        """
+        if self.observer is not ObserverStatus.ON:
+            return {}, None
+        requests = turn.requests
+        first = next((r for r in requests if r.kind is RequestKind.GENERATION), None)
+        usage = first.usage if first is not None else None
+        fields: dict[str, Any] = {
+            "model_request_count": len(requests),
+            "first_request_bytes": first.request_bytes if first is not None else None,
+        }
+        if usage is not None:
+            fields |= {
+                "first_request_input_tokens": usage.input_tokens,
+                "first_request_cache_read_tokens": usage.cache_read_tokens,
+                "first_request_cache_write_tokens": usage.cache_write_tokens,
+                "first_request_uncached_tokens": usage.uncached_tokens,
+            }
+        if first is None or first.sections is None:
+            return fields | {"prefix_status": PrefixStatus.UNAVAILABLE}, None
+        if conversation_id is None:
+            return fields | {"prefix_status": PrefixStatus.NO_PREVIOUS}, None
+        salt, previous = self._previous_prefix(conversation_id, prefixes)
+        current = salted(first.sections, salt)
+        check = compare_prefix(previous, current)
+        self._prefixes[conversation_id] = current
+        fields |= {
+            "prefix_status": check.status,
+            "prefix_break": check.first_break,
+            "prefix_reused_bytes": check.reused_bytes,
+        }
+        return fields, (conversation_id, current)
+
+    def _previous_prefix(
+        self, conversation_id: str, prefixes: Prefixes | None
+    ) -> tuple[bytes, tuple[Section, ...] | None]:
+        """The salt and the conversation's previous prefix: this process's, else the store's.
+
+        Without a store the salt is made here, and turns compare within this process only.
+        """
+        known = self._prefixes.get(conversation_id)
+        stored = None
+        if prefixes is not None and (self._salt is None or known is None):
+            try:
+                salt, stored = prefixes(conversation_id)
+            except Exception:  # noqa: BLE001 - the store is advisory here
+                salt = None
+            self._salt = self._salt or salt
+        if self._salt is None:
+            self._salt = secrets.token_bytes(32)
+        return self._salt, known if known is not None else stored
 
     def identity(self, turn: ClosedTurn, history: History | None) -> _Identity:
         """conversation_id, session_id, turn_ordinal and session_resumed of a turn."""
@@ -252,14 +336,16 @@ class PendingRun:
     settled: bool = attrs.field(default=False, init=False)
     """Whether it was handed back to its process (built or not)."""
 
-    def build(self, history: History | None) -> RunResult | None:
+    def build(
+        self, history: History | None, prefixes: Prefixes | None = None
+    ) -> RunResult | None:
         """Build the run (see :meth:`RunBuilder.build`) and hand it to its tracker.
 
         Returns ``None`` (logged) if building failed; the tracker still counts it settled.
         """
         result: RunResult | None = None
         try:
-            result = self.builder.build(self.turn, self.span, history)
+            result = self.builder.build(self.turn, self.span, history, prefixes)
         except Exception:  # noqa: BLE001 - a faulty build loses this record, not the run
             _log.warning("could not build the run's record", exc_info=True)
         self.settled = True
@@ -435,25 +521,65 @@ class ProcessTracker:
         self._builder.observer = status
         self._builder.observer_error = error
 
-    def provider_request(self, request_id: int, t_ns: int, *, generation: bool) -> None:
+    def provider_request(
+        self,
+        request_id: int,
+        t_ns: int,
+        *,
+        generation: bool,
+        api: str = "other",
+        kind: RequestKind | None = None,
+    ) -> None:
         """The observer saw a request reach the provider at ``t_ns`` (monotonic ns).
 
-        Only generation requests count (:meth:`TurnAssembler.provider_request`); when one
-        is a turn's ``sessionInitDone``, the adapter hears of it too.
+        Every request joins its turn's waterfall; a generation request may be the turn's
+        ``sessionInitDone`` (:meth:`TurnAssembler.provider_request`), which the adapter
+        then hears of too.
         """
-        if not generation:
-            return
+        if kind is None:
+            kind = RequestKind.GENERATION if generation else RequestKind.OTHER
         with self._lock:
-            if self._assembler.provider_request(request_id, t_ns):
-                adapter = self._adapter
-                if adapter is not None:
-                    self._guarded(adapter.model_request, t_ns)
+            init = self._assembler.provider_request(
+                request_id, t_ns, generation=generation, api=api, kind=kind
+            )
+            if init and self._adapter is not None:
+                self._guarded(self._adapter.model_request, t_ns)
         self._hand_over()
 
     def provider_first_content(self, request_id: int, t_ns: int) -> None:
         """The upstream's first content byte for ``request_id`` arrived at ``t_ns``."""
         with self._lock:
             self._assembler.provider_first_content(request_id, t_ns)
+
+    def provider_body(
+        self,
+        request_id: int,
+        *,
+        kind: RequestKind,
+        model: str | None,
+        has_tools: bool,
+        sections: tuple[Section, ...] | None,
+    ) -> None:
+        """What a forwarded request's body said (an observer ``ProviderRequestBody``)."""
+        with self._lock:
+            self._assembler.provider_body(
+                request_id, kind=kind, model=model, has_tools=has_tools, sections=sections
+            )
+
+    def provider_end(
+        self,
+        request_id: int,
+        t_ns: int,
+        *,
+        status: int | None,
+        request_bytes: int | None = None,
+        usage: RequestUsage | None = None,
+    ) -> None:
+        """A request's exchange ended at ``t_ns`` (status, body size, reported usage)."""
+        with self._lock:
+            self._assembler.provider_end(
+                request_id, t_ns, status=status, request_bytes=request_bytes, usage=usage
+            )
 
     def on_stderr(self, t_ns: int) -> None:
         """The agent wrote to stderr at ``t_ns`` (only the first write is recorded)."""

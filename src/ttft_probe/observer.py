@@ -77,9 +77,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
+import queue
 import re
 import socket
 import ssl
@@ -96,6 +98,14 @@ import h11
 from ttft_probe._clock import monotonic_ns
 from ttft_probe._logonce import LogOnce
 from ttft_probe.errors import ConfigError, TtftProbeError
+from ttft_probe.waterfall import (
+    RequestKind,
+    RequestUsage,
+    Section,
+    merge_usage,
+    request_sections,
+    usage_from_payload,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -107,6 +117,7 @@ __all__ = [
     "ProviderFirstContent",
     "ProviderObserver",
     "ProviderRequest",
+    "ProviderRequestBody",
     "ProviderResponseEnd",
     "classify_request",
     "is_loopback_peer",
@@ -139,6 +150,9 @@ class ProviderRequest:
     t_ns: int
     api: Api = attrs.field(validator=attrs.validators.in_(_APIS))
     generation: bool
+    kind: RequestKind = RequestKind.OTHER
+    """What the request is for, by method and path (a POST body may refine it:
+    :class:`ProviderRequestBody`)."""
 
 
 @attrs.frozen
@@ -164,19 +178,48 @@ class ProviderResponseEnd:
         t_ns: Monotonic ns when the end was read (or the failure noticed).
         status: The upstream's HTTP status; ``None`` if the upstream failed (or could not
             be reached) before sending one.
+        request_bytes: The request body's size in bytes, as the agent sent it.
+        usage: The token usage a 2xx generation response reported (DESIGN §10), ``None``
+            when it reported none.
     """
 
     request_id: int = attrs.field(validator=attrs.validators.gt(0))
     t_ns: int
     status: int | None
+    request_bytes: int = 0
+    usage: RequestUsage | None = None
 
 
-ObserverEvent = ProviderRequest | ProviderFirstContent | ProviderResponseEnd
+@attrs.frozen
+class ProviderRequestBody:
+    """What a request's body says, read after the request was forwarded (POST bodies only).
+
+    Attributes:
+        request_id: The :class:`ProviderRequest` whose body this is.
+        kind: What the request is for (:class:`~ttft_probe.waterfall.RequestKind`), now that
+            the body is known (``quota``, ``prewarm``, ``routing`` …).
+        model: The model the body asks for.
+        has_tools: The body offers the model tools.
+        sections: The body's section digests in its provider's cache order
+            (:func:`~ttft_probe.waterfall.request_sections`); ``None`` when the body could
+            not be read (too large, an undecodable encoding, not JSON). Digests only: no
+            text leaves the observer.
+    """
+
+    request_id: int = attrs.field(validator=attrs.validators.gt(0))
+    kind: RequestKind
+    model: str | None = None
+    has_tools: bool = False
+    sections: tuple[Section, ...] | None = attrs.field(default=None, repr=False)
+
+
+ObserverEvent = ProviderRequest | ProviderFirstContent | ProviderResponseEnd | ProviderRequestBody
 """Everything ``on_event`` is called with."""
 
 # --- classification -------------------------------------------------------------------
 
 _GEMINI_PATH = re.compile(r"/models/[^/:]+:(?P<method>[A-Za-z]+)$")
+_GEMINI_MODEL = re.compile(r"/models/(?P<model>[^/:]+):[A-Za-z]+$")
 _GEMINI_GENERATE = frozenset({"generateContent", "streamGenerateContent"})
 _OPENAI_GENERATE = ("/responses", "/chat/completions", "/completions")
 _OPENAI_OTHER = re.compile(r"/(?:models(?:/[^/:]+)?|embeddings|responses/[^/]+)$")
@@ -209,6 +252,66 @@ def classify_request(method: str, path: str) -> tuple[Api, bool | None]:
     if _OPENAI_OTHER.search(path):
         return "openai", False
     return "other", False
+
+
+def _request_kind(method: str, path: str, *, generation: bool | None) -> RequestKind:
+    """What a request is for, by method and path (its body may refine a generation)."""
+    if method.upper() == "HEAD":
+        return RequestKind.HEAD
+    if generation is None or generation:
+        return RequestKind.GENERATION  # a Gemini generate call's body may make it routing
+    path = path.split("?", 1)[0].rstrip("/")
+    if path.endswith(("/count_tokens", ":countTokens")):
+        return RequestKind.COUNT_TOKENS
+    return RequestKind.OTHER
+
+
+_MAX_BODY: Final = 32 << 20
+"""Largest request body kept (bytes) to read its sections after it was forwarded."""
+_MAX_TOKEN_KEYS: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
+
+
+def analyze_body(  # noqa: PLR0917 - called with a job's arguments, in order
+    request_id: int,
+    api: Api,
+    kind: RequestKind,
+    body: bytes | None,
+    encoding: bytes,
+    model: str | None = None,
+) -> ProviderRequestBody:
+    """Read a forwarded request body: its model, tools, refined kind and section digests.
+
+    ``body`` is the body as sent (``None`` when it was too large to keep); ``encoding`` its
+    ``Content-Encoding``. Never raises: a body that cannot be read has no sections.
+    """
+    obj: object = None
+    if body is not None:
+        try:
+            decoder = _Decoder.for_encoding(encoding)
+            raw = body if decoder is None else decoder.decode(body)
+            obj = json.loads(raw) if raw else None
+        except (ValueError, zlib.error, RecursionError):
+            obj = None
+    if not isinstance(obj, dict):
+        return ProviderRequestBody(request_id, kind, model)
+    name = obj.get("model")
+    model = name if isinstance(name, str) and name else model
+    if kind is RequestKind.GENERATION:
+        limit = next((obj[k] for k in _MAX_TOKEN_KEYS if isinstance(obj.get(k), int)), None)
+        config = obj.get("generationConfig")
+        if limit is None and isinstance(config, dict):
+            limit = config.get("maxOutputTokens")
+        if obj.get("generate") is False:
+            kind = RequestKind.PREWARM
+        elif isinstance(limit, int) and not isinstance(limit, bool) and limit <= 1:
+            kind = RequestKind.QUOTA
+    sections = None
+    if kind is RequestKind.GENERATION:
+        try:
+            sections = request_sections(api, obj)
+        except (ValueError, TypeError, RecursionError):
+            sections = None
+    return ProviderRequestBody(request_id, kind, model, bool(obj.get("tools")), sections)
 
 
 # A JSON key can only appear unescaped as a key: inside a JSON string a quote is escaped.
@@ -428,6 +531,92 @@ class _ContentDetector:
         return False
 
 
+_USAGE_NEEDLE: Final = b"sage"  # "usage", "usageMetadata": only such events are decoded
+_MAX_JSON_BODY: Final = 4 << 20
+
+
+class _UsageReader:
+    """Sans-I/O: fed a 2xx generation response body (de-chunked), gathers its token usage.
+
+    SSE bodies are split into events and only those holding ``usage``/``usageMetadata``
+    are decoded (:func:`~ttft_probe.waterfall.usage_from_payload`); a JSON body is kept (up
+    to 4 MiB) and read at the end. Never raises; an undecodable body reports no usage.
+    """
+
+    __slots__ = ("_api", "_buf", "_decoder", "_disabled", "_sse", "_usage")
+
+    def __init__(self, api: Api, *, sse: bool, content_encoding: bytes) -> None:
+        self._api = api
+        self._sse = sse
+        self._buf = bytearray()
+        self._usage: RequestUsage | None = None
+        self._disabled = False
+        try:
+            self._decoder = _Decoder.for_encoding(content_encoding)
+        except ValueError:
+            self._decoder = None
+            self._disabled = True
+
+    def feed(self, data: bytes) -> None:
+        """Feed body bytes as they were forwarded."""
+        if self._disabled or not data:
+            return
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decode(data)
+            except zlib.error:
+                self._disabled = True
+                return
+        buf = self._buf
+        if not self._sse:
+            if len(buf) + len(data) > _MAX_JSON_BODY:
+                self._disabled = True
+                self._buf = bytearray()
+                return
+            buf += data
+            return
+        start = max(0, len(buf) - 3)
+        buf += data
+        end = 0
+        while True:
+            boundary = _SSE_BOUNDARY.search(buf, start)
+            if boundary is None:
+                break
+            block = bytes(buf[end : boundary.start()])
+            if _USAGE_NEEDLE in block:
+                self._read_event(block)
+            end = start = boundary.end()
+        del buf[:end]
+        if len(buf) > _MAX_SSE_EVENT:
+            self._disabled = True
+            self._buf = bytearray()
+
+    def _read_event(self, block: bytes) -> None:
+        lines = block.splitlines()
+        data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+        if data:
+            self._add(b"\n".join(data))
+
+    def _add(self, raw: bytes | bytearray) -> None:
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError):
+            return
+        self._usage = merge_usage(self._usage, usage_from_payload(self._api, payload))
+
+    def result(self) -> RequestUsage | None:
+        """The usage gathered so far (the whole body's, once it ended)."""
+        if self._disabled:
+            return self._usage
+        if self._sse and self._buf.strip():
+            self._read_event(bytes(self._buf))  # a last event without its blank line
+        elif not self._sse and self._buf:
+            self._add(self._buf)
+        self._buf = bytearray()
+        self._disabled = True
+        return self._usage
+
+
 # --- peers and logging ------------------------------------------------------------------
 
 
@@ -485,14 +674,20 @@ class _Exchange:
 
     __slots__ = (
         "api",
+        "body",
+        "body_bytes",
         "detector",
+        "encoding",
         "ended",
         "generation",
+        "kind",
+        "model",
         "reported",
         "request_id",
         "sniffer",
         "status",
         "t_ns",
+        "usage",
     )
 
     def __init__(self, request_id: int, t_ns: int, api: Api, *, generation: bool | None) -> None:
@@ -500,11 +695,17 @@ class _Exchange:
         self.t_ns = t_ns
         self.api: Api = api
         self.generation = generation
+        self.kind = RequestKind.OTHER
         self.sniffer: _GeminiSniffer | None = None
         self.reported = False
         self.status: int | None = None
         self.detector: _ContentDetector | None = None
+        self.usage: _UsageReader | None = None
         self.ended = False
+        self.body: bytearray | None = None  # kept to be read after it was forwarded
+        self.body_bytes = 0
+        self.encoding = b""
+        self.model: str | None = None
 
 
 class _Parked(asyncio.Protocol):
@@ -597,7 +798,8 @@ class _Link(asyncio.Protocol):
         self._closing = False  # an error answer was sent; close once the request is read
         self._closed = False
         self._batch: list[bytes] | None = None  # upstream writes of one agent read
-        self._deferred: list[ObserverEvent] | None = None  # reports held until they are sent
+        # Reports (and body reads) held until the agent's bytes were forwarded.
+        self._deferred: list[ObserverEvent | Callable[[], None]] | None = None
         self._connect_task: asyncio.Task[None] | None = None
 
     # --- agent side -----------------------------------------------------------------
@@ -681,7 +883,7 @@ class _Link(asyncio.Protocol):
         if self._batch is not None:
             return  # re-entered through a cycle: the running loop picks the events up
         batch: list[bytes] = []
-        deferred: list[ObserverEvent] = []
+        deferred: list[ObserverEvent | Callable[[], None]] = []
         self._batch, self._deferred = batch, deferred
         try:
             self._agent_event_loop(t_ns)
@@ -690,10 +892,14 @@ class _Link(asyncio.Protocol):
             self._deferred = None
             if batch:
                 self._up_write(b"".join(batch))
-            for event in deferred:
-                self._obs._emit(event)  # noqa: SLF001
+            for item in deferred:  # in order: a body is read only after its head was reported
+                if isinstance(item, ProviderRequest | ProviderFirstContent | ProviderResponseEnd
+                              | ProviderRequestBody):  # fmt: skip
+                    self._obs._emit(item)  # noqa: SLF001
+                else:
+                    item()
 
-    def _agent_event_loop(self, t_ns: int) -> None:  # noqa: C901 - one branch per event
+    def _agent_event_loop(self, t_ns: int) -> None:
         while not self._closed and not self._tunnel:
             try:
                 event = self._agent_h11.next_event()  # re-read: a cycle replaces it
@@ -708,17 +914,30 @@ class _Link(asyncio.Protocol):
             if isinstance(event, h11.Request):
                 self._request_head(event, t_ns)
             elif isinstance(event, h11.Data):
-                exchange = self._exchange
-                if exchange is not None and exchange.sniffer is not None:
-                    self._sniff(exchange, event.data)
-                if not self._closing:
-                    self._up_send(h11.Data(data=event.data))
+                self._request_data(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 self._request_end(event)
             elif isinstance(event, h11.ConnectionClosed):
                 if self._exchange is None or self._closing:
                     self._close(abort_upstream=False)
                 return
+
+    def _request_data(self, data: bytes) -> None:
+        """Forward a piece of the request body, then keep it to read (bounded)."""
+        exchange = self._exchange
+        if exchange is not None and exchange.sniffer is not None:
+            self._sniff(exchange, data)
+        if not self._closing:
+            self._up_send(h11.Data(data=data))
+        if exchange is None:
+            return
+        exchange.body_bytes += len(data)
+        body = exchange.body
+        if body is not None:
+            if len(body) + len(data) > _MAX_BODY:
+                exchange.body = None  # too large to read: no sections
+            else:
+                body += data
 
     def _agent_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         logger.debug("observer: malformed request from the agent (%s)", type(exc).__name__)
@@ -738,6 +957,15 @@ class _Link(asyncio.Protocol):
             event.method.decode("ascii", "replace"), event.target.decode("ascii", "replace")
         )
         exchange = _Exchange(obs._last_id, t_ns, api, generation=generation)  # noqa: SLF001
+        target = event.target.decode("ascii", "replace")
+        exchange.kind = _request_kind(
+            event.method.decode("ascii", "replace"), target, generation=generation
+        )
+        if exchange.kind is RequestKind.GENERATION:
+            exchange.body = bytearray()
+            exchange.encoding = _header(event.headers, b"content-encoding")
+            gemini = _GEMINI_MODEL.search(target.split("?", 1)[0])
+            exchange.model = gemini["model"] if gemini is not None else None
         self._exchange = exchange
         if generation is None:
             try:
@@ -773,6 +1001,18 @@ class _Link(asyncio.Protocol):
         exchange = self._exchange
         if exchange is not None and not exchange.reported:
             self._report_request(exchange)
+        if exchange is not None and exchange.kind is RequestKind.GENERATION:
+            body, exchange.body = exchange.body, None
+            job = functools.partial(
+                self._obs._read_body,  # noqa: SLF001
+                analyze_body, exchange.request_id, exchange.api, exchange.kind,
+                None if body is None else bytes(body), exchange.encoding, exchange.model,
+            )  # fmt: skip
+            # Read once forwarded (and reported), on the observer's reader thread.
+            if self._deferred is not None:
+                self._deferred.append(job)
+            else:
+                job()
         self._maybe_cycle()
 
     def _report_request(self, exchange: _Exchange) -> None:
@@ -781,6 +1021,8 @@ class _Link(asyncio.Protocol):
         if exchange.sniffer is not None:
             exchange.generation = not exchange.sniffer.is_utility()
             exchange.sniffer = None
+            if not exchange.generation:
+                exchange.kind = RequestKind.ROUTING
         exchange.reported = True
         self._emit(
             ProviderRequest(
@@ -788,6 +1030,7 @@ class _Link(asyncio.Protocol):
                 t_ns=exchange.t_ns,
                 api=exchange.api,
                 generation=bool(exchange.generation),
+                kind=exchange.kind,
             )
         )
 
@@ -918,6 +1161,8 @@ class _Link(asyncio.Protocol):
                 if detector is not None and detector.feed(event.data):
                     exchange.detector = None
                     self._emit(ProviderFirstContent(request_id=exchange.request_id, t_ns=t_ns))
+                if exchange.usage is not None:
+                    exchange.usage.feed(event.data)
             elif isinstance(event, h11.Response):
                 self._response_head(exchange, event)
             elif isinstance(event, h11.EndOfMessage):
@@ -930,20 +1175,27 @@ class _Link(asyncio.Protocol):
             self._report_request(exchange)
         if exchange.generation and 200 <= event.status_code < 300:
             content_type = _header(event.headers, b"content-type").lower()
-            exchange.detector = _ContentDetector(
-                sse=content_type.startswith(b"text/event-stream"),
-                content_encoding=_header(event.headers, b"content-encoding"),
-            )
+            sse = content_type.startswith(b"text/event-stream")
+            encoding = _header(event.headers, b"content-encoding")
+            exchange.detector = _ContentDetector(sse=sse, content_encoding=encoding)
+            exchange.usage = _UsageReader(exchange.api, sse=sse, content_encoding=encoding)
 
     def _end(self, exchange: _Exchange, t_ns: int) -> None:
         if exchange.ended:
             return
         exchange.ended = True
         exchange.detector = None
+        reader, exchange.usage = exchange.usage, None
         if not exchange.reported:
             self._report_request(exchange)
         self._emit(
-            ProviderResponseEnd(request_id=exchange.request_id, t_ns=t_ns, status=exchange.status)
+            ProviderResponseEnd(
+                request_id=exchange.request_id,
+                t_ns=t_ns,
+                status=exchange.status,
+                request_bytes=exchange.body_bytes,
+                usage=None if reader is None else reader.result(),
+            )
         )
 
     def _start_tunnel(self, t_ns: int) -> None:
@@ -1102,6 +1354,10 @@ class ProviderObserver:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._url: str | None = None
+        self._reads: queue.SimpleQueue[Callable[[], ObserverEvent] | None] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        self._unread = 0
+        self._read_cond = threading.Condition()
 
     @property
     def url(self) -> str:
@@ -1165,6 +1421,45 @@ class ProviderObserver:
         thread.join(timeout)
         if thread.is_alive():
             _warn.warning("stop", "observer: the proxy thread did not stop within %s s", timeout)
+        self.drain(timeout)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            self._reads.put(None)
+
+    def drain(self, timeout: float = 1.0) -> bool:
+        """Wait up to ``timeout`` s until every forwarded request body was read and reported.
+
+        Call it before closing a process's runs, so the last request's
+        :class:`ProviderRequestBody` is not missed. ``True`` when nothing is left.
+        """
+        with self._read_cond:
+            return self._read_cond.wait_for(lambda: self._unread == 0, timeout)
+
+    def _read_body(self, read: Callable[..., ObserverEvent], *args: object) -> None:
+        """Run ``read(*args)`` on the reader thread and emit its event (loop thread calls)."""
+        with self._read_cond:
+            self._unread += 1
+            if self._reader is None:
+                self._reader = threading.Thread(
+                    target=self._read_loop, name="ttft-probe-observer-reader", daemon=True
+                )
+                self._reader.start()
+        self._reads.put(lambda: read(*args))
+
+    def _read_loop(self) -> None:
+        while True:
+            job = self._reads.get()
+            if job is None:
+                return
+            try:
+                self._emit(job())
+            except Exception:  # noqa: BLE001 - a body that cannot be read is no fault
+                _warn.warning("read_body", "observer: a request body could not be read")
+            finally:
+                job = None
+                with self._read_cond:
+                    self._unread -= 1
+                    self._read_cond.notify_all()
 
     def __enter__(self) -> Self:
         """Start (see :meth:`start`)."""

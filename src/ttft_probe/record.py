@@ -32,6 +32,7 @@ __all__ = [
     "Marker",
     "MarkerTimes",
     "ObserverStatus",
+    "PrefixStatus",
     "RunRecord",
     "RuntimeFamily",
     "Segments",
@@ -146,6 +147,23 @@ class FirstTokenKind(enum.StrEnum):
 
     TEXT = "text"
     THINKING = "thinking"
+
+
+class PrefixStatus(enum.StrEnum):
+    """How a turn's first generation request compares with the previous turn's (DESIGN §10).
+
+    Section by section in the provider's cache order (:mod:`ttft_probe.waterfall`):
+    ``stable``: every section of the previous request is unchanged at the start of this
+    one (the provider can serve it from its prompt cache). ``broken``: a section changed
+    (``prefix_break`` names the first). ``no_previous``: the conversation has no earlier
+    turn the observer saw. ``unavailable``: the observer was on but saw no generation
+    request body it could read.
+    """
+
+    STABLE = "stable"
+    BROKEN = "broken"
+    NO_PREVIOUS = "no_previous"
+    UNAVAILABLE = "unavailable"
 
 
 @attrs.frozen
@@ -391,6 +409,10 @@ def _kind_or_none(v: str | None) -> FirstTokenKind | None:
     return None if v is None else FirstTokenKind(v)
 
 
+def _prefix_or_none(v: str | None) -> PrefixStatus | None:
+    return None if v is None else PrefixStatus(v)
+
+
 def _observer(v: str) -> ObserverStatus:
     return ObserverStatus(v)
 
@@ -458,6 +480,15 @@ class RunRecord:
     adapter_error: str | None = None
     observer_status: ObserverStatus = attrs.field(default=ObserverStatus.OFF, converter=_observer)
     observer_error: str | None = None
+    model_request_count: int | None = None
+    first_request_input_tokens: int | None = None
+    first_request_cache_read_tokens: int | None = None
+    first_request_cache_write_tokens: int | None = None
+    first_request_uncached_tokens: int | None = None
+    first_request_bytes: int | None = None
+    prefix_status: PrefixStatus | None = attrs.field(default=None, converter=_prefix_or_none)
+    prefix_break: str | None = None
+    prefix_reused_bytes: int | None = None
     trace_id: str | None = None
     span_id: str | None = None
     parent_span_id: str | None = None

@@ -194,6 +194,8 @@ class TrackedProcess:
             t_ns=t_exit, returncode=returncode, cancelled=self.cancelled, timed_out=self.timed_out
         )
         self.exit_info = info
+        if self._observation is not None:
+            self._observation.drain()  # the last request's body belongs to these runs
         self.tracker.on_exit(info)
         if self._observation is not None:
             self._observation.stop()
@@ -1215,12 +1217,35 @@ class _Observation:
 
     @staticmethod
     def _dispatch(tracker: ProcessTracker, event: object) -> None:
-        from ttft_probe.observer import ProviderFirstContent, ProviderRequest  # noqa: PLC0415
+        from ttft_probe.observer import (  # noqa: PLC0415
+            ProviderFirstContent,
+            ProviderRequest,
+            ProviderRequestBody,
+            ProviderResponseEnd,
+        )
 
         if isinstance(event, ProviderRequest):
-            tracker.provider_request(event.request_id, event.t_ns, generation=event.generation)
+            tracker.provider_request(
+                event.request_id, event.t_ns, generation=event.generation, api=event.api,
+                kind=event.kind,
+            )  # fmt: skip
         elif isinstance(event, ProviderFirstContent):
             tracker.provider_first_content(event.request_id, event.t_ns)
+        elif isinstance(event, ProviderRequestBody):
+            tracker.provider_body(
+                event.request_id, kind=event.kind, model=event.model, has_tools=event.has_tools,
+                sections=event.sections,
+            )  # fmt: skip
+        elif isinstance(event, ProviderResponseEnd):
+            tracker.provider_end(
+                event.request_id, event.t_ns, status=event.status,
+                request_bytes=event.request_bytes, usage=event.usage,
+            )  # fmt: skip
+
+    def drain(self) -> None:
+        """Let the observer report the request bodies it is still reading (bounded)."""
+        if self._observer is not None:
+            self._observer.drain(1.0)
 
     def stop(self) -> None:
         if self._observer is not None:

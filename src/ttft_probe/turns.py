@@ -53,9 +53,11 @@ from ttft_probe.record import (
     compute_segments,
     ns_to_ms,
 )
+from ttft_probe.waterfall import ModelRequest, RequestKind
 
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent, ContentBuffer
+    from ttft_probe.waterfall import RequestUsage, Section
 
 __all__ = ["ClosedTurn", "ExitInfo", "SessionFacts", "TurnAssembler"]
 
@@ -125,6 +127,26 @@ class ClosedTurn:
     cli_forward_ms: float | None = None
     session: SessionFacts | None = None
     content: CapturedContent | None = None
+    requests: tuple[ModelRequest, ...] = ()
+    """The turn's model-bound requests in order of arrival (the waterfall; observer only)."""
+
+
+@attrs.define
+class _Request:
+    """A model request being observed (mutable until its turn closes)."""
+
+    request_id: int
+    api: str
+    kind: RequestKind
+    arrival_ns: int
+    model: str | None = None
+    first_content_ns: int | None = None
+    end_ns: int | None = None
+    status: int | None = None
+    request_bytes: int | None = None
+    usage: RequestUsage | None = None
+    has_tools: bool = False
+    sections: tuple[Section, ...] | None = None
 
 
 @attrs.define
@@ -148,6 +170,7 @@ class _Turn:
     reported: AgentReportedTimings | None = None
     # Provider observer: generation request id -> (arrival ns, first content ns | None).
     provider: dict[int, tuple[int, int | None]] = attrs.Factory(dict)
+    requests: dict[int, _Request] = attrs.Factory(dict)  # the waterfall (observer only)
     content: ContentBuffer | None = None  # only with content capture
 
 
@@ -204,6 +227,7 @@ class TurnAssembler:
         self._turns: dict[str | None, _Turn] = {}
         self._queued: list[_Turn] = []  # prompt_first: prompts waiting for the open turn
         self._provider_turn: dict[int, _Turn] = {}
+        self._request_turn: dict[int, _Turn] = {}  # every observed request, until it closes
         self._closed: list[ClosedTurn] = []
         self._exited = False
         self._first = _Turn(start_ns=spawn_ns, process_reused=False)
@@ -258,20 +282,33 @@ class TurnAssembler:
         if self._first_stderr_ns is None:
             self._first_stderr_ns = t_ns
 
-    def provider_request(self, request_id: int, t_ns: int) -> bool:
-        """The observer saw generation request ``request_id`` reach the provider at ``t_ns``.
+    def provider_request(
+        self,
+        request_id: int,
+        t_ns: int,
+        *,
+        generation: bool = True,
+        api: str = "other",
+        kind: RequestKind = RequestKind.GENERATION,
+    ) -> bool:
+        """The observer saw request ``request_id`` reach the provider at ``t_ns``.
 
-        It belongs to the turn in flight (a long-lived agent's requests between turns, e.g.
-        while loading a session, belong to none). For a stream agent, and each turn of a
-        ``prompt_first`` agent, the first one is ``sessionInitDone`` (DESIGN §3: "first
-        model-bound request").
+        Every request joins the waterfall of the turn in flight, else of the latest open
+        turn (a long-lived agent's requests between turns, e.g. while loading a session,
+        belong to none). A generation request of the turn in flight also times the model:
+        for a stream agent, and each turn of a ``prompt_first`` agent, the first one is
+        ``sessionInitDone`` (DESIGN §3: "first model-bound request").
 
         Returns:
             ``True`` when this request was that ``sessionInitDone``: the shell then tells
             the adapter (``Adapter.model_request``) and feeds back what it returns.
         """
         turn = self._turn_in_flight()
-        if turn is None:
+        owner = turn or self._latest_open_turn()
+        if owner is not None:
+            owner.requests[request_id] = _Request(request_id, api, kind, t_ns)
+            self._request_turn[request_id] = owner
+        if turn is None or not generation:
             return False
         first = not turn.provider
         turn.provider[request_id] = (t_ns, None)
@@ -287,6 +324,47 @@ class TurnAssembler:
         turn = self._provider_turn.pop(request_id, None)
         if turn is not None and request_id in turn.provider:
             turn.provider[request_id] = (turn.provider[request_id][0], t_ns)
+        request = self._request(request_id)
+        if request is not None and request.first_content_ns is None:
+            request.first_content_ns = t_ns
+
+    def provider_body(
+        self,
+        request_id: int,
+        *,
+        kind: RequestKind,
+        model: str | None,
+        has_tools: bool,
+        sections: tuple[Section, ...] | None,
+    ) -> None:
+        """What request ``request_id``'s body said (read after it was forwarded)."""
+        request = self._request(request_id)
+        if request is not None:
+            request.kind = kind
+            request.model = model or request.model
+            request.has_tools = has_tools
+            request.sections = sections
+
+    def provider_end(
+        self,
+        request_id: int,
+        t_ns: int,
+        *,
+        status: int | None,
+        request_bytes: int | None = None,
+        usage: RequestUsage | None = None,
+    ) -> None:
+        """Request ``request_id``'s exchange ended at ``t_ns`` with ``status`` and ``usage``."""
+        request = self._request(request_id)
+        if request is not None:
+            request.end_ns = t_ns
+            request.status = status
+            request.request_bytes = request_bytes
+            request.usage = usage
+
+    def _request(self, request_id: int) -> _Request | None:
+        turn = self._request_turn.get(request_id)
+        return None if turn is None else turn.requests.get(request_id)
 
     def exit(self, info: ExitInfo) -> list[ClosedTurn]:
         """The process ended: close every open (and queued) turn. Idempotent."""
@@ -316,6 +394,9 @@ class TurnAssembler:
             return self._turns.get(None)
         waiting = [t for t in self._turns.values() if t.first_token_ns is None]
         return max(waiting, key=lambda t: t.prompt_sent_ns or 0, default=None)
+
+    def _latest_open_turn(self) -> _Turn | None:
+        return max(self._turns.values(), key=lambda t: t.prompt_sent_ns or 0, default=None)
 
     def _turn_for(self, session_id: str | None) -> _Turn | None:
         if not self._request_driven:
@@ -502,6 +583,8 @@ class TurnAssembler:
 
             content = (turn.content or ContentBuffer()).result()
         provider_ms, forward_ms = _provider_timings(turn)
+        for request_id in turn.requests:
+            self._request_turn.pop(request_id, None)
         return ClosedTurn(
             run_index=turn.run_index,
             process_reused=reused,
@@ -524,6 +607,7 @@ class TurnAssembler:
             cli_forward_ms=forward_ms,
             session=session,
             content=content,
+            requests=_waterfall(turn.requests.values()),
         )
 
     def _cli_ready_observable(self) -> bool:
@@ -573,3 +657,32 @@ def _provider_timings(turn: _Turn) -> tuple[float | None, float | None]:
     arrival, first = max(answered, key=lambda pair: pair[1] or 0)
     assert first is not None  # noqa: S101 - filtered above
     return ns_to_ms(first - arrival), None if token is None else ns_to_ms(token - first)
+
+
+def _waterfall(requests: Iterable[_Request]) -> tuple[ModelRequest, ...]:
+    """A turn's requests in order of arrival, side generations named.
+
+    A generation without tools while another generation of the turn offers tools is a
+    side call (``title``: a title or a summary, as claude-agent-acp and opencode make).
+    """
+    ordered = sorted(requests, key=lambda r: (r.arrival_ns, r.request_id))
+    tools = any(r.has_tools for r in ordered if r.kind is RequestKind.GENERATION)
+    return tuple(
+        ModelRequest(
+            request_id=r.request_id,
+            api=r.api,
+            kind=RequestKind.TITLE
+            if tools and r.kind is RequestKind.GENERATION and not r.has_tools
+            else r.kind,
+            arrival_ns=r.arrival_ns,
+            model=r.model,
+            first_content_ns=r.first_content_ns,
+            end_ns=r.end_ns,
+            status=r.status,
+            request_bytes=r.request_bytes,
+            usage=r.usage,
+            has_tools=r.has_tools,
+            sections=r.sections,
+        )
+        for r in ordered
+    )

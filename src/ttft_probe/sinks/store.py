@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from ttft_probe._home import ENV_HOME, home_dir
 from ttft_probe.errors import StoreError
 from ttft_probe.record import MarkerTimes, RunRecord
+from ttft_probe.waterfall import ModelRequest, Section
 
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
@@ -95,6 +97,21 @@ MIGRATIONS: Final[Sequence[str]] = (
     # (ttft_probe.content); NULL for every other run. Kept out of the record.
     """
     ALTER TABLE runs ADD COLUMN content_json TEXT;
+    """,
+    # 5: a run's model requests (the waterfall, observer only; kept out of the record),
+    # each conversation's latest prompt prefix (salted section digests only, no text), and
+    # the store's own settings (the per-install salt of those digests).
+    """
+    ALTER TABLE runs ADD COLUMN requests_json TEXT;
+    CREATE TABLE prefixes (
+        conversation_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        sections_json TEXT NOT NULL
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -196,6 +213,16 @@ def _owner_alive(owner: str) -> bool:
 
 def _times(markers_json: str | None) -> MarkerTimes | None:
     return None if markers_json is None else MarkerTimes(**json.loads(markers_json))
+
+
+def _sections_json(sections: Sequence[Section]) -> str:
+    return json.dumps([[s.name, s.digest.hex(), s.size] for s in sections])
+
+
+def _requests(requests_json: str | None) -> list[ModelRequest] | None:
+    if requests_json is None:
+        return None
+    return [ModelRequest.from_dict(r) for r in json.loads(requests_json)]
 
 
 def _content(content_json: str | None) -> CapturedContent | None:
@@ -380,11 +407,17 @@ class Store:
         times: MarkerTimes | None = None,
         sinks: Sequence[str] = (),
         content: CapturedContent | None = None,
+        *,
+        requests: Sequence[ModelRequest] | None = None,
+        prefix: tuple[str, Sequence[Section]] | None = None,
     ) -> None:
         """Insert one run, and an outbox row per sink in ``sinks``, in one transaction.
 
         Idempotent by ``run_id``. ``times`` are the run's marker times (monotonic ns).
         ``content`` is the run's captured prompt and answer text (opt-in; else ``None``).
+        ``requests`` is its waterfall (observer only); ``prefix`` is ``(conversation_id,
+        salted section digests)`` of its first generation request, which becomes the
+        conversation's latest prefix.
 
         Raises:
             StoreError: The run could not be written (the message names the fix).
@@ -413,6 +446,7 @@ class Store:
             record.to_json(),
             markers,
             None if content is None else content.to_json(),
+            None if requests is None else json.dumps([r.to_dict() for r in requests]),
         )
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -420,13 +454,19 @@ class Store:
                 conn.execute(
                     "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id,"
                     " conversation_id, turn_ordinal, status, record_json, markers_json,"
-                    " content_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " content_json, requests_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     row,
                 )
                 conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (run_id, sink) VALUES (?, ?)",
                     [(record.run_id, sink) for sink in sinks],
                 )
+                if prefix is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO prefixes (conversation_id, run_id, sections_json)"
+                        " VALUES (?, ?, ?)",
+                        (prefix[0], record.run_id, _sections_json(prefix[1])),
+                    )
 
         self._run("write to", insert)
 
@@ -560,6 +600,41 @@ class Store:
             "SELECT content_json FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone())
         return None if row is None else _content(row[0])
+
+    def requests(self, run_id: str) -> list[ModelRequest] | None:
+        """A run's model requests (the waterfall), ``None`` without the observer."""
+        row = self._run("read", lambda conn: conn.execute(
+            "SELECT requests_json FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone())
+        return None if row is None else _requests(row[0])
+
+    def prefix(self, conversation_id: str) -> tuple[Section, ...] | None:
+        """The salted section digests of the conversation's latest turn, ``None`` if none."""
+        row = self._run("read", lambda conn: conn.execute(
+            "SELECT sections_json FROM prefixes WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone())
+        if row is None:
+            return None
+        return tuple(
+            Section(name, bytes.fromhex(digest), int(size))
+            for name, digest, size in json.loads(row[0])
+        )
+
+    def salt(self) -> bytes:
+        """This store's secret salt for prefix digests (made once, on first use)."""
+
+        def read_or_make(conn: sqlite3.Connection) -> str:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT OR IGNORE INTO settings (key, value) VALUES ('prefix_salt', ?)",
+                    (secrets.token_hex(32),),
+                )
+                row = conn.execute(
+                    "SELECT value FROM settings WHERE key = 'prefix_salt'"
+                ).fetchone()
+            return str(row[0])
+
+        return bytes.fromhex(self._run("write to", read_or_make))
 
     def session_history(self, session_id: str) -> tuple[int, str | None]:
         """For a resumed session: (runs stored with this session id, their conversation id).
