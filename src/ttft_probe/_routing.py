@@ -9,12 +9,23 @@ Codex with a custom ``model_provider`` in ``$CODEX_HOME/config.toml`` (default
 ``~/.codex``) ignores ``OPENAI_BASE_URL``: the upstream is that provider's ``base_url``
 and the agent is re-pointed with a ``-c model_providers.<id>.base_url="…"`` override
 right after the executable (``codex`` and ``codex-acp`` both take ``-c``).
+
+opencode (``opencode``, ``opencode acp``) has no base-URL variable of its own: its model
+(``-m``/``--model`` ``provider/model``, else the config's ``model``) names a provider whose
+``options.baseURL`` its config may set (global ``$XDG_CONFIG_HOME/opencode/opencode.json``,
+then ``$OPENCODE_CONFIG``, then ``opencode.json`` in the working directory, then the inline
+``$OPENCODE_CONFIG_CONTENT``; later wins); without one, the ``anthropic`` and ``openai``
+providers read ``ANTHROPIC_BASE_URL`` / ``OPENAI_BASE_URL`` + ``/v1`` (the AI SDK's rule).
+The upstream is that URL's origin; the agent is re-pointed by merging
+``{"provider": {id: {"options": {"baseURL": proxy + path}}}}`` into
+``$OPENCODE_CONFIG_CONTENT``, the config opencode reads last.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -41,11 +52,17 @@ class Route:
         upstream: The base URL the agent would use without the observer.
         env_var: The variable to set to the observer's URL, or ``None``.
         codex_provider: The codex provider id to override with ``-c``, or ``None``.
+        opencode_provider: The opencode provider id whose ``baseURL`` to override in
+            ``$OPENCODE_CONFIG_CONTENT``, or ``None``.
+        opencode_path: The path of that provider's base URL (e.g. ``/v1``), kept after
+            the observer's origin.
     """
 
     upstream: str
     env_var: str | None = None
     codex_provider: str | None = None
+    opencode_provider: str | None = None
+    opencode_path: str = ""
 
     def apply(
         self, argv: Sequence[str], env: Mapping[str, str], proxy_url: str
@@ -55,11 +72,99 @@ class Route:
         new_argv = list(argv)
         if self.env_var is not None:
             new_env[self.env_var] = proxy_url
+        if self.opencode_provider is not None:
+            try:
+                inline = json.loads(env.get(_OPENCODE_INLINE) or "{}")
+            except ValueError:
+                inline = {}
+            inline = inline if isinstance(inline, dict) else {}
+            providers = _dict_at(inline, "provider")
+            options = _dict_at(_dict_at(providers, self.opencode_provider), "options")
+            options["baseURL"] = proxy_url.rstrip("/") + self.opencode_path
+            new_env[_OPENCODE_INLINE] = json.dumps(inline)
         if self.codex_provider is not None:
             idx, _ = find_executable(new_argv)
             override = f"model_providers.{self.codex_provider}.base_url={json.dumps(proxy_url)}"
             new_argv[idx + 1 : idx + 1] = ["-c", override]
         return new_argv, new_env
+
+
+_OPENCODE_INLINE: Final = "OPENCODE_CONFIG_CONTENT"
+_OPENCODE_DEFAULTS: Final[Mapping[str, tuple[str, str]]] = {
+    # provider id → (the AI SDK's base-URL variable, its default)
+    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1"),
+    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+}
+
+
+def _dict_at(parent: dict[str, object], key: str) -> dict[str, object]:
+    """``parent[key]``, made a new ``{}`` when it is missing or not an object."""
+    child = parent.get(key)
+    if not isinstance(child, dict):
+        child = parent[key] = {}
+    return child
+
+
+def _opencode_configs(env: Mapping[str, str]) -> list[dict[str, object]]:
+    """The config objects of opencode that can name a model or a base URL, first to last."""
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    texts: list[str] = []
+    for path in (Path(xdg) / "opencode" / "opencode.json", env.get("OPENCODE_CONFIG"),
+                 Path.cwd() / "opencode.json"):
+        if path:
+            try:
+                texts.append(Path(path).read_text("utf-8"))
+            except (OSError, UnicodeDecodeError):
+                continue
+    texts.append(env.get(_OPENCODE_INLINE) or "")
+    configs = []
+    for text in texts:
+        try:
+            config = json.loads(text) if text else None
+        except ValueError:  # JSONC with comments: not read (the route is then unknown)
+            continue
+        if isinstance(config, dict):
+            configs.append(config)
+    return configs
+
+
+def _opencode_model(argv: Sequence[str], configs: Sequence[dict[str, object]]) -> object:
+    """The ``provider/model`` opencode runs: ``-m``/``--model``, else the last config's."""
+    model: object = None
+    for config in configs:
+        model = config.get("model", model)
+    for i, arg in enumerate(argv):
+        if arg in {"-m", "--model"} and i + 1 < len(argv):
+            model = argv[i + 1]
+        elif arg.startswith("--model="):
+            model = arg.split("=", 1)[1]
+    return model
+
+
+def _opencode_route(argv: Sequence[str], env: Mapping[str, str]) -> Route | None:
+    """The provider route of opencode (the module docstring), ``None`` when unknown."""
+    configs = _opencode_configs(env)
+    model = _opencode_model(argv, configs)
+    if not isinstance(model, str) or "/" not in model:
+        return None
+    provider = model.split("/", 1)[0]
+    base: object = None
+    for config in configs:
+        entry = config.get("provider")
+        entry = entry.get(provider) if isinstance(entry, dict) else None
+        options = entry.get("options") if isinstance(entry, dict) else None
+        if isinstance(options, dict) and isinstance(options.get("baseURL"), str):
+            base = options["baseURL"]
+    if base is None and provider in _OPENCODE_DEFAULTS:
+        var, default = _OPENCODE_DEFAULTS[provider]
+        base = env.get(var) or default
+    if not isinstance(base, str):
+        return None
+    parts = urllib.parse.urlsplit(base)
+    if not parts.scheme or not parts.netloc:
+        return None
+    return Route(upstream=f"{parts.scheme}://{parts.netloc}", opencode_provider=provider,
+                 opencode_path=parts.path.rstrip("/"))
 
 
 def _codex_custom_provider(env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -81,13 +186,19 @@ def _codex_custom_provider(env: Mapping[str, str]) -> tuple[str, str] | None:
     return provider, str(entry["base_url"])
 
 
-def route_for(agent: ResolvedAgent, env: Mapping[str, str] | None = None) -> Route | None:
+def route_for(
+    agent: ResolvedAgent, env: Mapping[str, str] | None = None, argv: Sequence[str] = ()
+) -> Route | None:
     """The provider route of ``agent`` under ``env`` (default ``os.environ``).
 
+    ``argv`` is the agent's command line (opencode's ``--model`` may name the provider).
     Returns ``None`` when the agent's provider is unknown (no base-URL variable in the
-    agent table), so the observer cannot be put in front of it.
+    agent table, or an opencode model whose provider has no known base URL), so the
+    observer cannot be put in front of it.
     """
     env = os.environ if env is None else env
+    if agent.spec is not None and agent.spec.executable == "opencode":
+        return _opencode_route(argv, env)
     var = agent.spec.base_url_env if agent.spec is not None else None
     if var is None:
         return None

@@ -506,7 +506,7 @@ class Probe:
         if self._options["observe_provider"]:
             resolved = self._resolve(argv)
             observation = _Observation.start(
-                resolved, child_env, option=self._options["observe_provider"]
+                resolved, child_env, option=self._options["observe_provider"], argv=argv
             )
             if observation.route is not None and observation.url is not None:
                 argv, child_env = observation.route.apply(argv, child_env, observation.url)
@@ -1178,9 +1178,14 @@ class _Observation:
 
     @classmethod
     def start(
-        cls, agent: ResolvedAgent, env: Mapping[str, str], *, option: bool | str
+        cls,
+        agent: ResolvedAgent,
+        env: Mapping[str, str],
+        *,
+        option: bool | str,
+        argv: Sequence[str] = (),
     ) -> _Observation:
-        route = route_for(agent, env)
+        route = route_for(agent, env, argv)
         if route is None:
             return cls(
                 ObserverStatus.FAILED,

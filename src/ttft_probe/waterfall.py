@@ -20,8 +20,8 @@ OpenAI Responses           ``response.completed`` → ``response.usage``: ``inpu
 OpenAI Chat Completions    the last chunk's ``usage``: ``prompt_tokens`` (cached included),
                            ``prompt_tokens_details.cached_tokens``, ``completion_tokens``
 Gemini                     ``usageMetadata`` (the last one is final): ``promptTokenCount``
-                           (cached included), ``cachedContentTokenCount``,
-                           ``candidatesTokenCount``
+                           (cached included), ``cachedContentTokenCount`` (absent when
+                           0: proto3 JSON omits zero values), ``candidatesTokenCount``
 =========================  ==================================================================
 
 :attr:`RequestUsage.input_tokens` counts every input token, cached ones included, as the
@@ -236,9 +236,14 @@ def _gemini_usage(payload: dict[str, Any]) -> RequestUsage | None:
     meta = payload.get("usageMetadata")
     if not isinstance(meta, dict):
         return None
+    prompt = decode_count(meta.get("promptTokenCount"))
+    cached = decode_count(meta.get("cachedContentTokenCount"))
+    if cached is None and prompt is not None and "cachedContentTokenCount" not in meta:
+        # The API's JSON is proto3's: a zero count is left out, not unknown.
+        cached = 0
     return RequestUsage(
-        input_tokens=decode_count(meta.get("promptTokenCount")),
-        cache_read_tokens=decode_count(meta.get("cachedContentTokenCount")),
+        input_tokens=prompt,
+        cache_read_tokens=cached,
         output_tokens=decode_count(meta.get("candidatesTokenCount")),
     )
 
