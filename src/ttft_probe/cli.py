@@ -77,6 +77,7 @@ _EPILOG = """Examples:
   ttft-probe run --observe-provider -- codex exec --json --skip-git-repo-check "hi"
   ttft-probe run --turn 2 -- codex exec --json resume THREAD_ID "and now?"
   ttft-probe runs --last 5
+  ttft-probe show RUN_ID --chart waterfall.png
   ttft-probe report --since 7d --chart ttft.png
   ttft-probe gate --agent claude_code
 """
@@ -104,6 +105,7 @@ def main(ctx: click.Context) -> None:
     splits spawn-to-first-token into cli_ready_ms (the CLI booting), session_init_ms
     (creating or resuming the session) and model_first_token_ms (the model's own first
     token). Every turn is kept in a local SQLite store; `ttft-probe runs` lists them,
+    `ttft-probe show RUN_ID` draws one run's waterfall of model requests,
     `ttft-probe report` and `ttft-probe gate` answer what to fix, `ttft-probe ab`
     measures fresh against resumed, `ttft-probe flush` delivers queued runs.
     """
@@ -589,6 +591,77 @@ def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:
     _print_table(records)
 
 
+_SHOW_HELP = """One run's waterfall: its markers and every model request on one time axis.
+
+RUN_ID is a run id as `ttft-probe runs` lists it: the whole id or a unique start of it
+(the table's 8 characters are enough). Times are ms from the spawn (processSpawned), or
+from the turn's prompt (promptSent) for a turn on an already running process.
+
+The table has a row per marker (processSpawned, cliReady, sessionInitDone, promptSent,
+firstToken, end) and one per model request the provider observer saw in the turn: its
+kind (generation, or a side call: count_tokens, title, quota, routing, prewarm, head,
+other), model, HTTP status, start, first content byte and end, request body (KiB), and
+the usage the provider reported: input tokens (cached included), cache read, cache
+write, uncached (input − cache read) and output tokens; each with a bar on the common
+axis. Below it: whether the prompt prefix was reused from the previous turn (and the
+first section that changed) and the first generation request's usage. A marker that was
+not observed reads "not observed", never 0; model requests are only known for runs
+made with `ttft-probe run --observe-provider`.
+
+Exit status: 0, or 2 when no stored run or several match RUN_ID, or the store cannot be
+read.
+
+\b
+Examples:
+  ttft-probe show 3f2b8c1e
+  ttft-probe show 3f2b8c1e --chart turn2.svg
+  ttft-probe show 3f2b8c1e --json
+"""
+
+
+@main.command("show", context_settings=CONTEXT, help=_SHOW_HELP)
+@click.argument("run_id", metavar="RUN_ID")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the waterfall as one JSON object (markers and requests in ms from "
+              "the spawn, the request usage, the record's usage and prefix fields).")
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also draw the waterfall to FILE, .png or .svg: a bar per model request "
+              "(darker up to its first content byte), a line per marker.")
+@_store_option
+def show_command(run_id: str, as_json: bool, chart_path: str | None, store: str | None) -> None:
+    """One run's waterfall: its markers and every model request on one time axis."""
+    import json  # noqa: PLC0415 - keep start-up cheap
+
+    from ttft_probe.analysis.waterfall_view import (  # noqa: PLC0415
+        load_view,
+        waterfall_renderables,
+        write_waterfall_chart,
+    )
+    from ttft_probe.sinks.store import Store  # noqa: PLC0415
+
+    _say_warnings()
+    try:
+        view = load_view(Store(store), run_id)
+        if chart_path is not None:
+            write_waterfall_chart(view, chart_path)
+    except TtftProbeError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the chart: {exc}")
+    if as_json:
+        click.echo(json.dumps(view.to_dict(), indent=2))
+    else:
+        from rich.console import Console  # noqa: PLC0415 - only for the table
+
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console.width = max(console.width, 200)
+        for part in waterfall_renderables(view):
+            console.print(part)
+    if chart_path is not None:
+        click.echo(f"ttft-probe: chart written to {chart_path}", err=True)
+
+
 @main.command(context_settings=CONTEXT)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, metavar="SECONDS", help="Per-batch bound for each sink.")
@@ -693,6 +766,13 @@ cli_ready (marked †) is the boot and the session set-up together. Rerun the ag
 under `ttft-probe run --observe-provider` to split them. A model segment marked *
 holds whole-message first tokens, late by the message's generation time.
 
+Why the model segment grows (runs timed with --observe-provider): a second table
+gives per cohort the p50 / p90 uncached input tokens of each turn's first model
+request, the cache-read share of its input tokens, how often its prompt prefix
+broke against the previous turn and at which section; a third gives per agent the
+cost of context, the slope of model_first_token_ms per 1,000 uncached tokens with
+a bootstrap 95 % interval. Cohorts timed without the observer read "observer off".
+
 \b
 Examples:
   ttft-probe report
@@ -728,6 +808,7 @@ def report_command(
     from ttft_probe.analysis.report import (  # noqa: PLC0415
         load_runs,
         parse_since,
+        prompt_cache_tables,
         report_table,
         report_to_json,
     )
@@ -753,6 +834,8 @@ def report_command(
             console.width = max(console.width, 160)
         if result.rows:
             console.print(report_table(result))
+            for part in prompt_cache_tables(result):
+                console.print(part)
         else:
             who = f"{agent} " if agent else ""
             console.print(f"No {who}runs in the window ({since}, source {source}).")
