@@ -3,7 +3,9 @@
 Real Claude Code runs under `ttft-probe run --observe-provider` with OTLP export on. The
 prompt, the API key, a custom request header, an environment variable and an argv word
 carry planted secrets; every byte the probe stored (SQLite and its WAL), logged (stderr)
-or exported (the decoded OTLP requests) is scanned for them.
+or exported (the decoded OTLP requests) is scanned for them. The prompt prefix kept for
+the next turn's comparison is section digests only, salted per install: equal to the
+salted digests of the request the provider got, never to the bare ones.
 
 Then stand-in agents (a Claude-like stream and an ACP agent whose prompt arrives on
 stdin) carry secrets in the prompt, the answer text, argv, an environment value and
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -41,8 +44,10 @@ from otlp_receiver import OtlpReceiver
 from ttft_probe import Probe
 from ttft_probe.record import RunRecord
 from ttft_probe.sinks.store import Store
+from ttft_probe.testing import fake_provider
 from ttft_probe.testing.agent_env import agent_environment, one_shot_command
 from ttft_probe.testing.fake_provider import FakeProvider
+from ttft_probe.waterfall import request_sections, salted
 
 SECRETS = {
     "prompt": "PROMPT-SECRET-7f3a91",
@@ -57,8 +62,18 @@ SECRETS = {
                    outcome="none in the store files, stderr or OTLP export", agent="—")
 @pytest.mark.realcli
 def test_no_secret_reaches_the_store_the_logs_or_the_exporters(
-    provider: FakeProvider, scratch: Path
+    provider: FakeProvider, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    bodies: list[dict[str, Any]] = []  # what the provider received: to check the digests
+    read_body = fake_provider._Handler._read_body
+
+    def keep_body(handler: Any) -> dict[str, Any]:
+        body = read_body(handler)
+        if handler.path.split("?")[0].endswith("/v1/messages"):
+            bodies.append(body)
+        return body
+
+    monkeypatch.setattr(fake_provider._Handler, "_read_body", keep_body)
     env = agent_environment("claude_code", provider.url, scratch / "home")
     env["ANTHROPIC_API_KEY"] = SECRETS["key"]
     env["ANTHROPIC_CUSTOM_HEADERS"] = f"X-Planted: {SECRETS['header']}"
@@ -89,6 +104,21 @@ def test_no_secret_reaches_the_store_the_logs_or_the_exporters(
         assert needle not in exported, f"{name} secret in the OTLP export"
     # The run itself was not starved of them: the prompt reached the agent's argv.
     assert any(SECRETS["prompt"] in a for a in argv)
+
+    # The prefix kept for the next turn is digests only, keyed by this install's salt:
+    # equal to the salted digests of the request the provider got, never to the bare ones
+    # (which anyone could compute from a known prompt).
+    store = Store(scratch / "probe" / "runs.sqlite3")
+    assert record.conversation_id is not None
+    kept = store.prefix(record.conversation_id)
+    assert kept is not None
+    first = next(b for b in bodies if b.get("tools"))  # the turn's generation request
+    sections = request_sections("anthropic", first)
+    assert sections is not None
+    assert kept == salted(sections, store.salt())
+    assert not {s.digest for s in kept} & {s.digest for s in sections}
+    assert all(re.fullmatch(r"model|(tools|system|messages)\[\d+\]", s.name) for s in kept)
+    assert not any(s.digest.hex().encode() in stored for s in sections)
     assert os.environ.get("MY_SERVICE_TOKEN") is None
 
 
