@@ -77,7 +77,7 @@ HOGQL_FUNCTIONS: frozenset[str] = frozenset({
     "JSONExtractRaw", "JSONHas",
     # arrays
     "arraySort", "arrayElement", "arrayMap", "arrayFilter", "arrayJoin", "has", "empty",
-    "notEmpty", "arraySlice", "arrayReverse", "arraySum",
+    "notEmpty", "arraySlice", "arrayReverse", "arraySum", "countEqual", "arrayMax", "indexOf",
     # aggregations (HogQL's allow-list: of the exact quantiles only quantileExact)
     "count", "countIf", "sum", "sumIf", "avg", "avgIf", "min", "minIf", "max", "maxIf",
     "uniq", "uniqIf", "groupArray", "groupArrayIf", "any", "anyIf", "argMax", "argMin",

@@ -9,18 +9,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
 from rich.console import Console
 
 from helpers.records import NOW, rec
-from ttft_probe.analysis._model import build_report
+from ttft_probe.analysis._model import (
+    BOOTSTRAP_RESAMPLES,
+    NOT_OBSERVED,
+    build_report,
+    fit_context_cost,
+    percentile,
+)
 from ttft_probe.analysis.chart import write_chart
 from ttft_probe.analysis.report import (
     format_since,
     load_runs,
     parse_since,
+    prompt_cache_tables,
     report_table,
     report_to_json,
     select,
@@ -340,3 +348,263 @@ def test_remote_source_report_or_records(monkeypatch: pytest.MonkeyPatch) -> Non
     assert records is not None
     assert len(records) == 12
     assert report.source == "jaeger"
+
+
+# --- prompt cache and cost of context (DESIGN §10, issue 14) ----------------------------
+
+
+def observed_run(
+    uncached: int | None,
+    *,
+    read: int | None = 0,
+    status: str | None = "stable",
+    section: str | None = None,
+    model: float = 300.0,
+    message: bool = False,
+    **kwargs: Any,
+) -> RunRecord:
+    """A run timed with the provider observer: its first request's usage and prefix."""
+    total = None if uncached is None or read is None else uncached + read
+    return attrs.evolve(
+        rec(model=model, **kwargs),
+        session_init_source="model_request",
+        first_token_granularity="message" if message else "delta",
+        model_request_count=2,
+        first_request_input_tokens=total,
+        first_request_cache_read_tokens=read,
+        first_request_cache_write_tokens=0 if total is not None else None,
+        first_request_uncached_tokens=uncached,
+        first_request_bytes=50_000,
+        prefix_status=status,
+        prefix_break=section,
+    )
+
+
+def hand_cohort() -> list[RunRecord]:
+    """Six observed turn-2+ runs, one without usage; one failed and one unobserved run."""
+    return [
+        observed_run(1_000, read=9_000, status="stable"),
+        observed_run(2_000, read=18_000, status="broken", section="system[1]"),
+        observed_run(3_000, read=0, status="broken", section="messages[0]"),
+        observed_run(4_000, read=1_000, status="broken", section="system[1]"),
+        observed_run(10_000, read=0, status="no_previous"),
+        observed_run(None, read=None, status="unavailable"),  # the provider gave no usage
+        attrs.evolve(  # failed: never counted
+            observed_run(99_999, read=1, status="broken", section="tools[0]"), status="failed"
+        ),
+        rec(),  # timed without the observer
+    ]
+
+
+def test_cohort_cache_columns_by_hand() -> None:
+    report = build_report(hand_cohort(), "local")
+    (row,) = report.rows
+    cache = row.prompt_cache
+    assert (row.runs, row.excluded, cache.observed) == (8, 1, 6)
+    # Uncached tokens of the five runs with usage: 1000, 2000, 3000, 4000, 10000.
+    assert (cache.uncached_tokens.n, cache.uncached_tokens.p50) == (5, 3000.0)
+    assert cache.uncached_tokens.p90 == percentile([1000, 2000, 3000, 4000, 10000], 0.9)
+    assert cache.uncached_tokens.p90 == 7600.0
+    # Pooled: (9000 + 18000 + 0 + 1000 + 0) / (10000 + 20000 + 3000 + 5000 + 10000).
+    assert (cache.share_runs, cache.cache_read_tokens, cache.input_tokens) == (5, 28_000, 48_000)
+    assert cache.cache_read_share == 28_000 / 48_000
+    assert (cache.prefix_stable, cache.prefix_broken) == (1, 3)
+    assert (cache.prefix_no_previous, cache.prefix_unavailable) == (1, 1)
+    assert cache.break_rate == 0.75  # 3 broken of the 4 compared turns
+    assert (cache.top_break, cache.top_break_runs) == ("system[1]", 2)
+
+    data = report_to_json(report)["rows"][0]
+    assert data["prompt_cache"] == {
+        "observed": 6,
+        "first_request_uncached_tokens": {"n": 5, "p50": 3000.0, "p90": 7600.0},
+        "cache_read_share": 28_000 / 48_000,
+        "cache_read_tokens": 28_000,
+        "input_tokens": 48_000,
+        "share_runs": 5,
+        "prefix": {
+            "stable": 1,
+            "broken": 3,
+            "no_previous": 1,
+            "unavailable": 1,
+            "break_rate": 0.75,
+            "top_break": {"section": "system[1]", "runs": 2},
+        },
+    }
+    assert data["not_observed"] == {"runs": 1, "reason": NOT_OBSERVED}
+    text = tables_text(report)
+    assert "6 of 7" in text  # observed of included
+    assert "3,000 / 7,600" in text
+    assert "58%" in text  # 28,000 / 48,000
+    assert "3 of 4 (75%)" in text
+    assert "system[1] ×2" in text
+
+
+def test_a_tied_break_names_the_first_section_in_order() -> None:
+    runs = [
+        observed_run(1_000, status="broken", section="system[1]"),
+        observed_run(1_000, status="broken", section="messages[0]"),
+        observed_run(1_000, status="broken", section="tools[2]"),
+    ]
+    (row,) = build_report(runs, "local").rows
+    assert (row.prompt_cache.top_break, row.prompt_cache.top_break_runs) == ("messages[0]", 1)
+
+
+def test_observer_off_cohort_has_no_cache_figure_never_zero() -> None:
+    runs = [*hand_cohort()[:5], *(rec(turn=1, resumed=False) for _ in range(4))]
+    report = build_report(runs, "local")
+    off = next(row for row in report.rows if row.key.turn == "1")
+    assert off.prompt_cache.observed == 0
+    assert off.prompt_cache.cache_read_share is None
+    assert off.prompt_cache.break_rate is None
+    assert off.prompt_cache.uncached_tokens.n == 0
+    data = next(r for r in report_to_json(report)["rows"] if r["turn"] == "1")
+    assert data["prompt_cache"] is None
+    assert data["not_observed"] == {"runs": 4, "reason": NOT_OBSERVED}
+    assert "--observe-provider" in NOT_OBSERVED
+    text = tables_text(report)
+    line = next(ln for ln in text.splitlines() if "turn 1 · fresh" in ln and "observer" in ln)
+    assert line.count("observer off") == 1
+    assert "0%" not in line
+    assert " 0 " not in line
+    assert "observer off = timed without --observe-provider" in text
+
+
+def test_nothing_observed_says_so_in_one_line() -> None:
+    report = build_report(known_cohort(), "local")
+    (note,) = prompt_cache_tables(report)
+    assert isinstance(note, str)
+    assert "observer off" in note
+    assert "--observe-provider" in note
+    (cost,) = report_to_json(report)["context_cost"]
+    assert cost["slope_ms_per_1k_uncached_tokens"] is None
+    assert cost["ci95_ms_per_1k_uncached_tokens"] is None
+    assert cost["intercept_ms"] is None
+    assert cost["runs"] == 0
+    assert "needs ≥5 observed runs with differing uncached tokens" in cost["reason"]
+    assert prompt_cache_tables(build_report([], "local")) == []
+
+
+def tables_text(report: Any) -> str:
+    console = Console(width=220, record=True, color_system=None)
+    for part in prompt_cache_tables(report):
+        console.print(part)
+    return console.export_text()
+
+
+def linear_population(n: int, *, seed: int = 14, noise_ms: float = 40.0) -> list[RunRecord]:
+    """y = 400 + 0.05·x + noise: 50 ms per 1,000 uncached tokens, 400 ms at none."""
+    rng = random.Random(seed)
+    runs = []
+    for i in range(n):
+        uncached = rng.randrange(2_000, 40_000)
+        model = round(400.0 + 0.05 * uncached + rng.gauss(0.0, noise_ms), 3)
+        runs.append(
+            observed_run(uncached, read=rng.randrange(0, 50_000), model=model, turn=1 + i % 4,
+                         resumed=i % 4 > 0, message=i % 10 == 7)
+        )  # fmt: skip
+    return runs
+
+
+def test_context_cost_recovers_the_slope() -> None:
+    runs = linear_population(60)
+    report = build_report(runs, "local")
+    (cost,) = report.context_cost
+    assert (cost.agent, cost.n, cost.message_granular, cost.reason) == ("claude_code", 60, 6, None)
+    assert cost.slope_ms_per_1k is not None
+    assert cost.ci95_ms_per_1k is not None
+    assert cost.intercept_ms is not None
+    low, high = cost.ci95_ms_per_1k
+    assert cost.slope_ms_per_1k == pytest.approx(50.0, abs=2.5)
+    assert low < 50.0 < high  # the interval holds the true slope
+    assert low < cost.slope_ms_per_1k < high
+    assert high - low < 10.0  # and is not vacuous
+    assert cost.intercept_ms == pytest.approx(400.0, abs=50.0)
+    # Reproducible, and independent of the order the runs come in.
+    shuffled = runs[:]
+    random.Random(3).shuffle(shuffled)
+    assert build_report(shuffled, "local").context_cost == report.context_cost
+    # JSON and the table.
+    data = report_to_json(report)["context_cost"][0]
+    assert data["slope_ms_per_1k_uncached_tokens"] == cost.slope_ms_per_1k
+    assert data["ci95_ms_per_1k_uncached_tokens"] == [low, high]
+    assert (data["resamples"], data["seed"], data["runs"]) == (BOOTSTRAP_RESAMPLES, 0, 60)
+    assert "late by the message's generation time" in data["model_first_token_note"]
+    text = tables_text(report)
+    assert "Cost of context" in text
+    assert f"{cost.slope_ms_per_1k:,.1f}*" in text
+    assert f"{low:,.1f} … {high:,.1f}" in text
+
+
+def test_context_cost_interval_covers_the_true_slope_across_populations() -> None:
+    """Coverage, roughly: the 95 % interval holds 50 ms/1k in most of 20 populations."""
+    covered = 0
+    for seed in range(20):
+        points = [(r.first_request_uncached_tokens or 0, r.model_first_token_ms or 0.0, False)
+                  for r in linear_population(25, seed=seed, noise_ms=150.0)]  # fmt: skip
+        cost = fit_context_cost("a", points)
+        assert cost.ci95_ms_per_1k is not None
+        covered += cost.ci95_ms_per_1k[0] <= 50.0 <= cost.ci95_ms_per_1k[1]
+    assert covered >= 16
+
+
+@pytest.mark.parametrize(
+    ("points", "has"),
+    [
+        pytest.param([(1_000 * i, 400.0 + i, False) for i in range(1, 5)], "has 4", id="four-runs"),
+        pytest.param([(5_000, 400.0 + i, False) for i in range(8)],
+                     "has 8, all with the same uncached tokens", id="no-spread"),
+        pytest.param([], "has 0; time runs with `ttft-probe run --observe-provider`", id="none"),
+    ],
+)  # fmt: skip
+def test_context_cost_needs_five_runs_with_spread(
+    points: list[tuple[int, float, bool]], has: str
+) -> None:
+    cost = fit_context_cost("claude_code", points)
+    assert cost.slope_ms_per_1k is None
+    assert cost.ci95_ms_per_1k is None
+    assert cost.intercept_ms is None
+    assert cost.n == len(points)
+    assert cost.reason is not None
+    assert cost.reason.startswith("needs ≥5 observed runs with differing uncached tokens")
+    assert has in cost.reason
+
+
+def test_context_cost_too_few_runs_in_the_report() -> None:
+    runs = [*linear_population(4), rec(agent="codex")]
+    report = build_report(runs, "local")
+    assert [c.agent for c in report.context_cost] == ["claude_code", "codex"]
+    for cost in report_to_json(report)["context_cost"]:
+        assert cost["slope_ms_per_1k_uncached_tokens"] is None
+        assert cost["reason"].startswith("needs ≥5 observed runs")
+    text = tables_text(report)
+    assert "needs ≥5 observed runs with differing uncached tokens" in text
+
+
+def test_context_cost_leaves_out_excluded_and_unmeasured_runs() -> None:
+    runs = linear_population(10)
+    failed = attrs.evolve(observed_run(30_000, model=9_999.0), status="failed")
+    no_model = attrs.evolve(observed_run(30_000), model_first_token_ms=None)
+    no_usage = observed_run(None, read=None, model=9_999.0)
+    (cost,) = build_report([*runs, failed, no_model, no_usage], "local").context_cost
+    assert cost == build_report(runs, "local").context_cost[0]
+
+
+def test_cli_report_shows_the_prompt_cache_and_the_cost_of_context(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    store = Store(tmp_path / "runs.sqlite3")
+    for r in [*linear_population(20), rec(agent="codex", turn=1, resumed=False)]:
+        store.add(attrs.evolve(r, started_at=(now - timedelta(hours=1)).isoformat()))
+    store.close()
+    result = invoke("report", "--store", str(store.path))
+    assert result.exit_code == 0, result.output
+    assert "Prompt cache (local)" in result.stdout
+    assert "observer off" in result.stdout  # the codex cohort
+    assert "Cost of context" in result.stdout
+    data = json.loads(invoke("report", "--store", str(store.path), "--json").stdout)
+    claude, codex = data["context_cost"]
+    assert claude["runs"] == 20
+    assert 40.0 < claude["slope_ms_per_1k_uncached_tokens"] < 60.0
+    assert codex["slope_ms_per_1k_uncached_tokens"] is None
+    rows = {row["agent"]: row for row in data["rows"]}
+    assert rows["codex"]["prompt_cache"] is None
+    assert rows["codex"]["not_observed"]["reason"] == NOT_OBSERVED

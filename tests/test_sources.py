@@ -26,7 +26,7 @@ import pytest
 from fake_jaeger import FakeJaeger
 from fake_posthog import FakePostHog
 from fake_posthog_query import FakePostHogQuery, QueryError, event_row, run_query
-from ttft_probe.analysis._model import METRICS, Report, build_report, percentile
+from ttft_probe.analysis._model import METRICS, PromptCache, Report, build_report, percentile
 from ttft_probe.analysis.sources import SourceError, in_window, load
 from ttft_probe.analysis.sources.jaeger import records_from_v1, records_from_v3
 from ttft_probe.analysis.sources.posthog import app_host, hogql_query
@@ -66,8 +66,12 @@ def _run(
     zero_total: bool = False,
     source: str | None = None,
     granularity: str | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> Delivery:
-    """One run with awkward (µs-resolution) floats; its delivery for the sinks."""
+    """One run with awkward (µs-resolution) floats; its delivery for the sinks.
+
+    ``cache``: the provider observer's request fields (contract 1.2), when it was on.
+    """
     cli = 0.0 if reused else round(rng.uniform(80, 2500), 3)
     init_ms = 0.0 if reused else round(rng.lognormvariate(6, 0.8), 3)
     wait_ms = 0.0 if reused else round(rng.uniform(0, 40), 3)
@@ -106,6 +110,7 @@ def _run(
         output_tokens=rng.randrange(1, 900),
         probe_version="0.0.test",
         started_at=at.isoformat(timespec="microseconds"),
+        **(cache or {}),
     )
     start = 5_000_000_000
 
@@ -135,8 +140,39 @@ def _run(
     return Delivery(record=record, times=times, started_wall_ns=_wall_ns(at))
 
 
+SECTIONS = ("system[1]", "messages[0]", "tools[3]", "system[0]")
+
+
+def _cache_fields(crng: random.Random, turn: int | None, *, usage: bool) -> dict[str, Any]:
+    """What the provider observer records: usage (when the provider said) and the prefix."""
+    fields: dict[str, Any] = {
+        "model_request_count": crng.randint(1, 4),
+        "first_request_bytes": crng.randrange(2_000, 400_000),
+    }
+    if usage:
+        total = crng.randrange(1_500, 60_000)
+        read = 0 if turn == 1 else crng.randrange(0, total)
+        fields |= {
+            "first_request_input_tokens": total,
+            "first_request_cache_read_tokens": read,
+            "first_request_cache_write_tokens": crng.randrange(0, total - read + 1),
+            "first_request_uncached_tokens": total - read,
+        }
+    if turn is None or turn == 1:
+        fields["prefix_status"] = "no_previous"
+    else:
+        status = crng.choice(["stable", "broken", "broken", "unavailable"])
+        fields["prefix_status"] = status
+        if status == "broken":
+            fields["prefix_break"] = crng.choice(SECTIONS)
+        if status != "unavailable":
+            fields["prefix_reused_bytes"] = crng.randrange(0, 300_000)
+    return fields
+
+
 def _make_runs() -> list[Delivery]:
     rng = random.Random(20250310)
+    crng = random.Random(14)  # the observer's fields: the timing draws stay as they were
     runs: list[Delivery] = []
 
     def at(days: float) -> datetime:
@@ -151,6 +187,8 @@ def _make_runs() -> list[Delivery]:
             status = "failed" if i % 13 == 4 else "timed_out" if i % 17 == 6 else "succeeded"
             reason = "no_first_token" if i % 9 == 2 else None
             days = rng.uniform(0.01, 13.5)  # about half outside the 7-day window
+            # Observed: most of claude_code and codex, two gemini runs (too few to fit).
+            watched = i % 5 != 1 and (i % 4 != 2 if agent != "gemini" else i in {0, 3})
             runs.append(
                 _run(
                     rng,
@@ -166,6 +204,7 @@ def _make_runs() -> list[Delivery]:
                     # Timed without the observer: the session set-up is not separated.
                     source="init_message" if i % 5 == 1 and not reused else None,
                     granularity="message" if agent == "codex" and i % 2 == 0 else "delta",
+                    cache=_cache_fields(crng, turn, usage=i % 7 != 3) if watched else None,
                 )
             )
     # After `now` (clock skew): outside every window, inside "no window".
@@ -322,6 +361,23 @@ def test_the_data_covers_every_case(store_path: Path) -> None:
                for row in unseparated)
     assert any(row.metrics["cli_ready_ms"].n > 0 for row in unseparated)
     assert any(row.message_granular for row in report.rows)
+    # The observer's fields: cohorts fully, partly and not observed; usage missing on some
+    # observed runs; prefix breaks at several sections (ties too); a fit and a refusal.
+    included = {row.key: row.runs - row.excluded for row in report.rows}
+    caches = {row.key: row.prompt_cache for row in report.rows}
+    assert any(c.observed == included[k] > 0 for k, c in caches.items())
+    assert any(0 < c.observed < included[k] for k, c in caches.items())
+    assert any(c.observed == 0 < included[k] for k, c in caches.items())
+    assert any(c.uncached_tokens.n < c.observed for c in caches.values())
+    assert any(c.top_break is not None and c.top_break_runs < c.prefix_broken
+               for c in caches.values())
+    assert all(c.prefix_stable + c.prefix_broken + c.prefix_no_previous
+               + c.prefix_unavailable == c.observed for c in caches.values())
+    costs = {cost.agent: cost for cost in report.context_cost}
+    assert costs["claude_code"].slope_ms_per_1k is not None
+    assert costs["codex"].message_granular > 0
+    assert costs["gemini"].slope_ms_per_1k is None
+    assert costs["gemini"].reason is not None
 
 
 def test_jaeger_v1_shape_with_auto_falls_back_when_v3_is_missing(
@@ -669,3 +725,75 @@ def test_gate_from_posthog_agrees_with_the_local_store(tmp_path: Path) -> None:
     assert remote.population.spawn_to_first_token_p50_ms == (
         local.population.spawn_to_first_token_p50_ms
     )
+
+
+# --- prompt cache and cost of context: PostHog (ClickHouse) against the local store ---
+
+
+def _observed_turn(rng: random.Random, i: int, *, agent: str, observed: bool) -> Delivery:
+    """A resumed turn whose model wait grows by 50 ms per 1,000 uncached tokens."""
+    uncached = rng.randrange(1_000, 40_000)
+    read = rng.randrange(0, 80_000)
+    status = ("stable", "broken", "broken", "no_previous")[i % 4]
+    cache: dict[str, Any] | None = {
+        "model_request_count": 1 + i % 3,
+        "first_request_input_tokens": uncached + read,
+        "first_request_cache_read_tokens": read,
+        "first_request_cache_write_tokens": rng.randrange(0, uncached + 1),
+        "first_request_uncached_tokens": uncached,
+        "first_request_bytes": rng.randrange(10_000, 900_000),
+        "prefix_status": status,
+        "prefix_break": ("system[1]", "messages[0]")[i % 3 % 2] if status == "broken" else None,
+    }
+    delivery = _run(rng, agent=agent, at=NOW - timedelta(hours=i + 1), turn=2 + i % 5,
+                    resumed=True, cache=cache if observed else None,
+                    granularity="message" if i % 9 == 4 else "delta")  # fmt: skip
+    model = round(400.0 + 0.05 * uncached + rng.gauss(0.0, 30.0), 3)
+    return attrs.evolve(delivery, record=attrs.evolve(delivery.record, model_first_token_ms=model))
+
+
+def test_prompt_cache_and_context_cost_from_posthog_agree_with_the_local_store() -> None:
+    """Cache columns and the slope with its bootstrap interval, to the last bit.
+
+    Through the real PostHog sink and the query on ClickHouse; one agent observed
+    (y = 400 + 0.05·x + noise), one not (its figures are null, never 0).
+    """
+    rng = random.Random(50)
+    runs = [_observed_turn(rng, i, agent="claude_code", observed=True) for i in range(40)]
+    runs += [_observed_turn(rng, i, agent="codex", observed=False) for i in range(8)]
+    runs.append(_run(rng, agent="claude_code", at=NOW - timedelta(hours=3), turn=3,
+                     resumed=True, status="failed",
+                     cache={"model_request_count": 1, "first_request_uncached_tokens": 10**6,
+                            "prefix_status": "broken", "prefix_break": "tools[0]"}))  # fmt: skip
+    with FakePostHog() as capture:
+        sink = PostHogSink("phc_project_key", host=capture.host, distinct_id="install-1")
+        try:
+            assert sink.deliver(runs, timeout_s=20) == [True] * len(runs)
+        finally:
+            sink.close()
+        events = capture.events
+    local = build_report(in_window([d.record for d in runs], agent=None, since=WEEK, now=NOW),
+                         "local")  # fmt: skip
+    with FakePostHogQuery(events, project_id=PROJECT, personal_api_key=KEY) as fake:
+        remote = load("posthog", agent=None, since=WEEK, now=NOW, env=_posthog_env(fake))
+    assert _as_local(remote) == local  # every row's cache figures and every context cost
+
+    claude, codex = local.context_cost
+    assert (claude.agent, claude.n, claude.message_granular) == ("claude_code", 40, 4)
+    assert claude.slope_ms_per_1k is not None
+    assert claude.ci95_ms_per_1k is not None
+    assert claude.slope_ms_per_1k == pytest.approx(50.0, abs=3.0)
+    assert claude.ci95_ms_per_1k[0] < 50.0 < claude.ci95_ms_per_1k[1]
+    assert codex.slope_ms_per_1k is None
+    assert codex.reason is not None
+    assert "--observe-provider" in codex.reason
+    by_agent = {row.key.agent: row.prompt_cache for row in local.rows}
+    observed = by_agent["claude_code"]
+    assert observed.observed == 40  # the failed run is excluded, its break not counted
+    assert (observed.prefix_stable, observed.prefix_broken, observed.prefix_no_previous) == (
+        10, 20, 10)  # fmt: skip
+    assert observed.top_break == "system[1]"
+    assert observed.top_break_runs == 13  # i % 4 in {1, 2} and i % 3 % 2 == 0
+    assert by_agent["codex"] == PromptCache()  # nothing observed: no figure at all
+    assert by_agent["codex"].cache_read_share is None
+    assert by_agent["codex"].break_rate is None

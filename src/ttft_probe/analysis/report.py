@@ -4,7 +4,9 @@ The statistics themselves (cohorts, exclusion, percentiles) live in
 :mod:`ttft_probe.analysis._model`; this module selects the runs of a window, loads them
 from a source (the local store, or PostHog / Jaeger through
 :mod:`ttft_probe.analysis.sources`), and renders a :class:`~ttft_probe.analysis._model.Report`
-as a rich table (:func:`report_table`) or as JSON (:func:`report_to_json`).
+as rich tables (:func:`report_table`, then :func:`prompt_cache_tables`: the prompt cache
+per cohort and the cost of context per agent, DESIGN §10) or as JSON
+(:func:`report_to_json`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ttft_probe.analysis._model import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
     METRICS,
+    NOT_OBSERVED,
     NOT_SEPARATED,
     CohortRow,
+    ContextCost,
+    PromptCache,
     Report,
     Stats,
     build_report,
@@ -29,6 +36,7 @@ from ttft_probe.record import RunRecord
 if TYPE_CHECKING:
     import os
 
+    from rich.console import RenderableType
     from rich.table import Table
 
 __all__ = [
@@ -37,6 +45,7 @@ __all__ = [
     "format_since",
     "load_runs",
     "parse_since",
+    "prompt_cache_tables",
     "report_table",
     "report_to_json",
     "select",
@@ -203,6 +212,50 @@ def _row_json(row: CohortRow) -> dict[str, Any]:
         data["not_separated"] = {"runs": row.runs - row.excluded, "reason": NOT_SEPARATED}
     if row.message_granular:
         data["model_first_token_note"] = MESSAGE_LATE
+    cache = row.prompt_cache
+    data["prompt_cache"] = _prompt_cache_json(cache) if cache.observed else None
+    unobserved = row.runs - row.excluded - cache.observed
+    if unobserved:
+        data["not_observed"] = {"runs": unobserved, "reason": NOT_OBSERVED}
+    return data
+
+
+def _prompt_cache_json(cache: PromptCache) -> dict[str, Any]:
+    top = cache.top_break
+    return {
+        "observed": cache.observed,
+        "first_request_uncached_tokens": _stats_json(cache.uncached_tokens),
+        "cache_read_share": cache.cache_read_share,
+        "cache_read_tokens": cache.cache_read_tokens,
+        "input_tokens": cache.input_tokens,
+        "share_runs": cache.share_runs,
+        "prefix": {
+            "stable": cache.prefix_stable,
+            "broken": cache.prefix_broken,
+            "no_previous": cache.prefix_no_previous,
+            "unavailable": cache.prefix_unavailable,
+            "break_rate": cache.break_rate,
+            "top_break": None if top is None else {"section": top, "runs": cache.top_break_runs},
+        },
+    }
+
+
+def _context_cost_json(cost: ContextCost) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "agent": cost.agent,
+        "runs": cost.n,
+        "slope_ms_per_1k_uncached_tokens": cost.slope_ms_per_1k,
+        "ci95_ms_per_1k_uncached_tokens": (
+            None if cost.ci95_ms_per_1k is None else list(cost.ci95_ms_per_1k)
+        ),
+        "intercept_ms": cost.intercept_ms,
+        "resamples": BOOTSTRAP_RESAMPLES,
+        "seed": BOOTSTRAP_SEED,
+        "message_granular": cost.message_granular,
+        "reason": cost.reason,
+    }
+    if cost.message_granular:
+        data["model_first_token_note"] = MESSAGE_LATE
     return data
 
 
@@ -227,8 +280,42 @@ def report_to_json(report: Report) -> dict[str, Any]:
     "reason": …}`` (:data:`~ttft_probe.analysis._model.NOT_SEPARATED`). A cohort with
     whole-message first tokens counts them in ``message_granular`` and says what that
     means in ``model_first_token_note``.
+
+    Prompt cache (DESIGN §10; only from runs timed with ``--observe-provider``), per row::
+
+        "prompt_cache": {"observed": 38,
+                         "first_request_uncached_tokens": {"n": 38, "p50": 24512.0,
+                                                           "p90": 30001.5},
+                         "cache_read_share": 0.21, "cache_read_tokens": 250000,
+                         "input_tokens": 1190476, "share_runs": 38,
+                         "prefix": {"stable": 20, "broken": 10, "no_previous": 8,
+                                    "unavailable": 0, "break_rate": 0.333,
+                                    "top_break": {"section": "system[1]", "runs": 7}}}
+
+    Tokens are counts; ``cache_read_share`` is cache read / input tokens pooled over the
+    ``share_runs`` runs reporting both (0–1); ``break_rate`` is broken / (stable + broken)
+    (``null`` when no turn had a previous one to compare). ``"prompt_cache": null`` when
+    no included run was observed; ``"not_observed": {"runs": n, "reason": …}``
+    (:data:`~ttft_probe.analysis._model.NOT_OBSERVED`) counts the included runs without
+    the observer, which are never counted as 0.
+
+    Top level, ``"context_cost"``: one entry per agent, the OLS slope of
+    ``model_first_token_ms`` on ``first_request_uncached_tokens``
+    (:class:`~ttft_probe.analysis._model.ContextCost`)::
+
+        {"agent": "claude_code", "runs": 38,
+         "slope_ms_per_1k_uncached_tokens": 49.7,
+         "ci95_ms_per_1k_uncached_tokens": [44.1, 55.0], "intercept_ms": 402.3,
+         "resamples": 2000, "seed": 0, "message_granular": 0, "reason": null}
+
+    With too few runs the slope, interval and intercept are ``null`` and ``reason`` says
+    what is missing.
     """
-    return {"source": report.source, "rows": [_row_json(row) for row in report.rows]}
+    return {
+        "source": report.source,
+        "rows": [_row_json(row) for row in report.rows],
+        "context_cost": [_context_cost_json(cost) for cost in report.context_cost],
+    }
 
 
 def _ms_pair(stats: Stats | None) -> str:
@@ -314,3 +401,149 @@ def report_table(report: Report, *, title: str | None = None) -> Table:
         )
         previous = row.key.agent
     return table
+
+
+_OBSERVER_OFF: Final = "[yellow]observer off[/]"
+_DASH: Final = "[dim]—[/]"
+
+
+def _tokens_pair(stats: Stats) -> str:
+    if stats.p50 is None or stats.p90 is None:
+        return _DASH
+    return f"{stats.p50:,.0f} [dim]/[/] {stats.p90:,.0f}"
+
+
+def _cache_cells(row: CohortRow) -> list[str]:
+    """observed, uncached tokens, cache read, prefix broken, first break."""
+    cache = row.prompt_cache
+    included = row.runs - row.excluded
+    if cache.observed == 0:
+        return [_OBSERVER_OFF if included else _DASH, *[_DASH] * 4]
+    observed = str(cache.observed)
+    if cache.observed < included:
+        observed += f" [dim]of {included}[/]"
+    share = cache.cache_read_share
+    share_cell = _DASH if share is None else f"{share:.0%}"
+    rate = cache.break_rate
+    compared = cache.prefix_stable + cache.prefix_broken
+    if rate is not None:
+        broken = f"{cache.prefix_broken} [dim]of {compared}[/] ({rate:.0%})"
+    elif cache.prefix_no_previous:
+        broken = "[dim]no previous turn[/]"
+    else:
+        broken = _DASH
+    top = cache.top_break
+    first = _DASH if top is None else f"{top} [dim]×{cache.top_break_runs}[/]"
+    return [observed, _tokens_pair(cache.uncached_tokens), share_cell, broken, first]
+
+
+def _cache_table(report: Report) -> Table:
+    from rich.table import Table  # noqa: PLC0415 - rendering only
+
+    caption = [
+        (
+            "first generation request of each turn, read by --observe-provider; uncached = "
+            "input − cache read tokens; cache read = cache read / input tokens over the "
+            "observed runs"
+        ),
+        (
+            "prefix broken = turns whose request changed a section the previous turn's "
+            "request had (stable + broken turns compared); first break = the section most "
+            "of them changed first"
+        ),
+    ]
+    if any(row.runs - row.excluded > row.prompt_cache.observed for row in report.rows):
+        caption.append(
+            "observer off = timed without --observe-provider: no usage or prefix was "
+            "read (not 0); rerun with `ttft-probe run --observe-provider`"
+        )
+    table = Table(
+        title=f"Prompt cache ({report.source}) — why the model segment grows",
+        title_justify="left",
+        caption="\n".join(caption),
+        caption_justify="left",
+    )
+    table.add_column("agent", style="bold")
+    table.add_column("cohort")
+    table.add_column("observed", justify="right")
+    table.add_column("uncached tokens p50 / p90", justify="right")
+    table.add_column("cache read", justify="right", style="magenta")
+    table.add_column("prefix broken", justify="right")
+    table.add_column("first break")
+    previous = None
+    for index, row in enumerate(report.rows):
+        nxt = report.rows[index + 1].key.agent if index + 1 < len(report.rows) else None
+        table.add_row(
+            row.key.agent if row.key.agent != previous else "",
+            row.key.label,
+            *_cache_cells(row),
+            end_section=nxt is not None and nxt != row.key.agent,
+        )
+        previous = row.key.agent
+    return table
+
+
+def _cost_table(report: Report) -> Table:
+    from rich.table import Table  # noqa: PLC0415 - rendering only
+
+    caption = [
+        (
+            "OLS of model_first_token_ms on first_request_uncached_tokens over each agent's "
+            f"observed runs; 95 % pairs-bootstrap interval ({BOOTSTRAP_RESAMPLES:,} "
+            f"resamples, seed {BOOTSTRAP_SEED}); at 0 tokens = the line's intercept"
+        )
+    ]
+    if any(cost.message_granular for cost in report.context_cost):
+        caption.append(f"* {MESSAGE_LATE}")
+    table = Table(
+        title="Cost of context — ms of model wait per 1,000 uncached input tokens",
+        title_justify="left",
+        caption="\n".join(caption),
+        caption_justify="left",
+    )
+    table.add_column("agent", style="bold")
+    table.add_column("runs", justify="right")
+    table.add_column("ms / 1k tokens", justify="right", style="bold")
+    table.add_column("95 % interval", justify="right")
+    table.add_column("at 0 tokens", justify="right")
+    table.add_column("note", max_width=64, overflow="fold")
+    for cost in report.context_cost:
+        if cost.slope_ms_per_1k is None or cost.intercept_ms is None:
+            reason = cost.reason or "no slope"
+            table.add_row(cost.agent, str(cost.n), _DASH, _DASH, _DASH, f"[yellow]{reason}[/]")
+            continue
+        late = _MESSAGE_LATE if cost.message_granular else ""
+        ci = cost.ci95_ms_per_1k
+        interval = _DASH if ci is None else f"{ci[0]:,.1f} [dim]…[/] {ci[1]:,.1f}"
+        table.add_row(
+            cost.agent,
+            str(cost.n),
+            f"{cost.slope_ms_per_1k:,.1f}{late}",
+            interval,
+            f"{cost.intercept_ms:,.0f} ms",
+            "",
+        )
+    return table
+
+
+def prompt_cache_tables(report: Report) -> list[RenderableType]:
+    """What to print under :func:`report_table`: why the model segment grows (DESIGN §10).
+
+    A table per agent × cohort of the prompt cache (observed runs; p50 / p90 of
+    ``first_request_uncached_tokens``; cache read / input tokens; how often the prefix
+    broke, and the section most breaks start at), then a table per agent of the cost of
+    context (:class:`~ttft_probe.analysis._model.ContextCost`). Cohorts timed without
+    ``--observe-provider`` read "observer off", never 0. When no run in the report was
+    observed, one line says so and names ``--observe-provider`` instead.
+    """
+    if not any(row.prompt_cache.observed for row in report.rows):
+        if not report.rows:
+            return []
+        return [
+            (
+                "[dim]Prompt cache and cost of context: observer off — no run in the window "
+                "was timed with --observe-provider, so no usage or prefix was read; rerun "
+                "with `ttft-probe run --observe-provider`.[/]"
+            )
+        ]
+    return [_cache_table(report), _cost_table(report)]

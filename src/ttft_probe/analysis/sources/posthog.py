@@ -35,6 +35,26 @@ explicit types (``Nullable(Float64)``, ``Nullable(Int64)``, ``JSONExtractBool``)
 come back as ``'true'`` or as ``true`` depending on them), the former does not depend
 on them. Booleans come back as ``UInt8`` (0/1); JSON ``null`` and absent properties as
 NULL.
+
+The prompt-cache figures (DESIGN §10) come from the same query, per cohort, over the
+included runs the provider observer watched (``model_request_count`` not NULL): n / p50 /
+p90 of ``first_request_uncached_tokens`` (the same array quantile), the runs reporting
+both input and cache-read tokens and the sum of each (``sumIf``, exact integers; the
+share is their ratio, divided here as for the local store), the count of each
+``prefix_status``, and the section most broken runs name first: with ``b`` the sorted
+array of their ``prefix_break``::
+
+    c = arrayMap(s -> countEqual(b, s), b)             -- each one's count
+    top_break_runs = arrayMax(c)
+    top_break = arrayElement(b, indexOf(c, arrayMax(c)))  -- first in order on a tie
+
+The cost of context needs every run's point, not a statistic: ``context_points`` is each
+cohort's array of ``(first_request_uncached_tokens, model_first_token_ms, whole-message
+first token)`` tuples, and :func:`report_from_response` fits each agent's slope from them
+with :func:`~ttft_probe.analysis._model.fit_context_cost`, exactly as for the local store
+(the fit sorts its points, so the order ClickHouse returns them in does not matter).
+``countEqual``, ``arrayMax`` and ``indexOf`` are on HogQL's allow-list of array
+functions (``posthog/hogql/functions/clickhouse/arrays.py``), as are lambdas.
 """
 
 from __future__ import annotations
@@ -54,9 +74,12 @@ from ttft_probe.analysis._model import (
     METRICS,
     CohortKey,
     CohortRow,
+    ContextPoint,
+    PromptCache,
     Report,
     Stats,
     TurnGroup,
+    fit_context_cost,
 )
 from ttft_probe.analysis.sources import (
     ENV_TIMEOUT,
@@ -83,6 +106,19 @@ DEFAULT_HOST: Final = "https://us.posthog.com"
 EVENT: Final = "run_finished"
 SHARE: Final = "session_init_share"
 """Column stem of ``session_init_ms / spawn_to_first_token_ms``."""
+UNCACHED: Final = "first_request_uncached_tokens"
+"""Column stem of the observed runs' uncached input tokens of the first model request."""
+_PREFIX_STATUSES: Final = ("stable", "broken", "no_previous", "unavailable")
+_CACHE_COLUMNS: Final = (
+    "observed_runs",
+    "share_runs",
+    "cache_read_tokens",
+    "input_tokens",
+    *(f"prefix_{status}" for status in _PREFIX_STATUSES),
+    "top_break",
+    "top_break_runs",
+    "context_points",
+)
 QUANTILES: Final = ((50, 0.5), (90, 0.9))
 """(column label, quantile) pairs: ``p50_<metric>``, ``p90_<metric>``."""
 
@@ -121,6 +157,52 @@ def _quantile(array: str, q: float) -> str:
     return f"if(length({array}) = 0, NULL, {a_lo} + ({a_hi} - {a_lo}) * ({n1} * {q!r} - {lo}))"
 
 
+def _cache_per_cohort() -> list[str]:
+    """The per-cohort aggregates of the prompt cache (observed, included runs only)."""
+    seen = "included AND observed"
+    both = f"{seen} AND isNotNull(input_1) AND isNotNull(cache_read_1)"
+    return [
+        f"countIf({seen}) AS observed_runs",
+        f"arraySort(groupArrayIf({UNCACHED}, {seen})) AS v_{UNCACHED}",
+        f"countIf({both}) AS share_runs",
+        f"sumIf(ifNull(cache_read_1, 0), {both}) AS cache_read_tokens",
+        f"sumIf(ifNull(input_1, 0), {both}) AS input_tokens",
+        *(
+            f"countIf({seen} AND prefix_status = {_sql_string(status)}) AS prefix_{status}"
+            for status in _PREFIX_STATUSES
+        ),
+        (
+            f"arraySort(groupArrayIf(prefix_break, {seen} AND prefix_status = 'broken'))"
+            " AS v_prefix_break"
+        ),
+        (
+            "groupArrayIf((uncached_tokens, model_first_token_ms, message), included"
+            " AND isNotNull(uncached_tokens) AND isNotNull(model_first_token_ms))"
+            " AS context_points"
+        ),
+    ]
+
+
+def _cache_per_row() -> list[str]:
+    """The prompt-cache columns of a row; the most frequent break (module docstring)."""
+    breaks = "v_prefix_break"
+    counts = f"arrayMap(s -> countEqual({breaks}, s), {breaks})"
+    none = f"length({breaks}) = 0"
+    return [
+        "observed_runs",
+        "share_runs",
+        "cache_read_tokens",
+        "input_tokens",
+        *(f"prefix_{status}" for status in _PREFIX_STATUSES),
+        (
+            f"if({none}, NULL, arrayElement({breaks}, indexOf({counts}, arrayMax({counts}))))"
+            " AS top_break"
+        ),
+        f"if({none}, 0, arrayMax({counts})) AS top_break_runs",
+        "context_points",
+    ]
+
+
 def hogql_query(*, agent: str | None, start: datetime | None, end: datetime | None) -> str:
     """The HogQL query of the report: one row per agent × cohort.
 
@@ -134,10 +216,14 @@ def hogql_query(*, agent: str | None, start: datetime | None, end: datetime | No
         ``reused``, ``separated`` (0/1; see
         :func:`~ttft_probe.analysis._model.init_separated`), ``runs``, ``excluded``,
         ``message_granular``, then for every metric ``m`` of
-        :data:`~ttft_probe.analysis._model.METRICS` and ``session_init_share``:
-        ``n_<m>``, ``p50_<m>``, ``p90_<m>`` (ms; the share as a fraction). An unseparated
-        run's ``session_init_ms`` is no measurement: it is NULL, as the local store leaves
-        it out.
+        :data:`~ttft_probe.analysis._model.METRICS`, ``session_init_share`` and
+        ``first_request_uncached_tokens``: ``n_<m>``, ``p50_<m>``, ``p90_<m>`` (ms; the
+        share as a fraction; tokens). An unseparated run's ``session_init_ms`` is no
+        measurement: it is NULL, as the local store leaves it out. Then the prompt cache
+        (module docstring): ``observed_runs``, ``share_runs``, ``cache_read_tokens``,
+        ``input_tokens`` (token sums), ``prefix_stable``, ``prefix_broken``,
+        ``prefix_no_previous``, ``prefix_unavailable``, ``top_break`` (NULL without
+        breaks), ``top_break_runs`` and ``context_points`` (``[[tokens, ms, 0/1], …]``).
     """
     ordinal = _prop("turn_ordinal", "Nullable(Int64)")
     metrics = [
@@ -158,6 +244,13 @@ def hogql_query(*, agent: str | None, start: datetime | None, end: datetime | No
         ),
         "JSONExtractString(properties, 'first_token_granularity') = 'message' AS message",
         *metrics,
+        f"isNotNull({_prop('model_request_count', 'Nullable(Int64)')}) AS observed",
+        f"{_prop(UNCACHED, 'Nullable(Float64)')} AS {UNCACHED}",
+        f"{_prop(UNCACHED, 'Nullable(Int64)')} AS uncached_tokens",
+        f"{_prop('first_request_input_tokens', 'Nullable(Int64)')} AS input_1",
+        f"{_prop('first_request_cache_read_tokens', 'Nullable(Int64)')} AS cache_read_1",
+        "JSONExtractString(properties, 'prefix_status') AS prefix_status",
+        f"{_prop('prefix_break', 'Nullable(String)')} AS prefix_break",
     ]
     where = [f"event = {_sql_string(EVENT)}"]
     if start is not None:
@@ -179,11 +272,13 @@ def hogql_query(*, agent: str | None, start: datetime | None, end: datetime | No
         "countIf(included AND message) AS message_granular",
         *(f"arraySort(groupArrayIf({m}, included)) AS v_{m}" for m in METRICS),
         f"arraySort(groupArrayIf({share}, included)) AS v_{SHARE}",
+        *_cache_per_cohort(),
     ]
     stats = []
-    for m in (*METRICS, SHARE):
+    for m in (*METRICS, SHARE, UNCACHED):
         stats.append(f"length(v_{m}) AS n_{m}")
         stats.extend(f"{_quantile(f'v_{m}', q)} AS p{label}_{m}" for label, q in QUANTILES)
+    stats.extend(_cache_per_row())
     keys = "agent, turn, resumed, reused, separated"
     sep = ",\n    "
     return (
@@ -256,8 +351,8 @@ def report_from_response(body: Mapping[str, Any], source: str = "posthog") -> Re
     if not isinstance(columns, list) or not isinstance(results, list):
         raise SourceError("PostHog's answer has no 'columns' and 'results'")
     needed = {"agent", "turn", "resumed", "reused", "separated", "runs", "excluded",
-              "message_granular"}
-    for m in (*METRICS, SHARE):
+              "message_granular", *_CACHE_COLUMNS}
+    for m in (*METRICS, SHARE, UNCACHED):
         needed |= {f"n_{m}", f"p50_{m}", f"p90_{m}"}
     missing = needed - set(columns)
     if missing:
@@ -267,6 +362,7 @@ def report_from_response(body: Mapping[str, Any], source: str = "posthog") -> Re
             "not a proxy) and that this ttft-probe matches its ttft_probe events"
         )
     rows = []
+    points: dict[str, list[ContextPoint]] = {}
     for values in results:
         if not isinstance(values, Sequence) or len(values) != len(columns):
             raise SourceError("PostHog's answer has a row that does not match its columns")
@@ -290,10 +386,47 @@ def report_from_response(body: Mapping[str, Any], source: str = "posthog") -> Re
                 metrics={m: _stats(row, m) for m in METRICS},
                 session_init_share=_stats(row, SHARE),
                 message_granular=_int(row["message_granular"], "message_granular"),
+                prompt_cache=_prompt_cache(row),
             )
         )
+        points.setdefault(key.agent, []).extend(_points(row["context_points"]))
     rows.sort(key=lambda r: r.key)
-    return Report(rows=tuple(rows), source=source)
+    costs = tuple(fit_context_cost(agent, points[agent]) for agent in sorted(points))
+    return Report(rows=tuple(rows), source=source, context_cost=costs)
+
+
+def _prompt_cache(row: Mapping[str, Any]) -> PromptCache:
+    top = row["top_break"]
+    if top is not None and not isinstance(top, str):
+        raise SourceError(f"PostHog returned {top!r} for the prefix section 'top_break'")
+    return PromptCache(
+        observed=_int(row["observed_runs"], "observed_runs"),
+        uncached_tokens=_stats(row, UNCACHED),
+        share_runs=_int(row["share_runs"], "share_runs"),
+        cache_read_tokens=_int(row["cache_read_tokens"], "cache_read_tokens"),
+        input_tokens=_int(row["input_tokens"], "input_tokens"),
+        prefix_stable=_int(row["prefix_stable"], "prefix_stable"),
+        prefix_broken=_int(row["prefix_broken"], "prefix_broken"),
+        prefix_no_previous=_int(row["prefix_no_previous"], "prefix_no_previous"),
+        prefix_unavailable=_int(row["prefix_unavailable"], "prefix_unavailable"),
+        top_break=top or None,
+        top_break_runs=_int(row["top_break_runs"], "top_break_runs") if top else 0,
+    )
+
+
+def _points(value: object) -> list[ContextPoint]:
+    """``context_points``: ``[[tokens, ms, whole message], …]`` (tuples come as arrays)."""
+    if not isinstance(value, list):
+        raise SourceError(f"PostHog returned {value!r} for the array 'context_points'")
+    points = []
+    for item in value:
+        if not isinstance(item, (list, tuple)) or len(item) != 3:
+            raise SourceError(f"PostHog returned {item!r} in 'context_points'")
+        ms = _float(item[1], "context_points")
+        if ms is None:
+            raise SourceError("PostHog returned a point without model_first_token_ms")
+        points.append((_int(item[0], "context_points"), ms, _bool(item[2], "context_points")))
+    return points
 
 
 def app_host(host: str) -> str:
