@@ -6,6 +6,7 @@ after recovery every record must have arrived exactly once (counted by uuid).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -23,6 +24,8 @@ from conftest import PROBE, script
 from fake_langfuse import FakeLangfuse
 from fake_posthog import FakePostHog
 from helpers.otlp import attributes_of
+from helpers.records import START, stream_times, traced_record
+from helpers.waterfall import title_and_generation
 from otlp_receiver import OtlpReceiver
 from ttft_probe import Probe
 from ttft_probe.sinks.store import Store
@@ -249,6 +252,42 @@ def test_one_run_reaches_all_three_backends_with_the_same_record(tmp_path: Path)
                     for k, v in generation.attributes.items()
                     if k.startswith("langfuse.observation.metadata.")}
         assert set(metadata) >= set(fields)
+
+
+def test_a_stored_waterfall_reaches_all_three_backends_through_flush(tmp_path: Path) -> None:
+    # A run stored with the observer's requests, delivered by `ttft-probe flush`: the
+    # store hands the waterfall to the outbox, and each sink carries its usage names.
+    home = tmp_path / "probe"
+    home.mkdir()
+    times = stream_times()
+    record = traced_record(times, cache_creation_input_tokens=7)
+    Store(home / "runs.sqlite3").add(
+        record, times, ["otlp", "posthog", "langfuse"], requests=title_and_generation(START)
+    )
+    with FakePostHog() as ph, FakeLangfuse(public_key="pk-lf-test",
+                                           secret_key="sk-lf-test") as lf, OtlpReceiver() as otlp:
+        env = _all_three(home, ph, lf, otlp)
+        env["TTFT_PROBE_POSTHOG_AI_GENERATION"] = "1"
+        flushed = _flush(env)
+        assert flushed.returncode == 0, flushed.stderr
+        assert Store(home / "runs.sqlite3").pending() == {}
+        spans = {s.name: s for _, s in otlp.spans()}
+        generation = attributes_of(spans["chat claude-x"].attributes)
+        assert generation["gen_ai.usage.cache_read.input_tokens"] == 2000
+        assert generation["gen_ai.usage.cache_write.input_tokens"] == 900
+        assert generation["gen_ai.usage.cache_creation.input_tokens"] == 900
+        assert spans["chat claude-x"].parent_span_id == spans["model_first_token"].span_id
+        assert spans["chat claude-haiku"].parent_span_id == spans[
+            "invoke_agent claude_code"].span_id
+        [_, ai_generation] = ph.events
+        assert ai_generation["properties"]["$ai_cache_read_input_tokens"] == 2000
+        assert ai_generation["properties"]["$ai_cache_creation_input_tokens"] == 900
+        assert ai_generation["properties"]["$ai_input_tokens"] == 100
+        langfuse_generation = next(s for s in lf.spans() if s.attributes.get(
+            "langfuse.observation.type") == "generation")
+        usage = json.loads(langfuse_generation.attributes["langfuse.observation.usage_details"])
+        assert usage == {"input": 100, "output": 50, "cache_read_input_tokens": 2000,
+                         "cache_creation_input_tokens": 900}
 
 
 @pytest.mark.fault("Delivery", "OTLP, PostHog and Langfuse all down",

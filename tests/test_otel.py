@@ -138,8 +138,24 @@ def test_root_span_is_an_invoke_agent_client_span_with_genai_attributes(h: Harne
     assert a[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 34
     assert a[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 5
     assert sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS not in a
+    assert sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS not in a
     assert a[sc.PROCESS_EXIT_CODE] == 0
     assert root.status.status_code is StatusCode.UNSET
+
+
+def test_a_cache_write_is_sent_under_its_current_and_its_older_name(h: Harness) -> None:
+    # DESIGN §10: gen_ai.usage.cache_write.input_tokens replaced
+    # gen_ai.usage.cache_creation.input_tokens; both go out while backends catch up.
+    times = stream_times()
+    h.run(stream_record(times, input_tokens=12, cache_creation_input_tokens=900), times)
+    a = dict(h.root().attributes or {})
+    assert a["gen_ai.usage.cache_write.input_tokens"] == 900
+    assert a["gen_ai.usage.cache_creation.input_tokens"] == 900
+    assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 12
+    # Without the observer's requests the run has only its root and phase spans.
+    assert set(h.spans()) == {
+        "invoke_agent claude_code", "cli_ready", "session_init", "model_first_token"
+    }
 
 
 def test_every_non_null_record_field_is_a_ttft_probe_attribute(h: Harness) -> None:

@@ -10,6 +10,7 @@ from typing import ClassVar
 import pytest
 
 from helpers.records import record
+from helpers.waterfall import title_and_generation
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks._base import Delivery
 from ttft_probe.sinks.outbox import Deliverer, Outbox, SinkSpec, configured_sinks, started_wall_ns
@@ -91,6 +92,32 @@ def test_flush_ignores_the_backoff(tmp_path: Path) -> None:
         due_only=False, progress=lambda _sink, n: seen.append(n))
     assert result["recording"].delivered == 2
     assert seen == [2]
+
+
+def test_the_outbox_hands_each_sink_the_runs_waterfall(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    times = MarkerTimes(start_ns=10, first_token_ns=2_000_000_000)
+    requests = title_and_generation(10)
+    observed = record(run_id="00000000-0000-4000-8000-000000000001",
+                      started_at="2026-11-21T08:00:00.000000+00:00")
+    plain = record(run_id="00000000-0000-4000-8000-000000000002",
+                   started_at="2026-11-21T08:00:01.000000+00:00")
+    store.add(observed, times, ["recording"], requests=requests)
+    store.add(plain, times, ["recording"])
+    seen: list[Delivery] = []
+
+    class Keeping(RecordingSink):
+        def deliver(self, batch: Sequence[Delivery], timeout_s: float) -> list[bool]:
+            seen.extend(batch)
+            return super().deliver(batch, timeout_s)
+
+    assert Outbox(store, [Keeping()]).deliver_pending()["recording"].delivered == 2
+    by_run = {d.record.run_id: d for d in seen}
+    waterfall = by_run[observed.run_id].requests
+    assert [r.to_dict() for r in waterfall] == [r.to_dict() for r in requests]
+    assert by_run[observed.run_id].first_generation == waterfall[1]
+    assert by_run[plain.run_id].requests == ()
+    assert by_run[plain.run_id].first_generation is None
 
 
 def test_a_claimed_row_is_invisible_until_its_lease_runs_out(tmp_path: Path) -> None:

@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import attrs
 import pytest
 
 from conftest import TESTS
 from fake_langfuse import TRACES_PATH, FakeLangfuse, ReceivedSpan
+from helpers.waterfall import title_and_generation
 from ttft_probe.content import CapturedContent
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import MarkerTimes, RunRecord
@@ -354,6 +356,47 @@ def test_missing_fields_arrive_as_null_and_failed_runs_as_errors(
         assert metadata == delivery.record.to_dict()
         assert metadata["model_first_token_ms"] is None
         assert metadata["timing_unavailable_reason"] == "no_first_token"
+
+
+def test_the_generation_carries_the_first_generation_requests_usage(
+    fake: FakeLangfuse, make_sink: Callable[..., LangfuseSink]
+) -> None:
+    plain = make_delivery(model=None)
+    observed = attrs.evolve(plain, requests=title_and_generation(MONO0))
+    assert make_sink(fake.url).deliver([observed], timeout_s=10) == [True]
+
+    # Still one trace of two observations: the requests add no observations of their own.
+    spans = by_name(fake.spans())
+    assert sorted(spans) == ["chat claude-x", "invoke_agent claude_code"]
+    gen = spans["chat claude-x"]  # the record has no model: the generation request's
+    assert gen.attributes["langfuse.observation.model.name"] == "claude-x"
+    # Langfuse adds the usage types up: "input" is what was read anew (3000 - 2000 - 900).
+    assert json.loads(gen.attributes["langfuse.observation.usage_details"]) == {
+        "input": 100,
+        "output": 50,
+        "cache_read_input_tokens": 2000,
+        "cache_creation_input_tokens": 900,
+    }
+    ids = langfuse_ids(observed.record)
+    assert gen.span_id == ids.generation_observation_id
+    # Time to first token is still the run's: spawn to the first token.
+    completion = json.loads(gen.attributes["langfuse.observation.completion_start_time"])
+    assert completion == "2026-01-01T00:00:01.133456Z"
+
+
+def test_without_reported_usage_the_records_own_counts_stay(
+    fake: FakeLangfuse, make_sink: Callable[..., LangfuseSink]
+) -> None:
+    title, generation = title_and_generation(MONO0)
+    silent = attrs.evolve(make_delivery(), requests=(title, attrs.evolve(generation, usage=None)))
+    assert make_sink(fake.url).deliver([silent], timeout_s=10) == [True]
+    gen = by_name(fake.spans())["chat claude-sonnet-4-5"]
+    assert json.loads(gen.attributes["langfuse.observation.usage_details"]) == {
+        "input": 1200,
+        "output": 42,
+        "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 7,
+    }
 
 
 def test_redelivery_sends_the_same_trace_and_observation_ids(

@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from helpers.otlp import attributes_of
 from helpers.records import (
@@ -38,16 +39,18 @@ from helpers.records import (
     traced_record,
     wall,
 )
+from helpers.waterfall import title_and_generation
 from otlp_receiver import OtlpReceiver
 from ttft_probe import _semconv as sc
 from ttft_probe.content import CapturedContent
 from ttft_probe.record import MarkerTimes
 from ttft_probe.sinks._base import Delivery, Sink
-from ttft_probe.sinks.otlp import OtlpSink, build_spans, child_span_id
+from ttft_probe.sinks.otlp import OtlpSink, build_spans, child_span_id, request_span_id
 from ttft_probe.telemetry import Telemetry
+from ttft_probe.waterfall import RequestKind
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 PARENT_ID = "a3ce929d0e0e4736"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -414,6 +417,167 @@ def test_large_content_is_split_into_several_exports(
     assert [len(traces_in(request)) for request in rx.traces] == [1, 1, 1, 3]
     roots = [attributes_of(s.attributes) for _, s in rx.spans() if s.name == ROOT]
     assert sum(sc.GEN_AI_OUTPUT_MESSAGES in a for a in roots) == 3
+
+
+# --- the model requests (provider observer) ---
+
+TITLE = "chat claude-haiku"
+GENERATION = "chat claude-x"
+REQUEST_KEYS = (
+    sc.TTFT_REQUEST_KIND,
+    sc.TTFT_REQUEST_ID,
+    sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
+    sc.HTTP_RESPONSE_STATUS_CODE,
+    sc.HTTP_REQUEST_BODY_SIZE,
+)
+
+
+def observed(times: MarkerTimes | None = None, **fields: Any) -> Delivery:
+    """:func:`delivery` with the shared waterfall: a title side call, then the generation."""
+    return attrs.evolve(delivery(times, **fields), requests=title_and_generation(START))
+
+
+def test_model_requests_arrive_as_spans_under_the_phase_they_arrived_in(
+    rx: OtlpReceiver,
+) -> None:
+    d = observed(cache_creation_input_tokens=7)
+    assert sink_for(rx.endpoint).deliver([d], timeout_s=10) == [True]
+
+    spans = {span.name: span for _, span in rx.spans()}
+    assert set(spans) == {ROOT, *PHASES, TITLE, GENERATION}
+    root = spans[ROOT]
+    title, generation = spans[TITLE], spans[GENERATION]
+    # The title came before the prompt (during session_init): under the root. The
+    # generation came after it: under model_first_token (900 → 1400 ms).
+    assert title.parent_span_id == root.span_id
+    assert generation.parent_span_id == spans["model_first_token"].span_id
+    assert generation.parent_span_id == child_span_id(STREAM_RUN_ID, "model_first_token").to_bytes(
+        8, "big"
+    )
+    for span, request_id in ((title, 1), (generation, 2)):
+        assert span.trace_id == root.trace_id
+        assert span.span_id == request_span_id(STREAM_RUN_ID, request_id).to_bytes(8, "big")
+        assert span.kind == span.SPAN_KIND_CLIENT
+        assert span.status.code == span.status.STATUS_CODE_UNSET
+    # Arrival → end; the title's end was not seen: it ends at its first content byte.
+    assert (title.start_time_unix_nano, title.end_time_unix_nano) == (
+        wall(START + 600 * MS),
+        wall(START + 650 * MS),
+    )
+    assert (generation.start_time_unix_nano, generation.end_time_unix_nano) == (
+        wall(START + 950 * MS),
+        wall(START + 1900 * MS),
+    )
+
+    g = attributes_of(generation.attributes)
+    assert g[sc.GEN_AI_OPERATION_NAME] == "chat"
+    assert g[sc.GEN_AI_PROVIDER_NAME] == "anthropic"
+    assert g[sc.GEN_AI_REQUEST_MODEL] == "claude-x"
+    assert g[sc.GEN_AI_USAGE_INPUT_TOKENS] == 3000  # cached tokens included
+    assert g[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 50
+    assert g[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 2000
+    assert g[sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS] == 900
+    assert g[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] == 900
+    ttfc = g[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK]
+    assert isinstance(ttfc, float)  # a double on the wire, in seconds
+    assert ttfc == pytest.approx(0.4)
+    assert g[sc.HTTP_RESPONSE_STATUS_CODE] == 200
+    assert g[sc.HTTP_REQUEST_BODY_SIZE] == 123_456
+    assert g[sc.TTFT_REQUEST_KIND] == "generation"
+    assert g[sc.TTFT_REQUEST_ID] == 2
+    assert g["ttft_probe.turn_cohort"] == "turn_2+"
+    assert g["ttft_probe.run_id"] == STREAM_RUN_ID
+    assert sc.ERROR_TYPE not in g
+
+    t = attributes_of(title.attributes)
+    assert t[sc.GEN_AI_REQUEST_MODEL] == "claude-haiku"
+    assert t[sc.TTFT_REQUEST_KIND] == "title"
+    assert t[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] == pytest.approx(0.05)
+    assert not [key for key in t if key.startswith("gen_ai.usage.")]  # none reported
+
+    # The root keeps the agent's own whole-turn usage; a cache write under both names.
+    r = attributes_of(root.attributes)
+    assert r[sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS] == 7
+    assert r[sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] == 7
+    assert r[sc.GEN_AI_OPERATION_NAME] == "invoke_agent"
+
+
+def test_a_redelivered_waterfall_has_the_same_span_ids(rx: OtlpReceiver) -> None:
+    sink = sink_for(rx.endpoint)
+    d = observed()
+    assert sink.deliver([d], 10) == [True]
+    assert sink.deliver([d], 10) == [True]
+    sent = [(span.trace_id, span.span_id, span.name) for _, span in rx.spans()]
+    assert len(sent) == 12
+    assert len(set(sent)) == 6
+
+
+def test_request_kinds_name_their_operation_and_errors_mark_the_span() -> None:
+    _, generation = title_and_generation(START, api="gemini", model="gemini-2.5-pro")
+    failed = attrs.evolve(generation, request_id=3, status=429, usage=None)
+    count = attrs.evolve(
+        generation, request_id=4, kind=RequestKind.COUNT_TOKENS, model=None, usage=None
+    )
+    d = attrs.evolve(delivery(), requests=(generation, failed, count))
+    spans = {
+        s.context.span_id: s for s in build_spans(d) if s.name != ROOT and s.name not in PHASES
+    }
+    ok = spans[request_span_id(STREAM_RUN_ID, 2)]
+    assert ok.name == "generate_content gemini-2.5-pro"
+    assert (ok.attributes or {})[sc.GEN_AI_PROVIDER_NAME] == "gcp.gemini"
+    assert ok.status.status_code is StatusCode.UNSET
+    bad = spans[request_span_id(STREAM_RUN_ID, 3)]
+    assert bad.status.status_code is StatusCode.ERROR
+    assert (bad.attributes or {})[sc.ERROR_TYPE] == "429"
+    assert (bad.attributes or {})[sc.HTTP_RESPONSE_STATUS_CODE] == 429
+    counted = spans[request_span_id(STREAM_RUN_ID, 4)]
+    assert counted.name == "count_tokens"
+    assert (counted.attributes or {})[sc.GEN_AI_OPERATION_NAME] == "count_tokens"
+
+
+def test_without_requests_or_marker_times_there_are_no_request_spans(rx: OtlpReceiver) -> None:
+    plain = build_spans(delivery())
+    assert {s.name for s in plain} == {ROOT, *PHASES}
+    for span in plain:
+        assert not set(REQUEST_KEYS) & set(span.attributes or {})
+    # Requests cannot be placed without the run's markers: the root alone, as before.
+    untimed = Delivery(traced_record(stream_times()), None, wall(START), None,
+                       title_and_generation(START))
+    assert [s.name for s in build_spans(untimed)] == [ROOT]
+
+
+def test_live_request_spans_have_the_shape_of_the_rebuilt_ones() -> None:
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(shutdown_on_exit=False)
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    tel = Telemetry(tracer_provider=tp, meter_provider=None)
+    times = stream_times()
+    requests = title_and_generation(START)
+    run = tel.start_run(agent="claude_code", start_ns=START, anchor=ANCHOR)
+    record = traced_record(times, trace_id=run.trace_id_hex, span_id=run.span_id_hex)
+    run.finish(record, times, requests=requests)
+    live = exporter.get_finished_spans()
+    rebuilt = build_spans(Delivery(record, times, wall(START), requests=requests))
+    tp.shutdown()
+
+    def shapes(spans: Sequence[ReadableSpan]) -> dict[str, tuple[Any, ...]]:
+        names = {s.context.span_id: s.name for s in spans}
+        return {
+            s.name: (
+                s.kind,
+                None if s.parent is None else names[s.parent.span_id],
+                s.start_time,
+                s.end_time,
+                dict(s.attributes or {}),
+                s.status.status_code,
+            )
+            for s in spans
+        }
+
+    assert set(shapes(live)) == {ROOT, *PHASES, TITLE, GENERATION}
+    assert shapes(live) == shapes(rebuilt)
+    assert shapes(live)[GENERATION][1] == "model_first_token"
+    assert shapes(live)[TITLE][1] == ROOT
 
 
 # --- failures: False, bounded, never raised ---

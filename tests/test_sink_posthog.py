@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from fake_posthog import FakePostHog, Mode
 from helpers.records import SECRET_MODEL, full_record
+from helpers.waterfall import title_and_generation
 from ttft_probe.content import CapturedContent
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
@@ -143,6 +145,93 @@ def test_ai_generation_of_a_failed_run_without_trace() -> None:
     for absent in ("$ai_span_id", "$ai_time_to_first_token", "$ai_input_tokens"):
         assert absent not in props
 
+
+# --- the model requests (provider observer) ---
+
+FIRST_REQUEST_FIELDS = {
+    "model_request_count": 2,
+    "first_request_input_tokens": 3000,
+    "first_request_cache_read_tokens": 2000,
+    "first_request_cache_write_tokens": 900,
+    "first_request_uncached_tokens": 1000,
+    "first_request_bytes": 123_456,
+    "prefix_status": "broken",
+    "prefix_break": "system[1]",
+    "prefix_reused_bytes": 4096,
+}
+TOKEN_KEYS = (
+    "$ai_input_tokens",
+    "$ai_output_tokens",
+    "$ai_cache_read_input_tokens",
+    "$ai_cache_creation_input_tokens",
+)
+
+
+def observed(record: RunRecord, *, api: str = "anthropic") -> Delivery:
+    requests = title_and_generation(1_000_000_000, api=api)
+    return attrs.evolve(delivery(record), requests=requests)
+
+
+def test_ai_generation_takes_its_tokens_from_the_first_generation_request(
+    server: FakePostHog,
+) -> None:
+    sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
+    record = full_record(**FIRST_REQUEST_FIELDS)
+    try:
+        assert sink.deliver([observed(record)], timeout_s=5) == [True]
+    finally:
+        sink.close()
+    run_finished, generation = server.events
+    props = generation["properties"]
+    # Anthropic: PostHog counts cache tokens apart from $ai_input_tokens (3000 - 2000 - 900).
+    assert {k: props[k] for k in TOKEN_KEYS} == {
+        "$ai_input_tokens": 100,
+        "$ai_output_tokens": 50,
+        "$ai_cache_read_input_tokens": 2000,
+        "$ai_cache_creation_input_tokens": 900,
+    }
+    assert props["$ai_time_to_first_token"] == 1.5  # s: spawn to first token, as before
+    assert props["$ai_latency"] == 4.25
+    # run_finished is the record, its nine request and prefix fields included, and no more.
+    assert run_finished["properties"] == {
+        **record.to_dict(),
+        "$process_person_profile": False,
+        "$geoip_disable": True,
+    }
+    assert {k: run_finished["properties"][k] for k in FIRST_REQUEST_FIELDS} == FIRST_REQUEST_FIELDS
+    # Nothing of the requests themselves (no list, digest or side call) on the wire.
+    body = json.dumps(server.requests[0].body)
+    for absent in ("claude-haiku", "request_id", "arrival_ns", "digest", "sections"):
+        assert absent not in body
+
+
+def test_openai_and_gemini_input_tokens_include_the_cached_ones() -> None:
+    sink = PostHogSink(API_KEY, host="http://127.0.0.1:9", distinct_id="d", ai_generation=True)
+    for api, provider in (("openai", "openai"), ("gemini", "gemini")):
+        d = observed(full_record(agent="opencode_acp", model=None), api=api)
+        props = sink.events(d.record, requests=d.requests)[1]["properties"]
+        assert props["$ai_input_tokens"] == 3000
+        assert props["$ai_cache_read_input_tokens"] == 2000
+        # the agent does not tell its provider or model: the request does
+        assert props["$ai_provider"] == provider
+        assert props["$ai_model"] == "claude-x"
+
+
+def test_without_a_reported_usage_the_records_own_tokens_stay() -> None:
+    sink = PostHogSink(API_KEY, host="http://127.0.0.1:9", distinct_id="d", ai_generation=True)
+    record = full_record()
+    plain = sink.events(record)
+    assert sink.events(record, requests=()) == plain  # observer off: unchanged
+    title, generation = title_and_generation(0)
+    silent = attrs.evolve(generation, usage=None)
+    for requests in ((title,), (title, silent)):  # no generation, or one without usage
+        props = sink.events(record, requests=requests)[1]["properties"]
+        assert {k: props[k] for k in TOKEN_KEYS} == {
+            "$ai_input_tokens": 12,
+            "$ai_output_tokens": 34,
+            "$ai_cache_read_input_tokens": 5600,
+            "$ai_cache_creation_input_tokens": 78,
+        }
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers.records import record
+from helpers.waterfall import GENERATION_USAGE, title_and_generation
 from ttft_probe.content import CapturedContent
 from ttft_probe.errors import StoreError
 from ttft_probe.record import MarkerTimes
@@ -87,12 +88,35 @@ def test_captured_content_is_kept_beside_the_record_and_handed_to_the_outbox(
     store.add(plain, None, ["posthog"])
     store.add(captured, None, ["posthog"], content)
     claimed = store.claim("posthog", 10, lease_s=60, now=1.0)
-    assert [(r, c) for r, _, c in claimed] == [(plain, None), (captured, content)]
+    assert [(r, c) for r, _, c, _ in claimed] == [(plain, None), (captured, content)]
     assert store.content(captured.run_id) == content
     assert store.content(plain.run_id) is None
     assert store.content("no-such-run") is None
     # The record itself stays the contract: no text in it.
     assert "Hello" not in captured.to_json()
+
+
+def test_the_waterfall_is_kept_beside_the_record_and_handed_to_the_outbox(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    plain = record(run_id="00000000-0000-4000-8000-000000000001",
+                   started_at="2026-11-21T08:00:00.000000+00:00")
+    observed = record(run_id="00000000-0000-4000-8000-000000000002",
+                      started_at="2026-11-21T08:00:01.000000+00:00")
+    none_seen = record(run_id="00000000-0000-4000-8000-000000000003",
+                       started_at="2026-11-21T08:00:02.000000+00:00")
+    requests = title_and_generation(1_000)
+    store.add(plain, None, ["otlp"])
+    store.add(observed, MarkerTimes(start_ns=1_000), ["otlp"], requests=requests)
+    store.add(none_seen, None, ["otlp"], requests=[])  # observer on, no request seen
+    claimed = store.claim("otlp", 10, lease_s=60, now=1.0)
+    assert [r.run_id for r, *_ in claimed] == [plain.run_id, observed.run_id, none_seen.run_id]
+    waterfalls = [w for *_, w in claimed]
+    assert waterfalls[0] == waterfalls[2] == ()  # the observer was off / saw nothing
+    # Stored as to_dict has it: usage, times, status and size; no digests.
+    assert [r.to_dict() for r in waterfalls[1]] == [r.to_dict() for r in requests]
+    assert waterfalls[1][1].usage == GENERATION_USAGE
 
 
 def test_a_version_3_store_gains_the_content_column_and_delivers_its_pending_runs(
@@ -112,6 +136,6 @@ def test_a_version_3_store_gains_the_content_column_and_delivers_its_pending_run
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.claim("langfuse", 10, lease_s=60, now=1.0) == [(old, None, None)]
+    assert store.claim("langfuse", 10, lease_s=60, now=1.0) == [(old, None, None, ())]
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
     assert version == (SCHEMA_VERSION,) == (5,)

@@ -21,13 +21,19 @@ __all__ = [
     "GEN_AI_CONVERSATION_ID",
     "GEN_AI_INPUT_MESSAGES",
     "GEN_AI_OPERATION_NAME",
+    "GEN_AI_OP_CHAT",
+    "GEN_AI_OP_GENERATE_CONTENT",
     "GEN_AI_OUTPUT_MESSAGES",
     "GEN_AI_PROVIDER_NAME",
     "GEN_AI_REQUEST_MODEL",
+    "GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK",
     "GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS",
     "GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS",
+    "GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS",
     "GEN_AI_USAGE_INPUT_TOKENS",
     "GEN_AI_USAGE_OUTPUT_TOKENS",
+    "HTTP_REQUEST_BODY_SIZE",
+    "HTTP_RESPONSE_STATUS_CODE",
     "INVOKE_AGENT",
     "METRIC_CLIENT_WAIT",
     "METRIC_CLI_READY",
@@ -45,6 +51,8 @@ __all__ = [
     "TTFT_CONTENT_TRUNCATED",
     "TTFT_PREFIX",
     "TTFT_PROCESS_REUSED",
+    "TTFT_REQUEST_ID",
+    "TTFT_REQUEST_KIND",
     "TTFT_SESSION_RESUMED",
     "TTFT_STATUS",
     "TTFT_TURN_COHORT",
@@ -61,7 +69,14 @@ GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"
+"""Tokens written to the provider's prompt cache: the current GenAI name (DESIGN §10)."""
 GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+"""The older name of :data:`GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS`, sent beside it (same value)
+while backends catch up."""
+GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+"""Span attribute of one model request: its arrival to the provider's first content byte,
+in seconds (double)."""
 GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 """Opt-in content: the prompt as a JSON string of the GenAI input-messages shape."""
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
@@ -69,10 +84,17 @@ GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 
 INVOKE_AGENT: Final = "invoke_agent"
 """Value of ``gen_ai.operation.name`` and the first word of the root span's name."""
+GEN_AI_OP_CHAT: Final = "chat"
+"""``gen_ai.operation.name`` of a chat or messages request (Anthropic, OpenAI)."""
+GEN_AI_OP_GENERATE_CONTENT: Final = "generate_content"
+"""``gen_ai.operation.name`` of a Gemini ``generateContent`` request."""
 
 # --- general conventions ---
 ERROR_TYPE: Final = "error.type"
 PROCESS_EXIT_CODE: Final = "process.exit_code"
+HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+HTTP_REQUEST_BODY_SIZE: Final = "http.request.body.size"
+"""Bytes of a request body as sent (before any content decoding)."""
 SERVICE_NAME: Final = "service.name"
 SERVICE_NAME_DEFAULT: Final = "ttft-probe"
 """``service.name`` of the private providers when ``OTEL_SERVICE_NAME`` is not set."""
@@ -86,6 +108,11 @@ TTFT_TURN_COHORT: Final = "ttft_probe.turn_cohort"
 """Metric attribute: ``"turn_1"`` or ``"turn_2+"`` (absent when the ordinal is unknown)."""
 TTFT_CONTENT_TRUNCATED: Final = "ttft_probe.content_truncated"
 """``True`` on the span carrying opt-in content when a text was cut at its cap."""
+TTFT_REQUEST_KIND: Final = "ttft_probe.request.kind"
+"""A model request span's kind: ``generation`` or a side call (``title``, ``count_tokens``,
+…; :class:`ttft_probe.waterfall.RequestKind`)."""
+TTFT_REQUEST_ID: Final = "ttft_probe.request.id"
+"""A model request span's number within its run (the observer's ``request_id``)."""
 
 
 def record_key(field: str) -> str:

@@ -12,22 +12,35 @@ twice downstream.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Final, Protocol, runtime_checkable
 
 import attrs
 
 from ttft_probe.record import MarkerTimes, RunRecord
+from ttft_probe.waterfall import ModelRequest, RequestKind
 
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
 
-__all__ = ["HEX_SPAN_ID", "HEX_TRACE_ID", "Delivery", "Sink", "size_groups"]
+__all__ = ["HEX_SPAN_ID", "HEX_TRACE_ID", "Delivery", "Sink", "first_generation", "size_groups"]
 
 HEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
 """A W3C trace id as records carry it (``trace_id``): 32 lowercase hex digits."""
 HEX_SPAN_ID: Final = re.compile(r"[0-9a-f]{16}")
 """A W3C span id as records carry it (``span_id``, ``parent_span_id``): 16 lowercase hex."""
+
+
+def first_generation(requests: Iterable[ModelRequest]) -> ModelRequest | None:
+    """The turn's first ``generation`` request (side calls never are); ``None`` if none.
+
+    The request whose usage the record's ``first_request_*`` fields hold (DESIGN §10).
+    """
+    return next((r for r in requests if r.kind is RequestKind.GENERATION), None)
+
+
+def _request_tuple(requests: Iterable[ModelRequest]) -> tuple[ModelRequest, ...]:
+    return tuple(requests)
 
 
 @attrs.frozen
@@ -38,12 +51,22 @@ class Delivery:
     every marker in wall time: ``started_wall_ns + (marker_ns - times.start_ns)``.
     ``content`` is the run's prompt and answer text, present only when the run was made
     with the opt-in content capture (:mod:`ttft_probe.content`); a sink sends it only then.
+    ``requests`` is the run's waterfall (DESIGN §10): every model-bound request the
+    provider observer saw, in order, with times in monotonic ns like the markers (place
+    them with :meth:`wall_ns`); empty when the observer was off. Only counts, times,
+    statuses and sizes: it holds no request body or digest.
     """
 
     record: RunRecord
     times: MarkerTimes | None
     started_wall_ns: int
     content: CapturedContent | None = None
+    requests: tuple[ModelRequest, ...] = attrs.field(default=(), converter=_request_tuple)
+
+    @property
+    def first_generation(self) -> ModelRequest | None:
+        """:func:`first_generation` of :attr:`requests`."""
+        return first_generation(self.requests)
 
     def wall_ns(self, mono_ns: int | None) -> int | None:
         """Unix ns (wall) of a marker's monotonic reading, ``None`` if it is ``None``."""

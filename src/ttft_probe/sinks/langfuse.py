@@ -25,8 +25,15 @@ What Langfuse receives for each run (OTLP/HTTP protobuf, gzip, Basic auth, at
 - its child, one ``generation`` named ``chat {model}`` (``chat`` without a model), over
   the same interval, with ``completion_start_time`` = the ``firstToken`` wall time (so
   Langfuse's own "time to first token" is ``spawn_to_first_token_ms``), ``model`` =
-  ``record.model`` and usage ``input``/``output``/``cache_read_input_tokens``/
-  ``cache_creation_input_tokens`` from the record's token counts;
+  ``record.model`` (else the first generation request's model, with the provider
+  observer) and ``usage_details`` ``input``/``output``/``cache_read_input_tokens``/
+  ``cache_creation_input_tokens``: with the provider observer, the usage the provider
+  reported for the turn's first generation request (``Delivery.requests``; DESIGN §10),
+  ``input`` then being the input read anew (input − cache read − cache write), since
+  Langfuse adds every usage type up into the total; otherwise the record's own token
+  counts, as the agent reported them. The waterfall's other requests are not sent as
+  observations of their own: each would add its usage to the trace's total a second
+  time (the OTLP sink carries one span per request);
 - on both observations every contract field as metadata (``record.to_dict()``, one
   ``langfuse.observation.metadata.<field>`` each, JSON-encoded; a ``None`` field arrives
   as JSON ``null``, not absent). ``failed``/``timed_out`` runs have level ``ERROR``,
@@ -119,6 +126,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from ttft_probe.content import CapturedContent
+    from ttft_probe.waterfall import ModelRequest
 
 __all__ = [
     "DEFAULT_HOST",
@@ -231,13 +239,32 @@ def _utc(unix_ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=unix_ns // 1000)
 
 
-def _usage(record: RunRecord) -> dict[str, int] | None:
-    usage = {
-        "input": record.input_tokens,
-        "output": record.output_tokens,
-        "cache_read_input_tokens": record.cache_read_input_tokens,
-        "cache_creation_input_tokens": record.cache_creation_input_tokens,
-    }
+def _usage(record: RunRecord, first: ModelRequest | None = None) -> dict[str, int] | None:
+    """The generation's ``usage_details``: ``first``'s reported usage, else the record's.
+
+    Langfuse sums every usage type into the total, so ``input`` from a request's usage
+    (which counts cached tokens in) is the input read anew: input − cache read − cache
+    write. ``None`` when no count is known.
+    """
+    reported = None if first is None else first.usage
+    if reported is None:
+        usage = {
+            "input": record.input_tokens,
+            "output": record.output_tokens,
+            "cache_read_input_tokens": record.cache_read_input_tokens,
+            "cache_creation_input_tokens": record.cache_creation_input_tokens,
+        }
+    else:
+        fresh = reported.input_tokens
+        if fresh is not None:
+            cached = (reported.cache_read_tokens or 0) + (reported.cache_write_tokens or 0)
+            fresh = max(0, fresh - cached)
+        usage = {
+            "input": fresh,
+            "output": reported.output_tokens,
+            "cache_read_input_tokens": reported.cache_read_tokens,
+            "cache_creation_input_tokens": reported.cache_write_tokens,
+        }
     present = {k: v for k, v in usage.items() if v is not None}
     return present or None
 
@@ -747,6 +774,8 @@ def _make_spans(
     level = _level(record.status)
     status_message = None if level is None else record.status.value
     trace_metadata = {k: metadata[k] for k in TRACE_METADATA_FIELDS if metadata.get(k) is not None}
+    first = delivery.first_generation
+    model = record.model or (None if first is None else first.model)
 
     pipeline.plan.set(ids)
     # An empty context: no ambient span becomes the parent and no ambient Langfuse
@@ -777,7 +806,7 @@ def _make_spans(
                 status_message=status_message,
             )
             gen_span = pipeline.tracer.start_span(
-                f"chat {record.model}" if record.model else "chat", start_time=wall.start_ns
+                f"chat {model}" if model else "chat", start_time=wall.start_ns
             )
             generation = LangfuseGeneration(
                 otel_span=gen_span,
@@ -785,8 +814,8 @@ def _make_spans(
                 input=prompt,
                 output=answer,
                 metadata=observation_metadata,
-                model=record.model,
-                usage_details=_usage(record),
+                model=model,
+                usage_details=_usage(record, first),
                 completion_start_time=None
                 if wall.first_token_ns is None
                 else _utc(wall.first_token_ns),

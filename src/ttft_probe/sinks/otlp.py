@@ -23,6 +23,10 @@ attributes, events and status the live path emits — as SDK ``ReadableSpan`` ob
 - the phase spans (kind ``INTERNAL``) with span ids derived from ``run_id`` and the span
   name (:func:`child_span_id`), so a redelivery sends identical ids and a collector or
   trace store can drop the copy by span id;
+- the run's model requests (``Delivery.requests``, provider observer only), one span
+  each as :mod:`ttft_probe.telemetry.shape` describes them (kind ``CLIENT``, under
+  ``model_first_token`` when the request arrived within it, else under the root), with
+  span ids derived from ``run_id`` and the request's number (:func:`request_span_id`);
 - explicit timestamps: every marker at ``Delivery.wall_ns(marker)``, the wall time the
   run's anchor gave it. The root ends at ``end_ns``; without it, at the last marker
   observed. A delivery without marker times sends the root alone, from
@@ -83,7 +87,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["OtlpSink", "build_spans", "child_span_id"]
+__all__ = ["OtlpSink", "build_spans", "child_span_id", "request_span_id"]
 
 _log = logging.getLogger(__name__)
 
@@ -111,6 +115,15 @@ def child_span_id(run_id: str, name: str) -> int:
     return int.from_bytes(digest, "big") or 1
 
 
+def request_span_id(run_id: str, request_id: int) -> int:
+    """The span id of a run's model request number ``request_id`` (64-bit, non-zero).
+
+    :func:`child_span_id` of ``request/<request_id>``: a redelivered waterfall has the
+    same span ids.
+    """
+    return child_span_id(run_id, f"request/{request_id}")
+
+
 def _derived_trace_id(run_id: str) -> int:
     digest = hashlib.blake2b(f"{run_id}/trace".encode(), digest_size=16).digest()
     return int.from_bytes(digest, "big") or 1
@@ -132,8 +145,9 @@ def build_spans(
     """The run's spans, rebuilt from its record and marker times; root first.
 
     Args:
-        delivery: The stored run (record, marker times, start as Unix ns, and the opt-in
-            captured content, which goes on the root span when present).
+        delivery: The stored run (record, marker times, start as Unix ns, the opt-in
+            captured content, which goes on the root span when present, and the model
+            requests, one span each).
         resource: The spans' resource (default: :func:`ttft_probe.telemetry.env.resource_from`
             of the process environment).
         parent_span_id: The root span's parent (16 hex digits, same trace); default: the
@@ -154,7 +168,7 @@ def build_spans(
     if resource is None:
         resource = resource_from(os.environ)
     scope = InstrumentationScope(_SCOPE, VERSION)
-    shape = run_shape(record, times, delivery.content)
+    shape = run_shape(record, times, delivery.content, delivery.requests)
 
     trace_id = _hex_id(record.trace_id, HEX_TRACE_ID)
     root_id = _hex_id(record.span_id, HEX_SPAN_ID)
@@ -233,6 +247,38 @@ def build_spans(
         )
         for name, begin_ns, end_ns in shape.phases
     )
+    for request in shape.requests:
+        parent_of_request = (
+            root_ctx
+            if request.parent is None
+            else SpanContext(
+                trace_id,
+                child_span_id(record.run_id, request.parent),
+                is_remote=False,
+                trace_flags=flags,
+            )
+        )
+        spans.append(
+            ReadableSpan(
+                name=request.name,
+                context=SpanContext(
+                    trace_id,
+                    request_span_id(record.run_id, request.request_id),
+                    is_remote=False,
+                    trace_flags=flags,
+                ),
+                parent=parent_of_request,
+                resource=resource,
+                attributes=dict(request.attributes),
+                kind=SpanKind.CLIENT,
+                status=Status(StatusCode.UNSET)
+                if request.error_type is None
+                else Status(StatusCode.ERROR, f"HTTP {request.error_type}"),
+                start_time=wall(request.begin_ns),
+                end_time=wall(request.end_ns),
+                instrumentation_scope=scope,
+            )
+        )
     return spans
 
 

@@ -220,8 +220,8 @@ class Outbox:
                 if not claimed:
                     break
                 batch = [
-                    Delivery(record, times, started_wall_ns(record.started_at), content)
-                    for record, times, content in claimed
+                    Delivery(record, times, started_wall_ns(record.started_at), content, requests)
+                    for record, times, content, requests in claimed
                 ]
                 ok = _deliver(sink, batch, timeout_s)
                 done = [d.record.run_id for d, good in zip(batch, ok, strict=True) if good]

@@ -37,9 +37,23 @@ request). Without capture none of these keys is sent; the properties are as abov
 ``$process_person_profile: false`` keeps PostHog from creating a person per install;
 ``$geoip_disable: true`` is the SDK's own default for server-side capture (no location
 is derived from the sender's address). The optional ``$ai_generation`` event carries the
-property names of PostHog's LLM analytics schema (``$ai_latency`` and
-``$ai_time_to_first_token`` in seconds) and its own stable uuid, ``uuid5(NAMESPACE_URL,
-run_id + "/$ai_generation")``, so it is as idempotent as the run itself.
+property names of PostHog's LLM analytics schema (``$ai_latency`` = ``total_duration_ms``
+and ``$ai_time_to_first_token`` = ``spawn_to_first_token_ms``, both in seconds) and its
+own stable uuid, ``uuid5(NAMESPACE_URL, run_id + "/$ai_generation")``, so it is as
+idempotent as the run itself.
+
+Its token counts (``$ai_input_tokens``, ``$ai_output_tokens``,
+``$ai_cache_read_input_tokens``, ``$ai_cache_creation_input_tokens``) are, with the
+provider observer, the usage the provider reported for the turn's first generation
+request (``Delivery.requests``; DESIGN §10), the request whose prompt cache decides the
+wait for the first token; otherwise the agent's own counts from the record. PostHog
+counts Anthropic's cache tokens apart from ``$ai_input_tokens`` and everyone else's
+within it, so for a request to the Anthropic API ``$ai_input_tokens`` is the input read
+anew (input − cache read − cache write); for OpenAI and Gemini it includes cached
+tokens. ``$ai_provider`` and ``$ai_model`` fall back to the request's API and model when
+the agent's name and the record do not tell them. No request body, digest or other
+request detail is ever sent; the ``run_finished`` event is the record alone (its
+``first_request_*`` and ``prefix_*`` fields included, as the contract has them).
 
 Confirmation: the SDK's ``capture()`` only queues; its consumer thread retries and then
 drops a batch without telling the caller. This sink therefore calls the SDK's request
@@ -79,10 +93,11 @@ from ttft_probe._logonce import LogOnce
 from ttft_probe.agents import provider_name
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
-from ttft_probe.sinks._base import Delivery, size_groups
+from ttft_probe.sinks._base import Delivery, first_generation, size_groups
 
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
+    from ttft_probe.waterfall import ModelRequest
 
 __all__ = [
     "AI_GENERATION_EVENT",
@@ -128,6 +143,10 @@ _CONTENT_TRUNCATED: Final = "content_truncated"
 # PostHog's own ``$ai_provider`` values, as its SDK wrappers send them, where they are
 # not the ``gen_ai.provider.name`` of :data:`ttft_probe.agents.PROVIDERS`.
 _AI_PROVIDER_BY_GEN_AI: Final = {"gcp.gemini": "gemini"}
+# PostHog's ``$ai_provider`` of a model request by the observer's API name.
+_AI_PROVIDER_BY_API: Final = {"anthropic": "anthropic", "openai": "openai", "gemini": "gemini"}
+# The APIs whose cache tokens PostHog counts apart from ``$ai_input_tokens``.
+_EXCLUSIVE_CACHE_APIS: Final = frozenset({"anthropic"})
 
 _sdk_lock = threading.Lock()
 _sdk_request: Any = None
@@ -240,6 +259,33 @@ def _parse_flag(env: Mapping[str, str], name: str) -> bool:
 
 def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / _MS_PER_S
+
+
+def _token_properties(record: RunRecord, first: ModelRequest | None) -> dict[str, int | None]:
+    """The ``$ai_*_tokens`` of a run: its first generation request's usage, else the record's.
+
+    PostHog counts Anthropic's cache tokens apart from ``$ai_input_tokens`` (its cost
+    model adds them back) and OpenAI's and Gemini's within it, so a request to the
+    Anthropic API gives the input read anew (input − cache read − cache write).
+    """
+    usage = None if first is None else first.usage
+    if first is None or usage is None:
+        return {
+            "$ai_input_tokens": record.input_tokens,
+            "$ai_output_tokens": record.output_tokens,
+            "$ai_cache_read_input_tokens": record.cache_read_input_tokens,
+            "$ai_cache_creation_input_tokens": record.cache_creation_input_tokens,
+        }
+    input_tokens = usage.input_tokens
+    if input_tokens is not None and first.api in _EXCLUSIVE_CACHE_APIS:
+        cached = (usage.cache_read_tokens or 0) + (usage.cache_write_tokens or 0)
+        input_tokens = max(0, input_tokens - cached)
+    return {
+        "$ai_input_tokens": input_tokens,
+        "$ai_output_tokens": usage.output_tokens,
+        "$ai_cache_read_input_tokens": usage.cache_read_tokens,
+        "$ai_cache_creation_input_tokens": usage.cache_write_tokens,
+    }
 
 
 def _json_size(value: object) -> int:
@@ -392,7 +438,11 @@ class PostHogSink:
     # --- the wire events ---
 
     def events(
-        self, record: RunRecord, *, content: CapturedContent | None = None
+        self,
+        record: RunRecord,
+        *,
+        content: CapturedContent | None = None,
+        requests: Sequence[ModelRequest] = (),
     ) -> list[dict[str, Any]]:
         """The capture events for one run, exactly as they go on the wire (pure).
 
@@ -400,6 +450,9 @@ class PostHogSink:
         the run was made with content capture): it adds ``$ai_input`` /
         ``$ai_output_choices`` to the events' properties, each only when that text exists
         (and ``content_truncated`` when a text was cut; see the module docstring).
+        ``requests`` is the run's waterfall (provider observer only): the
+        ``$ai_generation`` event then takes its token counts from the first generation
+        request's usage (see the module docstring); ``run_finished`` is unchanged.
         """
         events: list[dict[str, Any]] = [
             {
@@ -415,27 +468,28 @@ class PostHogSink:
             }
         ]
         if self.ai_generation:
-            events.append(self._ai_generation_event(record))
+            events.append(self._ai_generation_event(record, first_generation(requests)))
         if content is not None:
             content_props = _content_properties(content, max(events, key=_json_size))
             for event in events:
                 event["properties"].update(content_props)
         return events
 
-    def _ai_generation_event(self, record: RunRecord) -> dict[str, Any]:
+    def _ai_generation_event(
+        self, record: RunRecord, first: ModelRequest | None
+    ) -> dict[str, Any]:
+        request_model = None if first is None else first.model
+        request_provider = None if first is None else _AI_PROVIDER_BY_API.get(first.api)
         props: dict[str, Any] = {
             "$ai_trace_id": record.trace_id or record.conversation_id or record.run_id,
             "$ai_span_id": record.span_id,
             "$ai_session_id": record.conversation_id or record.session_id,
             "$ai_span_name": f"invoke_agent {record.agent}",
-            "$ai_model": record.model,
-            "$ai_provider": ai_provider(record.agent),
+            "$ai_model": record.model or request_model,
+            "$ai_provider": ai_provider(record.agent) or request_provider,
             "$ai_latency": _seconds(record.total_duration_ms),
             "$ai_time_to_first_token": _seconds(record.spawn_to_first_token_ms),
-            "$ai_input_tokens": record.input_tokens,
-            "$ai_output_tokens": record.output_tokens,
-            "$ai_cache_read_input_tokens": record.cache_read_input_tokens,
-            "$ai_cache_creation_input_tokens": record.cache_creation_input_tokens,
+            **_token_properties(record, first),
             "$ai_is_error": record.status in _ERROR_STATUSES,
             "$ai_error": record.status.value if record.status in _ERROR_STATUSES else None,
         }
@@ -473,7 +527,9 @@ class PostHogSink:
             return results
         deadline = time.monotonic() + max(timeout_s, 0.0)
         try:
-            per_run = [self.events(d.record, content=d.content) for d in batch]
+            per_run = [
+                self.events(d.record, content=d.content, requests=d.requests) for d in batch
+            ]
             sizes = [sum(_json_size(event) for event in events) for events in per_run]
             sdk = _sdk()
         except Exception as exc:  # noqa: BLE001 - a sink never raises into the outbox

@@ -474,10 +474,13 @@ class Store:
 
     def claim(
         self, sink: str, limit: int, *, lease_s: float, now: float, due_only: bool = True
-    ) -> list[tuple[RunRecord, MarkerTimes | None, CapturedContent | None]]:
+    ) -> list[
+        tuple[RunRecord, MarkerTimes | None, CapturedContent | None, tuple[ModelRequest, ...]]
+    ]:
         """Lease up to ``limit`` undelivered runs of ``sink`` for ``lease_s`` seconds.
 
-        Each comes as (record, marker times or ``None``, captured content or ``None``).
+        Each comes as (record, marker times or ``None``, captured content or ``None``,
+        model requests: the waterfall, empty when the run was made without the observer).
 
         A leased row is invisible to other claims (another probe process delivering at
         the same time) until it is settled or its lease runs out (a process killed
@@ -498,7 +501,9 @@ class Store:
         lease_s: float,
         now: float,
         not_before: float,
-    ) -> list[tuple[RunRecord, MarkerTimes | None, CapturedContent | None]]:
+    ) -> list[
+        tuple[RunRecord, MarkerTimes | None, CapturedContent | None, tuple[ModelRequest, ...]]
+    ]:
         with _transaction(conn):
             # Leases held by processes that died (SIGKILL mid-delivery) are free at once.
             holders = conn.execute(
@@ -508,7 +513,8 @@ class Store:
             ).fetchall()
             dead = [h for (h,) in holders if h is not None and not _owner_alive(h)]
             rows = conn.execute(
-                "SELECT d.run_id, r.record_json, r.markers_json, r.content_json"
+                "SELECT d.run_id, r.record_json, r.markers_json, r.content_json,"
+                " r.requests_json"
                 " FROM deliveries d"
                 " JOIN runs r ON r.run_id = d.run_id"
                 " WHERE d.sink = ? AND d.delivered_at IS NULL AND d.next_attempt_at <= ?"
@@ -523,8 +529,13 @@ class Store:
                 [(now + lease_s, owner, run_id, sink) for run_id, *_ in rows],
             )
         return [
-            (RunRecord.from_dict(json.loads(rec)), _times(markers), _content(content))
-            for _, rec, markers, content in rows
+            (
+                RunRecord.from_dict(json.loads(rec)),
+                _times(markers),
+                _content(content),
+                tuple(_requests(requests) or ()),
+            )
+            for _, rec, markers, content, requests in rows
         ]
 
     def settle(

@@ -28,7 +28,8 @@ API:
   ``context`` (all ``None`` when the provider in use records nothing: ``OTEL_SDK_DISABLED``,
   a no-op provider, or an internal fault).
 - :meth:`RunSpan.finish` adds the record's attributes (and the opt-in captured content,
-  when given), the marker events and the phase spans, sets the status, ends the root span
+  when given), the marker events, the phase spans and, when the provider observer's
+  model requests are given, one span per request, sets the status, ends the root span
   at ``times.end_ns`` (or now) and records the histograms. Idempotent.
 - :attr:`RunSpan.needs_delivery` says whether the run's spans still have to be delivered
   by the durable OTLP sink (:mod:`ttft_probe.sinks.otlp`); :attr:`RunSpan.parent_span_id_hex`
@@ -100,7 +101,7 @@ from ttft_probe.telemetry.env import (
 from ttft_probe.telemetry.shape import metric_attributes, root_span_name, run_shape
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from opentelemetry.context import Context
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
 
     from ttft_probe.content import CapturedContent
     from ttft_probe.record import MarkerTimes, RunRecord
+    from ttft_probe.waterfall import ModelRequest
 
 __all__ = ["ATEXIT_TIMEOUT_MS", "RunSpan", "Telemetry"]
 
@@ -586,6 +588,7 @@ class RunSpan:
         times: MarkerTimes,
         *,
         content: CapturedContent | None = None,
+        requests: Sequence[ModelRequest] = (),
     ) -> None:
         """Emit the run: attributes, events, phase spans, status, end, histograms.
 
@@ -595,6 +598,10 @@ class RunSpan:
             content: The run's prompt and answer text, only when it was captured with the
                 opt-in content capture: the root span then also gets
                 :func:`content_attributes`. ``None`` (the default) adds nothing.
+            requests: The run's model requests (the provider observer's waterfall,
+                monotonic ns): one ``CLIENT`` span each, under ``model_first_token`` or the
+                root (:class:`ttft_probe.telemetry.shape.RequestSpan`). Empty (the default)
+                adds nothing.
 
         Idempotent, never raises; a fault is logged once and the rest still runs.
         """
@@ -606,7 +613,9 @@ class RunSpan:
             return
         assert setup.tracer is not None  # noqa: S101 - a real span comes from a real tracer
         try:
-            self._emit_spans(span, setup.tracer, record, times, content)
+            self._emit_spans(
+                span, setup.tracer, record, times, content=content, requests=requests
+            )
         except Exception:  # noqa: BLE001 - instrumentation must not reach the run
             self._telemetry._warn.warning(  # noqa: SLF001 - one LogOnce per Telemetry
                 "finish_spans", "ttft_probe: could not emit the run's spans", exc_info=True
@@ -638,16 +647,19 @@ class RunSpan:
         tracer: Tracer,
         record: RunRecord,
         times: MarkerTimes,
+        *,
         content: CapturedContent | None,
+        requests: Sequence[ModelRequest],
     ) -> None:
         from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context  # noqa: PLC0415
 
         wall = self._anchor.wall_ns_at
-        shape = run_shape(record, times, content)
+        shape = run_shape(record, times, content, requests)
         span.set_attributes(shape.attributes)
         for name, t_ns in shape.events:
             span.add_event(name, timestamp=wall(t_ns))
         parent = set_span_in_context(span)
+        contexts: dict[str, Context] = {}
         for name, begin_ns, end_ns in shape.phases:
             child = tracer.start_span(
                 name,
@@ -657,6 +669,18 @@ class RunSpan:
                 start_time=wall(begin_ns),
             )
             child.end(end_time=wall(end_ns))
+            contexts[name] = set_span_in_context(child)
+        for request in shape.requests:
+            child = tracer.start_span(
+                request.name,
+                context=parent if request.parent is None else contexts[request.parent],
+                kind=SpanKind.CLIENT,
+                attributes=request.attributes,
+                start_time=wall(request.begin_ns),
+            )
+            if request.error_type is not None:
+                child.set_status(StatusCode.ERROR, f"HTTP {request.error_type}")
+            child.end(end_time=wall(request.end_ns))
         if shape.error_type is not None:
             span.set_status(StatusCode.ERROR, shape.status_description)
         self._end_root(span, times)
