@@ -62,6 +62,31 @@ CALLS: list[tuple[str, bytes, bytes]] = [
     ),
 ]
 
+BIG_BODY_BYTES = 1 << 20
+
+
+def _big_calls() -> list[tuple[str, bytes, bytes]]:
+    """CALLS with ~1 MiB bodies: a transcript of 200 turns of ~5 KiB each.
+
+    The observer reads, parses and hashes each body's sections after forwarding it.
+    """
+    text = "lorem ipsum dolor sit amet " * 190  # ~5 KiB per message
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} {text}"}
+             for i in range(200)]
+    gemini_turns = [{"role": "user" if i % 2 == 0 else "model", "parts": [{"text": t["content"]}]}
+                    for i, t in enumerate(turns)]
+    bodies = [
+        {"model": "m", "stream": True, "system": "be brief", "messages": turns},
+        {"model": "m", "stream": True, "instructions": "be brief", "input": turns},
+        {"contents": gemini_turns},
+    ]
+    calls = []
+    for (path, _, marker), body in zip(CALLS, bodies, strict=True):
+        data = json.dumps(body).encode()
+        assert abs(len(data) - BIG_BODY_BYTES) < BIG_BODY_BYTES // 10, len(data)
+        calls.append((path, data, marker))
+    return calls
+
 
 # --- children -----------------------------------------------------------------------------
 
@@ -98,22 +123,37 @@ def _stop(proc: subprocess.Popen[bytes], *, terminate: bool = False) -> str:
     return out.decode().strip()
 
 
-def proxy_child(upstream: str) -> int:
-    """Run an observer in front of ``upstream``; print counts when stdin closes."""
-    from ttft_probe.observer import (  # noqa: PLC0415 - the child only
+def proxy_child(upstream: str, *, read_bodies: bool = True) -> int:
+    """Run an observer in front of ``upstream``; print counts when stdin closes.
+
+    ``read_bodies=False``: the observer forwards bodies but does not read them (no
+    parsing, no section digests), to measure what reading them costs.
+    """
+    from ttft_probe import observer as observer_module  # noqa: PLC0415 - the child only
+    from ttft_probe.observer import (  # noqa: PLC0415
         ObserverEvent,
         ProviderFirstContent,
         ProviderObserver,
         ProviderRequest,
+        ProviderRequestBody,
     )
 
-    counts = {"requests": 0, "first_content": 0}
+    sys.setswitchinterval(0.0005)  # as `ttft-probe run --observe-provider` sets it
+    if not read_bodies:
+
+        def unread(request_id: int, _api: object, kind: object, *_rest: object) -> object:
+            return ProviderRequestBody(request_id, kind)  # type: ignore[arg-type]
+
+        observer_module.analyze_body = unread  # type: ignore[assignment]
+    counts = {"requests": 0, "first_content": 0, "bodies_hashed": 0}
 
     def on_event(event: ObserverEvent) -> None:
         if isinstance(event, ProviderRequest):
             counts["requests"] += 1
         elif isinstance(event, ProviderFirstContent):
             counts["first_content"] += 1
+        elif isinstance(event, ProviderRequestBody) and event.sections is not None:
+            counts["bodies_hashed"] += 1
 
     with ProviderObserver(upstream, on_event) as observer:
         print(f"READY {observer.url}", flush=True)
@@ -313,7 +353,13 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def measure_latency(
-    direct_url: str, proxy_url: str, raw_url: str, n: int, *, keep_alive: bool
+    direct_url: str,
+    proxy_url: str,
+    raw_url: str,
+    n: int,
+    *,
+    keep_alive: bool,
+    calls: list[tuple[str, bytes, bytes]] = CALLS,
 ) -> dict[str, float]:
     """Interleaved first-content times: direct, observer, raw forwarder; added µs per round."""
     clients = {
@@ -323,7 +369,7 @@ def measure_latency(
     us: dict[str, list[float]] = {name: [] for name in clients}
     names = list(clients)
     for i in range(n + 6):
-        path, body, marker = CALLS[i % len(CALLS)]
+        path, body, marker = calls[i % len(calls)]
         order = names[i % 3 :] + names[: i % 3]  # rotate who goes first
         sample = {k: clients[k].first_content_ns(path, body, marker) / 1000 for k in order}
         if i >= 6:  # warm-up: first connections, cold caches
@@ -341,6 +387,58 @@ def measure_latency(
         "added_p90_us": _pct(added, 0.90),
         "added_p99_us": _pct(added, 0.99),
         "raw_added_median_us": statistics.median(raw_added),
+    }
+
+
+def measure_body_cost(n: int, first_token_delay_ms: float) -> dict[str, float]:
+    """What reading and hashing 1 MiB request bodies adds to the first content byte.
+
+    A fake provider answering after ``first_token_delay_ms``, an observer that reads every
+    body and one that only forwards it; ``n`` interleaved rounds of the three (direct
+    first, then rotating), rotating the three APIs. Returns µs medians and percentiles.
+    """
+    me = [str(Path(__file__).resolve())]
+    children: list[subprocess.Popen[bytes]] = []
+    fake, fake_url = _spawn(["-m", "ttft_probe.testing.fake_provider", "--first-token-delay-ms",
+                             str(first_token_delay_ms), "--no-prompt-cache"])
+    try:
+        on, on_url = _spawn([*me, "--proxy-child", fake_url])
+        children.append(on)
+        off, off_url = _spawn([*me, "--proxy-child", fake_url, "--no-body-reading"])
+        children.append(off)
+        clients = {name: Client(url, keep_alive=True)
+                   for name, url in (("direct", fake_url), ("on", on_url), ("off", off_url))}
+        calls = _big_calls()
+        us: dict[str, list[float]] = {name: [] for name in clients}
+        names = list(clients)
+        for i in range(n + 3):
+            path, body, marker = calls[i % len(calls)]
+            order = names[i % 3 :] + names[: i % 3]
+            sample = {k: clients[k].first_content_ns(path, body, marker) / 1000 for k in order}
+            if i >= 3:
+                for k, v in sample.items():
+                    us[k].append(v)
+        for client in clients.values():
+            client.close()
+        counts = [json.loads(_stop(c) or "{}") for c in children]
+        children.clear()
+    finally:
+        for child in children:
+            _stop(child)
+        _stop(fake, terminate=True)
+    reading = [a - b for a, b in zip(us["on"], us["off"], strict=True)]
+    added = [a - d for a, d in zip(us["on"], us["direct"], strict=True)]
+    return {
+        "n": n,
+        "delay_ms": first_token_delay_ms,
+        "body_bytes": statistics.mean(len(b) for _, b, _ in calls),
+        "direct_median_us": statistics.median(us["direct"]),
+        "observer_median_us": statistics.median(us["on"]),
+        "unread_median_us": statistics.median(us["off"]),
+        "added_median_us": statistics.median(added),
+        "reading_median_us": statistics.median(reading),
+        "reading_p90_us": _pct(reading, 0.90),
+        "bodies_hashed": counts[0].get("bodies_hashed", 0),
     }
 
 
@@ -403,7 +501,9 @@ def render(
         "of any extra hop on this machine); interleaved rounds of streaming requests rotating",
         "Anthropic, OpenAI Responses and Gemini; time from send (new connections: from",
         "`connect()`) to receipt of the bytes completing the first content event.",
-        "Added = observer − direct (raw forwarder − direct), per round.",
+        "Added = observer − direct (raw forwarder − direct), per round. With 1 MiB request",
+        "bodies (a 200-turn transcript) the observer also reads, parses and hashes every",
+        "body's sections (issue 14's prefix check), on its reader thread after forwarding.",
         "",
         (
             "| connections | requests | direct median µs | observer median µs "
@@ -443,16 +543,17 @@ def render(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or one of its child roles); returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--requests", type=int, default=240, help="pairs per connection mode")
     parser.add_argument("--stream-mb", type=float, default=20.0)
     parser.add_argument("--proxy-child", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    parser.add_argument("--no-body-reading", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--raw-child", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--upstream-child", type=int, metavar="BYTES", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write the report")
     args = parser.parse_args(argv)
     if args.proxy_child:
-        return proxy_child(args.proxy_child)
+        return proxy_child(args.proxy_child, read_bodies=not args.no_body_reading)
     if args.raw_child:
         return raw_child(args.raw_child)
     if args.upstream_child:
@@ -471,10 +572,15 @@ def main(argv: list[str] | None = None) -> int:
         raw, raw_url = _spawn([*me, "--raw-child", fake_url])
         children.append(raw)
         lat = {}
-        for mode, keep_alive in (("keep-alive", True), ("new per request", False)):
-            print(f"latency, {mode}: {args.requests} pairs …", flush=True)
+        modes = (
+            ("keep-alive", True, CALLS, args.requests),
+            ("new per request", False, CALLS, args.requests),
+            ("keep-alive, 1 MiB request bodies", True, _big_calls(), args.requests // 2),
+        )
+        for mode, keep_alive, calls, n in modes:
+            print(f"latency, {mode}: {n} pairs …", flush=True)
             lat[mode] = measure_latency(
-                fake_url, proxy_url, raw_url, args.requests, keep_alive=keep_alive
+                fake_url, proxy_url, raw_url, n, keep_alive=keep_alive, calls=calls
             )
         counts = _stop(proxy)
         children.remove(proxy)

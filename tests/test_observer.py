@@ -35,10 +35,13 @@ from ttft_probe.observer import (
     ProviderResponseEnd,
     _ContentDetector,
     _Link,
+    _loads_yielding,
+    analyze_body,
     classify_request,
     is_loopback_peer,
 )
 from ttft_probe.testing.fake_provider import FakeProvider
+from ttft_probe.waterfall import RequestKind, request_sections
 
 TIMEOUT_S = 10
 MS = 1_000_000
@@ -1041,3 +1044,46 @@ def test_switching_protocols_becomes_a_raw_tunnel() -> None:
         up.close()
     assert isinstance(events[-1], ProviderResponseEnd)
     assert events[-1].status == 101
+
+
+# --- reading a forwarded body ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "{}", '{"a":[]}', ' { "a" : [ 1 , {"b":[2]} ] , "c" : "x" , "d":null } ', "[1,2]", '"s"',
+    '{"a":[1,]}', '{"a":1,}', "{1:2}", '{"a":1} x', '{"a":[1 2]}', '{"a":[1],"a":2}',
+    '{"a" 1}', "{", '{"a":[', '  {"x":[[1,2],[3]]}  ', '{"a":[1,2]]}', "",
+])
+def test_the_piecewise_parse_is_json_loads(text: str) -> None:
+    try:
+        expected: object = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _loads_yielding(text)
+    else:
+        assert _loads_yielding(text) == expected
+
+
+def test_a_read_body_gives_its_model_tools_kind_and_section_digests() -> None:
+    body = {"model": "claude-x", "max_tokens": 800, "tools": [{"name": "t"}],
+            "system": [{"type": "text", "text": "s"}],
+            "messages": [{"role": "user", "content": "x" * 70_000} for _ in range(20)]}
+    raw = json.dumps(body).encode()
+    read = analyze_body(3, "anthropic", RequestKind.GENERATION, gzip.compress(raw), b"gzip")
+    assert (read.request_id, read.kind, read.model, read.has_tools) == (
+        3, RequestKind.GENERATION, "claude-x", True)
+    assert read.sections == request_sections("anthropic", body)
+    # A body asking for one token is a quota check, one that must not generate a prewarm:
+    # side calls, whose prompts are not compared.
+    quota = analyze_body(4, "anthropic", RequestKind.GENERATION,
+                         json.dumps({**body, "max_tokens": 1}).encode(), b"")
+    assert (quota.kind, quota.sections) == (RequestKind.QUOTA, None)
+    prewarm = analyze_body(5, "openai", RequestKind.GENERATION,
+                           json.dumps({"model": "g", "generate": False}).encode(), b"")
+    assert prewarm.kind is RequestKind.PREWARM
+    # What cannot be read has no sections, and says nothing else either.
+    for unreadable, encoding in ((b"not json", b""), (raw, b"zstd"), (None, b"")):
+        read = analyze_body(6, "anthropic", RequestKind.GENERATION, unreadable, encoding,
+                            "from-the-head")
+        assert (read.kind, read.model, read.sections) == (
+            RequestKind.GENERATION, "from-the-head", None)

@@ -194,12 +194,13 @@ class RunBuilder:
             probe_version=self._version,
             started_at=_iso(self._anchor.wall_ns_at(turn.times.start_ns)),
         )
+        observed = self.observer is ObserverStatus.ON
         if span is not None:
             try:
-                span.finish(record, turn.times, content=turn.content)
+                span.finish(record, turn.times, content=turn.content,
+                            requests=turn.requests if observed else ())
             except Exception:  # noqa: BLE001 - telemetry never reaches the run
                 _log.warning("could not finish the run span", exc_info=True)
-        observed = self.observer is ObserverStatus.ON
         return RunResult(
             record=record,
             times=turn.times,

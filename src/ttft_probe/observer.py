@@ -271,6 +271,98 @@ _MAX_BODY: Final = 32 << 20
 _MAX_TOKEN_KEYS: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
 
 
+_DECODER: Final = json.JSONDecoder()
+_WS: Final = re.compile(r"[ \t\n\r]*")
+_YIELD_EVERY: Final = 64 << 10
+"""Characters parsed between two hand-overs of the GIL (:func:`_loads_yielding`)."""
+
+
+class _Piecewise:
+    """A JSON text parsed one object member and one array item at a time."""
+
+    __slots__ = ("parsed", "pos", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.parsed = 0
+
+    def skip(self) -> str:
+        """Skip whitespace; the next character (``""`` at the end)."""
+        self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]
+        return self.text[self.pos : self.pos + 1]
+
+    def take(self, allowed: str) -> str:
+        """Consume the next character, one of ``allowed``; it."""
+        char = self.skip()
+        if not char or char not in allowed:
+            raise ValueError(f"expected one of {allowed!r} at {self.pos}")
+        self.pos += 1
+        return char
+
+    def value(self) -> object:
+        """One whole value (the GIL is held while the C decoder runs)."""
+        self.skip()
+        start = self.pos
+        value, self.pos = _DECODER.raw_decode(self.text, self.pos)
+        self.parsed += self.pos - start
+        if self.parsed >= _YIELD_EVERY:
+            self.parsed = 0
+            time.sleep(0)  # hand the GIL over
+        return value
+
+    def array(self) -> list[object]:
+        """An array whose ``[`` was consumed, item by item."""
+        items: list[object] = []
+        if self.skip() == "]":
+            self.pos += 1
+            return items
+        while True:
+            items.append(self.value())
+            if self.take(",]") == "]":
+                return items
+
+    def member_value(self) -> object:
+        """An object member's value: an array item by item, anything else whole."""
+        if self.skip() == "[":
+            self.pos += 1
+            return self.array()
+        return self.value()
+
+
+def _loads_yielding(text: str) -> object:
+    """``json.loads(text)``, parsed one top-level member and one array item at a time.
+
+    ``json.loads`` holds the GIL for its whole run (some ms for a 1 MiB body), during
+    which the observer's loop thread could not forward an answer's first bytes nor the
+    pump threads timestamp the agent's output. Parsed piecewise, the GIL is handed over
+    (``time.sleep(0)``) every :data:`_YIELD_EVERY` characters, so the longest hold is one
+    message's parse. The result equals ``json.loads(text)``.
+
+    Raises:
+        ValueError: ``text`` is not one JSON value.
+    """
+    doc = _Piecewise(text)
+    if doc.skip() != "{":
+        return json.loads(text)
+    doc.pos += 1
+    result: dict[str, object] = {}
+    if doc.skip() == "}":
+        doc.pos += 1
+    else:
+        while True:
+            key = doc.value()
+            if not isinstance(key, str):
+                raise ValueError("an object key must be a string")  # noqa: TRY004 - as json
+            doc.take(":")
+            result[key] = doc.member_value()
+            if doc.take(",}") == "}":
+                break
+    if doc.skip():
+        raise ValueError("extra data after the JSON value")
+    return result
+
+
 def analyze_body(  # noqa: PLR0917 - called with a job's arguments, in order
     request_id: int,
     api: Api,
@@ -289,7 +381,7 @@ def analyze_body(  # noqa: PLR0917 - called with a job's arguments, in order
         try:
             decoder = _Decoder.for_encoding(encoding)
             raw = body if decoder is None else decoder.decode(body)
-            obj = json.loads(raw) if raw else None
+            obj = _loads_yielding(raw.decode("utf-8")) if raw else None
         except (ValueError, zlib.error, RecursionError):
             obj = None
     if not isinstance(obj, dict):
