@@ -1087,3 +1087,34 @@ def test_a_read_body_gives_its_model_tools_kind_and_section_digests() -> None:
                             "from-the-head")
         assert (read.kind, read.model, read.sections) == (
             RequestKind.GENERATION, "from-the-head", None)
+
+
+def test_large_bodies_in_uneven_reads_and_a_pipelined_request_arrive_unchanged() -> None:
+    # A Content-Length body goes upstream ahead of the observer's HTTP parser: what the
+    # upstream gets must still be exactly what the agent sent, request after request.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    up = ScriptedUpstream(lambda _req: [answer])
+    rec = Recorder()
+    bodies = [json.dumps({"model": "m", "messages": [
+        {"role": "user", "content": f"{n} " + "y" * size}]}).encode()
+        for n, size in ((1, 3_000_000), (2, 70_000), (3, 5))]
+    stream = b"".join(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body) for body in bodies)
+    try:
+        with ProviderObserver(up.url, rec) as obs, socket.create_connection(
+                ("127.0.0.1", _port(obs.url)), timeout=TIMEOUT_S) as s:
+            for start, size in enumerate((1, 300_000, 65_537, 5, 2_000_000, 10**7)):
+                begin = sum((1, 300_000, 65_537, 5, 2_000_000)[:start])
+                s.sendall(stream[begin : begin + size])
+            got = b""
+            while got.count(b"{}") < len(bodies):
+                data = s.recv(65536)
+                assert data
+                got += data
+            rec.wait_ends(len(bodies))
+    finally:
+        up.close()
+    assert [r.partition(b"\r\n\r\n")[2] for r in up.requests] == bodies
+    ends = [e for e in rec.events if isinstance(e, ProviderResponseEnd)]
+    assert [e.request_bytes for e in ends] == [len(b) for b in bodies]

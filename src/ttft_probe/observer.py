@@ -266,6 +266,8 @@ def _request_kind(method: str, path: str, *, generation: bool | None) -> Request
     return RequestKind.OTHER
 
 
+_AGENT_SLICE: Final = 64 << 10
+"""Bytes of one agent read handed to h11 at a time."""
 _MAX_BODY: Final = 32 << 20
 """Largest request body kept (bytes) to read its sections after it was forwarded."""
 _MAX_TOKEN_KEYS: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
@@ -768,12 +770,14 @@ class _Exchange:
         "api",
         "body",
         "body_bytes",
+        "body_left",
         "detector",
         "encoding",
         "ended",
         "generation",
         "kind",
         "model",
+        "preforwarded",
         "reported",
         "request_id",
         "sniffer",
@@ -796,6 +800,10 @@ class _Exchange:
         self.ended = False
         self.body: bytearray | None = None  # kept to be read after it was forwarded
         self.body_bytes = 0
+        # A Content-Length body's bytes h11 has not seen yet, and those of them already
+        # forwarded ahead of h11 (``None``: no Content-Length, e.g. chunked).
+        self.body_left: int | None = None
+        self.preforwarded = 0
         self.encoding = b""
         self.model: str | None = None
 
@@ -922,11 +930,27 @@ class _Link(asyncio.Protocol):
         if self._tunnel:
             self._up_write(data)
             return
-        try:
-            self._agent_h11.receive_data(data)
-        except RuntimeError:
-            return  # data after the agent's EOF cannot happen; be safe
-        self._agent_events(t_ns)
+        exchange = self._exchange
+        if (
+            exchange is not None
+            and exchange.body_left
+            and not exchange.preforwarded
+            and not self._closing
+            and not self._up_failed
+            and self._agent_h11.their_state is h11.SEND_BODY
+        ):
+            # A Content-Length body goes upstream before h11 parses it: the provider can
+            # start on it while h11 (pure Python) works through the same bytes.
+            exchange.preforwarded = min(len(data), exchange.body_left)
+            self._up_send(h11.Data(data=data[: exchange.preforwarded]))
+        # h11 handles a large read (a request body) in less time in slices: its receive
+        # buffer copies what is left on every extraction.
+        for start in range(0, len(data), _AGENT_SLICE) if len(data) > _AGENT_SLICE else (0,):
+            try:
+                self._agent_h11.receive_data(data[start : start + _AGENT_SLICE])
+            except RuntimeError:
+                return  # data after the agent's EOF cannot happen; be safe
+            self._agent_events(t_ns)
 
     def eof_received(self) -> bool:
         if self._tunnel:
@@ -1019,8 +1043,14 @@ class _Link(asyncio.Protocol):
         exchange = self._exchange
         if exchange is not None and exchange.sniffer is not None:
             self._sniff(exchange, data)
-        if not self._closing:
-            self._up_send(h11.Data(data=data))
+        ahead = 0
+        if exchange is not None:
+            ahead = min(len(data), exchange.preforwarded)
+            exchange.preforwarded -= ahead
+            if exchange.body_left is not None:
+                exchange.body_left -= len(data)
+        if not self._closing and ahead < len(data):
+            self._up_send(h11.Data(data=data[ahead:] if ahead else data))
         if exchange is None:
             return
         exchange.body_bytes += len(data)
@@ -1073,6 +1103,9 @@ class _Link(asyncio.Protocol):
             for name, value in event.headers.raw_items()
         ]
         self._up_send(h11.Request(method=event.method, target=event.target, headers=headers))
+        length = _header(event.headers, b"content-length")
+        if length.isdigit() and not _header(event.headers, b"transfer-encoding"):
+            exchange.body_left = int(length)
         if exchange.sniffer is None:
             self._report_request(exchange)  # after forwarding: the callback costs nothing
 
