@@ -16,6 +16,8 @@ work without the probe:
    record present;
 6. what the provider observer adds to the first content byte with 1 MiB request bodies,
    and how much of it is reading and hashing the bodies (``observer_latency.py``);
+7. how much later the agent starts through ``ttft-probe run`` than when launched directly
+   (spawn delay), and how long after the agent's last byte the probe exits (exit delay);
 
 then rewrites ``BENCHMARKS.md`` (``--out``) with the machine, each figure's median and
 spread, the ratios, and each target met or missed. Where a target is missed and
@@ -76,6 +78,7 @@ SECTIONS: Final = (
     "4. Memory",
     "5. Many runs",
     "6. Provider observer: large request bodies",
+    "7. Spawn and exit delay",
 )
 
 console = Console(stderr=True, highlight=False)
@@ -104,6 +107,7 @@ class Config:
     concurrent_runs: int
     profile: bool
     observer_rounds: int = 90
+    spawn_rounds: int = 30
 
     @classmethod
     def make(cls, *, smoke: bool, profile: bool) -> Config:
@@ -126,6 +130,7 @@ class Config:
                 concurrent_runs=4,
                 profile=False,
                 observer_rounds=3,
+                spawn_rounds=2,
             )
         return cls(
             smoke=False,
@@ -983,6 +988,85 @@ def bench_observer_bodies(cfg: Config, steps: Steps, home: Path) -> Section:  # 
     return sec
 
 
+STAMP_CHILD: Final = [PY, "-S", "-c",
+                      "import os, time; os.write(1, b'%d\\n' % time.monotonic_ns())"]
+"""A child whose first act is to print CLOCK_MONOTONIC (ns); that is also its last byte."""
+
+
+def _stamped_run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(spawn delay, exit delay) in ms of one run of ``argv`` ending in STAMP_CHILD.
+
+    Spawn delay: the child's stamp − the monotonic time just before ``argv`` was executed.
+    Exit delay: the time ``argv`` was reaped − the child's stamp (its last byte).
+    """
+    t0 = time.monotonic_ns()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    t_exit = time.monotonic_ns()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:6])} … failed ({proc.returncode}): {err.decode()}")
+    stamp = int(out.split()[-1])
+    return (stamp - t0) / 1e6, (t_exit - stamp) / 1e6
+
+
+def bench_spawn(cfg: Config, steps: Steps, home: Path) -> Section:
+    """Spawn delay and exit delay of `ttft-probe run` against a direct launch (issue 15)."""
+    env = clean_env(home)
+    wrapper = [PY, "-S", "-c", "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"]
+    modes = {
+        "direct": STAMP_CHILD,
+        "python -S wrapper (the floor)": [*wrapper, *STAMP_CHILD],
+        "ttft-probe run": [PROBE, "run", "--quiet", "--family", "plain", "--", *STAMP_CHILD],
+        "ttft-probe run --observe-provider": [
+            PROBE, "run", "--quiet", "--family", "plain", "--agent", "claude_code",
+            "--observe-provider", "--", *STAMP_CHILD],
+    }
+    spawn: dict[str, list[float]] = {m: [] for m in modes}
+    exits: dict[str, list[float]] = {m: [] for m in modes}
+    with steps.step(f"spawn and exit delay: {cfg.spawn_rounds} interleaved rounds"):
+        for argv in modes.values():  # warm-up, not counted
+            _stamped_run(argv, env)
+        for i in range(cfg.spawn_rounds):
+            for mode in rotate(list(modes), i):
+                a, b = _stamped_run(modes[mode], env)
+                spawn[mode].append(a)
+                exits[mode].append(b)
+    med = {m: statistics.median(v) for m, v in spawn.items()}
+    sec = Section(
+        SECTIONS[6],
+        f"A child (`python -S`) prints `time.monotonic_ns()` as its first act and exits; it is "
+        f"launched directly, through a minimal `python -S` wrapper that execs it (the floor "
+        f"of any Python wrapper), and through `ttft-probe run` without and with "
+        f"`--observe-provider`; {cfg.spawn_rounds} interleaved rounds after one warm-up each. "
+        f"Spawn delay = the child's stamp − the monotonic time just before the launch; added "
+        f"= p50 of the mode − p50 direct. Exit delay = the launcher reaped − the child's "
+        f"stamp (its last byte). No exporter configured; a fresh `TTFT_PROBE_HOME`.",
+    )
+    for mode, target in (("ttft-probe run", 20.0), ("ttft-probe run --observe-provider", 30.0),
+                         ("python -S wrapper (the floor)", None)):
+        added = med[mode] - med["direct"]
+        sec.figures.append(Figure(
+            f"spawn delay added, `{mode}`", "ms", added, None, "",
+            ratio=f"{med[mode]:.1f} vs {med['direct']:.1f} ms direct (p10–p90 "
+                  f"{pct(spawn[mode], 0.1):.1f}–{pct(spawn[mode], 0.9):.1f})",
+            target="" if target is None else f"< {target:g} ms",
+            met=None if target is None else added < target,
+            how=f"p50 of {len(spawn[mode])} launches minus p50 of {len(spawn['direct'])} "
+                "direct launches.",
+        ))
+    for mode in ("ttft-probe run", "direct"):
+        values = exits[mode]
+        sec.figures.append(Figure(
+            f"exit delay, `{mode}`", "ms", statistics.median(values), p10_p90(values),
+            "p10–p90",
+            target="< 10 ms" if mode != "direct" else "",
+            met=statistics.median(values) < 10 if mode != "direct" else None,
+            how="p50 of (launcher reaped − the child's last-byte stamp); for `direct` that "
+                "is the child's own exit.",
+        ))
+    return sec
+
+
 def bench_many(cfg: Config, steps: Steps, home: Path) -> Section:
     """Sequential and concurrent runs into one store each: overhead and completeness."""
     cat = shutil.which("cat") or "/bin/cat"
@@ -1294,6 +1378,7 @@ def run_suite(cfg: Config, out: Path) -> int:
         + 1  # concurrent
         + 1  # warm-up
         + 2  # observer with large bodies
+        + 1  # spawn and exit delay
     )
     sections: list[Section] = []
     with (
@@ -1318,6 +1403,7 @@ def run_suite(cfg: Config, out: Path) -> int:
             bench_memory,
             bench_many,
             bench_observer_bodies,
+            bench_spawn,
         ]
         for bench, title in zip(benches, SECTIONS, strict=True):
             progress.console.print(f"[bold]{title}")
