@@ -82,3 +82,45 @@ def test_opencode_without_a_known_provider_url_has_no_route(
     tmp_path: Path, config: dict[str, object]
 ) -> None:
     assert _route(["opencode", "acp"], _opencode_home(tmp_path, config)) is None
+
+
+def test_opencode_config_that_cannot_be_read_leaves_the_route_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A JSONC config might set the provider's baseURL: no route rather than a guessed host.
+    env = _opencode_home(tmp_path, {"model": "anthropic/claude-sonnet-4-5"})
+    assert _route(["opencode", "acp"], env) is not None
+    project = tmp_path / "project"
+    (project / ".opencode").mkdir(parents=True)
+    (project / ".opencode" / "opencode.jsonc").write_text(
+        '{ // a gateway\n "provider": {"anthropic": {"options": {"baseURL": "http://gw/v1"}}}}')
+    monkeypatch.chdir(project)
+    assert _route(["opencode", "acp"], env) is None
+    monkeypatch.chdir(tmp_path)
+    assert _route(["opencode", "acp"], {**env, "OPENCODE_CONFIG_CONTENT": "{ // x\n}"}) is None
+
+
+def test_opencode_project_config_wins_over_the_global_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _opencode_home(tmp_path, {
+        "model": "anthropic/claude-sonnet-4-5",
+        "provider": {"anthropic": {"options": {"baseURL": "http://global:1/v1"}}}})
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "opencode.json").write_text(json.dumps(
+        {"provider": {"anthropic": {"options": {"baseURL": "http://project:2/v1"}}}}))
+    monkeypatch.chdir(project)
+    route = _route(["opencode", "acp"], env)
+    assert route is not None
+    assert route.upstream == "http://project:2"
+
+
+def test_opencode_behind_an_explicit_upstream_keeps_the_observers_path(tmp_path: Path) -> None:
+    env = _opencode_home(tmp_path, {"model": "anthropic/claude-sonnet-4-5"})
+    route = _route(["opencode", "acp"], env)
+    assert route is not None
+    # With --upstream https://gw/v1 the observer's own URL already ends in /v1.
+    _, new_env = route.apply(["opencode", "acp"], env, PROXY + "/v1")
+    inline = json.loads(new_env["OPENCODE_CONFIG_CONTENT"])
+    assert inline["provider"]["anthropic"]["options"]["baseURL"] == PROXY + "/v1"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from ttft_probe.record import PrefixStatus
+from ttft_probe._clock import WallAnchor
+from ttft_probe._run import CallerContext, RunBuilder
+from ttft_probe.agents import resolve_agent
+from ttft_probe.record import ObserverStatus, PrefixStatus
+from ttft_probe.turns import ClosedTurn, ExitInfo, TurnAssembler
 from ttft_probe.waterfall import (
     ModelRequest,
     RequestKind,
@@ -38,6 +43,29 @@ def test_anthropic_usage_counts_every_input_token_and_merges_the_stream_parts() 
                                          "cache_read_input_tokens": 0,
                                          "cache_creation_input_tokens": 0}}
     assert usage_from_payload("anthropic", body) == RequestUsage(7, 0, 0, 3)
+
+
+def test_an_anthropic_delta_repeating_input_without_cache_fields_keeps_the_total() -> None:
+    # Some gateways repeat input_tokens in message_delta without the cache fields: the
+    # total is still uncached + cache read + cache write over the merged parts.
+    start = usage_from_payload("anthropic", {"message": {"usage": {
+        "input_tokens": 100, "cache_read_input_tokens": 9000,
+        "cache_creation_input_tokens": 50}}})
+    delta = usage_from_payload("anthropic", {"usage": {"input_tokens": 100,
+                                                       "output_tokens": 40}})
+    usage = merge_usage(start, delta)
+    assert usage == RequestUsage(9150, 9000, 50, 40)
+    assert usage is not None
+    assert usage.uncached_tokens == 150
+
+
+def test_no_uncached_count_without_a_cache_read_count() -> None:
+    # A provider that does not say what it read from its cache has no uncached figure.
+    usage = usage_from_payload("openai", {"usage": {"prompt_tokens": 50,
+                                                    "completion_tokens": 4}})
+    assert usage == RequestUsage(50, None, None, 4)
+    assert usage is not None
+    assert usage.uncached_tokens is None
 
 
 def test_openai_responses_and_chat_completions_report_cached_tokens() -> None:
@@ -187,3 +215,90 @@ def test_a_model_request_round_trips_without_its_sections() -> None:
     assert back.sections is None
     assert RequestUsage.from_dict({"input_tokens": "x", "output_tokens": 2}) == RequestUsage(
         None, None, None, 2)
+
+
+# --- the record's fields, from a turn's requests ---------------------------------------------
+
+
+def _observed_turn(system: str) -> ClosedTurn:
+    """A closed turn whose one generation request (body with ``system``) was observed."""
+    assembler = TurnAssembler(spawn_ns=0, request_driven=False, prompt_first=False,
+                              session_init_observable=True, cli_ready_observable=lambda: True)
+    body = {**TURN_1, "system": [system, "also stable"]}
+    assembler.provider_request(1, 10, generation=True, api="anthropic")
+    assembler.provider_body(1, kind=RequestKind.GENERATION, model="m", has_tools=True,
+                            sections=request_sections("anthropic", body))
+    assembler.provider_end(1, 20, status=200, request_bytes=321,
+                           usage=RequestUsage(1200, 1000, 0, 9))
+    [turn] = assembler.exit(ExitInfo(t_ns=30, returncode=0))
+    return turn
+
+
+def _builder() -> RunBuilder:
+    builder = RunBuilder(agent=resolve_agent(["claude", "-p", "hi"]),
+                         caller=CallerContext(conversation_id="conv-1"),
+                         anchor=WallAnchor(wall_ns=0, mono_ns=0), probe_version="t",
+                         request_driven=False, prompt_first=False)
+    builder.observer = ObserverStatus.ON
+    return builder
+
+
+def test_the_record_takes_the_first_generation_and_compares_with_the_previous_turn() -> None:
+    salt = b"s" * 32
+    stored: dict[str, Any] = {}
+
+    def prefixes(conversation_id: str) -> tuple[bytes, Any]:
+        return salt, stored.get(conversation_id)
+
+    first = _builder().build(_observed_turn("stable"), None, None, prefixes)
+    record = first.record
+    assert (record.model_request_count, record.first_request_bytes) == (1, 321)
+    assert (record.first_request_input_tokens, record.first_request_cache_read_tokens,
+            record.first_request_uncached_tokens) == (1200, 1000, 200)
+    assert record.prefix_status is PrefixStatus.NO_PREVIOUS
+    assert first.prefix is not None
+    stored[first.prefix[0]] = first.prefix[1]
+    # A new process (a resumed one-shot turn) compares with what the store kept.
+    again = _builder().build(_observed_turn("stable"), None, None, prefixes).record
+    assert (again.prefix_status, again.prefix_break) == (PrefixStatus.STABLE, None)
+    changed = _builder().build(_observed_turn("12:01"), None, None, prefixes).record
+    assert (changed.prefix_status, changed.prefix_break) == (PrefixStatus.BROKEN, "system[0]")
+
+
+def test_a_busy_store_makes_the_prefix_unavailable_and_keeps_nothing() -> None:
+    def busy(_conversation_id: str) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    result = _builder().build(_observed_turn("stable"), None, None, busy)
+    assert result.record.prefix_status is PrefixStatus.UNAVAILABLE
+    assert result.record.prefix_break is None
+    assert result.prefix is None  # no prefix under a made-up salt
+    assert result.record.first_request_input_tokens == 1200  # the usage is still known
+
+
+def test_without_a_store_turns_compare_within_the_process() -> None:
+    def no_store(_conversation_id: str) -> Any:
+        raise LookupError("no store")
+
+    builder = _builder()
+    one = builder.build(_observed_turn("stable"), None, None, no_store).record
+    two = builder.build(_observed_turn("stable"), None, None, no_store).record
+    assert (one.prefix_status, two.prefix_status) == (
+        PrefixStatus.NO_PREVIOUS, PrefixStatus.STABLE)
+
+
+def test_a_generation_without_tools_beside_one_with_tools_is_a_title_once_its_body_is_read(
+) -> None:
+    assembler = TurnAssembler(spawn_ns=0, request_driven=False, prompt_first=False,
+                              session_init_observable=True, cli_ready_observable=lambda: True)
+    assembler.provider_request(1, 10, generation=True, api="anthropic")
+    assembler.provider_request(2, 11, generation=True, api="anthropic")
+    assembler.provider_request(3, 12, generation=True, api="anthropic")
+    assembler.provider_body(1, kind=RequestKind.GENERATION, model="big", has_tools=True,
+                            sections=None)
+    assembler.provider_body(2, kind=RequestKind.GENERATION, model="small", has_tools=False,
+                            sections=None)
+    # Request 3's body was still being read when the turn closed: no guess about it.
+    [turn] = assembler.exit(ExitInfo(t_ns=30, returncode=0))
+    assert [(r.request_id, r.kind) for r in turn.requests] == [
+        (1, RequestKind.GENERATION), (2, RequestKind.TITLE), (3, RequestKind.GENERATION)]

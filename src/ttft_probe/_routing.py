@@ -12,10 +12,13 @@ right after the executable (``codex`` and ``codex-acp`` both take ``-c``).
 
 opencode (``opencode``, ``opencode acp``) has no base-URL variable of its own: its model
 (``-m``/``--model`` ``provider/model``, else the config's ``model``) names a provider whose
-``options.baseURL`` its config may set (global ``$XDG_CONFIG_HOME/opencode/opencode.json``,
-then ``$OPENCODE_CONFIG``, then ``opencode.json`` in the working directory, then the inline
-``$OPENCODE_CONFIG_CONTENT``; later wins); without one, the ``anthropic`` and ``openai``
-providers read ``ANTHROPIC_BASE_URL`` / ``OPENAI_BASE_URL`` + ``/v1`` (the AI SDK's rule).
+``options.baseURL`` its configs may set (global ``$XDG_CONFIG_HOME/opencode``,
+``$OPENCODE_CONFIG``, ``$OPENCODE_CONFIG_DIR``, ``opencode.json(c)`` and
+``.opencode/opencode.json(c)`` from the root down to the working directory, then the
+inline ``$OPENCODE_CONFIG_CONTENT``; later wins); without one, the ``anthropic`` and
+``openai`` providers read ``ANTHROPIC_BASE_URL`` / ``OPENAI_BASE_URL`` (defaults: the
+public APIs' ``…/v1``), the AI SDK's rule. A config that cannot be read as JSON (JSONC
+with comments) makes the route unknown: the observer stays off rather than guess.
 The upstream is that URL's origin; the agent is re-pointed by merging
 ``{"provider": {id: {"options": {"baseURL": proxy + path}}}}`` into
 ``$OPENCODE_CONFIG_CONTENT``, the config opencode reads last.
@@ -73,14 +76,12 @@ class Route:
         if self.env_var is not None:
             new_env[self.env_var] = proxy_url
         if self.opencode_provider is not None:
-            try:
-                inline = json.loads(env.get(_OPENCODE_INLINE) or "{}")
-            except ValueError:
-                inline = {}
-            inline = inline if isinstance(inline, dict) else {}
+            # route_for gave this route only when the inline config (if any) parsed.
+            inline = json.loads(env.get(_OPENCODE_INLINE) or "{}")
             providers = _dict_at(inline, "provider")
             options = _dict_at(_dict_at(providers, self.opencode_provider), "options")
-            options["baseURL"] = proxy_url.rstrip("/") + self.opencode_path
+            path = "" if urllib.parse.urlsplit(proxy_url).path.strip("/") else self.opencode_path
+            options["baseURL"] = proxy_url.rstrip("/") + path
             new_env[_OPENCODE_INLINE] = json.dumps(inline)
         if self.codex_provider is not None:
             idx, _ = find_executable(new_argv)
@@ -105,26 +106,56 @@ def _dict_at(parent: dict[str, object], key: str) -> dict[str, object]:
     return child
 
 
-def _opencode_configs(env: Mapping[str, str]) -> list[dict[str, object]]:
-    """The config objects of opencode that can name a model or a base URL, first to last."""
+_OPENCODE_FILES: Final = ("opencode.json", "opencode.jsonc", "config.json")
+
+
+def _opencode_paths(env: Mapping[str, str]) -> list[Path]:
+    """Where opencode may find config files, the one read first first (later wins).
+
+    Global (``$XDG_CONFIG_HOME/opencode``), ``$OPENCODE_CONFIG``, ``$OPENCODE_CONFIG_DIR``,
+    then from the filesystem root down to the working directory each directory's
+    ``opencode.json(c)`` and ``.opencode/opencode.json(c)``.
+    """
     xdg = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    paths = [Path(xdg) / "opencode" / name for name in _OPENCODE_FILES]
+    if env.get("OPENCODE_CONFIG"):
+        paths.append(Path(env["OPENCODE_CONFIG"]))
+    if env.get("OPENCODE_CONFIG_DIR"):
+        paths += [Path(env["OPENCODE_CONFIG_DIR"]) / name for name in _OPENCODE_FILES[:2]]
+    cwd = Path.cwd()
+    for folder in (*reversed(cwd.parents), cwd):
+        paths += [folder / name for name in _OPENCODE_FILES[:2]]
+        paths += [folder / ".opencode" / name for name in _OPENCODE_FILES[:2]]
+    return paths
+
+
+def _opencode_configs(env: Mapping[str, str]) -> list[dict[str, object]] | None:
+    """The config objects of opencode, first to last; ``None`` when one cannot be read.
+
+    A config this module cannot parse (JSONC with comments, a broken file) might set the
+    provider's ``baseURL``: the route is then unknown rather than guessed, so the
+    agent's requests never go to a host its user did not configure.
+    """
     texts: list[str] = []
-    for path in (Path(xdg) / "opencode" / "opencode.json", env.get("OPENCODE_CONFIG"),
-                 Path.cwd() / "opencode.json"):
-        if path:
-            try:
-                texts.append(Path(path).read_text("utf-8"))
-            except (OSError, UnicodeDecodeError):
-                continue
+    for path in _opencode_paths(env):
+        try:
+            texts.append(path.read_text("utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError):
+            return None
     texts.append(env.get(_OPENCODE_INLINE) or "")
     configs = []
     for text in texts:
-        try:
-            config = json.loads(text) if text else None
-        except ValueError:  # JSONC with comments: not read (the route is then unknown)
+        if not text.strip():
             continue
-        if isinstance(config, dict):
-            configs.append(config)
+        try:
+            config = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(config, dict):
+            return None
+        configs.append(config)
     return configs
 
 
@@ -144,6 +175,8 @@ def _opencode_model(argv: Sequence[str], configs: Sequence[dict[str, object]]) -
 def _opencode_route(argv: Sequence[str], env: Mapping[str, str]) -> Route | None:
     """The provider route of opencode (the module docstring), ``None`` when unknown."""
     configs = _opencode_configs(env)
+    if configs is None:
+        return None
     model = _opencode_model(argv, configs)
     if not isinstance(model, str) or "/" not in model:
         return None

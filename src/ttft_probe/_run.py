@@ -238,7 +238,10 @@ class RunBuilder:
             return fields | {"prefix_status": PrefixStatus.UNAVAILABLE}, None
         if conversation_id is None:
             return fields | {"prefix_status": PrefixStatus.NO_PREVIOUS}, None
-        salt, previous = self._previous_prefix(conversation_id, prefixes)
+        found = self._previous_prefix(conversation_id, prefixes)
+        if found is None:  # the store could not be read: no comparison, nothing kept
+            return fields | {"prefix_status": PrefixStatus.UNAVAILABLE}, None
+        salt, previous = found
         current = salted(first.sections, salt)
         check = compare_prefix(previous, current)
         self._prefixes[conversation_id] = current
@@ -251,18 +254,23 @@ class RunBuilder:
 
     def _previous_prefix(
         self, conversation_id: str, prefixes: Prefixes | None
-    ) -> tuple[bytes, tuple[Section, ...] | None]:
+    ) -> tuple[bytes, tuple[Section, ...] | None] | None:
         """The salt and the conversation's previous prefix: this process's, else the store's.
 
         Without a store the salt is made here, and turns compare within this process only.
+        ``None`` when the store could not be read (busy, locked): a salt made up then would
+        not match the install's, and every later comparison would read as broken.
         """
         known = self._prefixes.get(conversation_id)
         stored = None
         if prefixes is not None and (self._salt is None or known is None):
             try:
                 salt, stored = prefixes(conversation_id)
-            except Exception:  # noqa: BLE001 - the store is advisory here
+            except LookupError:  # no store: compare within this process
                 salt = None
+            except Exception:  # noqa: BLE001 - the store is advisory here
+                _log.debug("the stored prompt prefix could not be read", exc_info=True)
+                return None
             self._salt = self._salt or salt
         if self._salt is None:
             self._salt = secrets.token_bytes(32)

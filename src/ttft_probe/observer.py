@@ -383,7 +383,7 @@ def analyze_body(  # noqa: PLR0917 - called with a job's arguments, in order
         try:
             decoder = _Decoder.for_encoding(encoding)
             raw = body if decoder is None else decoder.decode(body)
-            obj = _loads_yielding(raw.decode("utf-8")) if raw else None
+            obj = _loads_yielding(raw.decode("utf-8-sig")) if raw else None
         except (ValueError, zlib.error, RecursionError):
             obj = None
     if not isinstance(obj, dict):

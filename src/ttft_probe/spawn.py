@@ -1206,11 +1206,13 @@ class _Observation:
         return self
 
     def deliver_to(self, tracker: ProcessTracker) -> None:
+        # Under the lock: an event arriving meanwhile (from the observer's loop or reader
+        # thread) waits for the early ones, so a body never overtakes its request.
         with self._lock:
             self._tracker = tracker
             early, self._early = self._early, []
-        for event in early:
-            self._dispatch(tracker, event)
+            for event in early:
+                self._dispatch(tracker, event)
 
     def _on_event(self, event: object) -> None:
         with self._lock:
@@ -1218,7 +1220,7 @@ class _Observation:
             if tracker is None:
                 self._early.append(event)
                 return
-        self._dispatch(tracker, event)
+            self._dispatch(tracker, event)
 
     @staticmethod
     def _dispatch(tracker: ProcessTracker, event: object) -> None:

@@ -147,6 +147,7 @@ class _Request:
     usage: RequestUsage | None = None
     has_tools: bool = False
     sections: tuple[Section, ...] | None = None
+    body_read: bool = False  # its body's report arrived (it may come after the turn closed)
 
 
 @attrs.define
@@ -344,6 +345,7 @@ class TurnAssembler:
             request.model = model or request.model
             request.has_tools = has_tools
             request.sections = sections
+            request.body_read = True
 
     def provider_end(
         self,
@@ -662,8 +664,9 @@ def _provider_timings(turn: _Turn) -> tuple[float | None, float | None]:
 def _waterfall(requests: Iterable[_Request]) -> tuple[ModelRequest, ...]:
     """A turn's requests in order of arrival, side generations named.
 
-    A generation without tools while another generation of the turn offers tools is a
-    side call (``title``: a title or a summary, as claude-agent-acp and opencode make).
+    A generation whose body offers no tools while another generation of the turn offers
+    tools is a side call (``title``: a title or a summary, as claude-agent-acp and opencode
+    make). A generation whose body was not read yet when the turn closed keeps its kind.
     """
     ordered = sorted(requests, key=lambda r: (r.arrival_ns, r.request_id))
     tools = any(r.has_tools for r in ordered if r.kind is RequestKind.GENERATION)
@@ -672,7 +675,7 @@ def _waterfall(requests: Iterable[_Request]) -> tuple[ModelRequest, ...]:
             request_id=r.request_id,
             api=r.api,
             kind=RequestKind.TITLE
-            if tools and r.kind is RequestKind.GENERATION and not r.has_tools
+            if tools and r.kind is RequestKind.GENERATION and r.body_read and not r.has_tools
             else r.kind,
             arrival_ns=r.arrival_ns,
             model=r.model,

@@ -104,22 +104,37 @@ class RequestUsage:
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     output_tokens: int | None = None
+    # Anthropic's own ``input_tokens`` (uncached only), kept so that usage reported in parts
+    # (message_start, message_delta) is summed once over the merged parts.
+    anthropic_input: int | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def uncached_tokens(self) -> int | None:
-        """Input tokens not read from the cache (``input_tokens - cache_read_tokens``)."""
-        if self.input_tokens is None:
+        """Input tokens not read from the cache (``input_tokens - cache_read_tokens``).
+
+        ``None`` unless both are known: a provider that did not say what it read from its
+        cache has no uncached count.
+        """
+        if self.input_tokens is None or self.cache_read_tokens is None:
             return None
-        return max(0, self.input_tokens - (self.cache_read_tokens or 0))
+        return max(0, self.input_tokens - self.cache_read_tokens)
 
     def to_dict(self) -> dict[str, int | None]:
         """The four counts by name (JSON-ready)."""
-        return attrs.asdict(self)
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestUsage:
         """The inverse of :meth:`to_dict` (unknown keys ignored, bad values ``None``)."""
-        return cls(**{f.name: decode_count(data.get(f.name)) for f in attrs.fields(cls)})
+        return cls(**{name: decode_count(data.get(name)) for name in _COUNTS})
+
+
+_COUNTS: Final = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
 
 
 @attrs.frozen
@@ -221,14 +236,24 @@ def _anthropic_usage(payload: dict[str, Any]) -> RequestUsage | None:
         usage = _get(payload, "message", "usage")
     if not isinstance(usage, dict):
         return None
-    uncached = decode_count(usage.get("input_tokens"))
-    read = decode_count(usage.get("cache_read_input_tokens"))
-    write = decode_count(usage.get("cache_creation_input_tokens"))
+    return _anthropic(
+        decode_count(usage.get("input_tokens")),
+        decode_count(usage.get("cache_read_input_tokens")),
+        decode_count(usage.get("cache_creation_input_tokens")),
+        decode_count(usage.get("output_tokens")),
+    )
+
+
+def _anthropic(
+    uncached: int | None, read: int | None, write: int | None, output: int | None
+) -> RequestUsage:
+    """Anthropic usage from its own fields: every input token is uncached + read + write."""
     return RequestUsage(
-        input_tokens=_sum(uncached, read, write),
+        input_tokens=None if uncached is None else _sum(uncached, read, write),
         cache_read_tokens=read,
         cache_write_tokens=write,
-        output_tokens=decode_count(usage.get("output_tokens")),
+        output_tokens=output,
+        anthropic_input=uncached,
     )
 
 
@@ -275,15 +300,29 @@ _USAGE_READERS: Final = {
 
 
 def merge_usage(earlier: RequestUsage | None, later: RequestUsage | None) -> RequestUsage | None:
-    """``later``'s counts where it has them, ``earlier``'s elsewhere (streams report in parts)."""
+    """``later``'s counts where it has them, ``earlier``'s elsewhere (streams report in parts).
+
+    Anthropic parts are merged field by field of Anthropic's own usage and summed after,
+    so a ``message_delta`` that repeats ``input_tokens`` without the cache fields keeps
+    the cache counts of ``message_start`` in the total.
+    """
     if earlier is None or later is None:
         return later or earlier
+    if earlier.anthropic_input is not None or later.anthropic_input is not None:
+
+        def pick(name: str) -> int | None:
+            value: int | None = getattr(later, name)
+            return value if value is not None else getattr(earlier, name)
+
+        return _anthropic(pick("anthropic_input"), pick("cache_read_tokens"),
+                          pick("cache_write_tokens"), pick("output_tokens"))
     return RequestUsage(
         **{
             f.name: getattr(later, f.name)
             if getattr(later, f.name) is not None
             else getattr(earlier, f.name)
             for f in attrs.fields(RequestUsage)
+            if f.name in _COUNTS
         }
     )
 
