@@ -134,13 +134,24 @@ def test_root_span_is_an_invoke_agent_client_span_with_genai_attributes(h: Harne
     assert a[sc.GEN_AI_REQUEST_MODEL] == "claude-sonnet-4-5"
     assert a[sc.GEN_AI_CONVERSATION_ID] == "conv-1"
     assert a[sc.GEN_AI_AGENT_VERSION] == "2.1.197"
-    assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 12
+    # GenAI counts every input token; Anthropic's own input_tokens are the uncached ones.
+    assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 12 + 5
     assert a[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 34
     assert a[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 5
     assert sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS not in a
     assert sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS not in a
     assert a[sc.PROCESS_EXIT_CODE] == 0
     assert root.status.status_code is StatusCode.UNSET
+
+
+def test_an_openai_agents_input_count_already_includes_its_cached_tokens(h: Harness) -> None:
+    times = stream_times()
+    record = attrs.evolve(stream_record(times, input_tokens=100, cache_read_input_tokens=40),
+                          agent="codex")
+    h.run(record, times)
+    a = dict(h.root().attributes or {})
+    assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 100
+    assert a[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 40
 
 
 def test_a_cache_write_is_sent_under_its_current_and_its_older_name(h: Harness) -> None:
@@ -151,7 +162,7 @@ def test_a_cache_write_is_sent_under_its_current_and_its_older_name(h: Harness) 
     a = dict(h.root().attributes or {})
     assert a["gen_ai.usage.cache_write.input_tokens"] == 900
     assert a["gen_ai.usage.cache_creation.input_tokens"] == 900
-    assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 12
+    assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 12 + 900  # cache writes are input too
     # Without the observer's requests the run has only its root and phase spans.
     assert set(h.spans()) == {
         "invoke_agent claude_code", "cli_ready", "session_init", "model_first_token"

@@ -395,13 +395,26 @@ def _span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
     attributes.update({key: value for key, value in optional if value is not None})
     attributes.update(
         _usage_attributes(
-            record.input_tokens,
+            _genai_input_tokens(record),
             record.output_tokens,
             record.cache_read_input_tokens,
             record.cache_creation_input_tokens,
         )
     )
     return attributes
+
+
+def _genai_input_tokens(record: RunRecord) -> int | None:
+    """``gen_ai.usage.input_tokens`` of a record: every input token, cached ones included.
+
+    The record keeps the agent's own count: an Anthropic agent's ``input_tokens`` are the
+    uncached ones only, so for it the conventions' count is the sum of the three (DESIGN
+    §10); OpenAI and Gemini counts already include cached tokens.
+    """
+    if record.input_tokens is None or provider_name(record.agent) != "anthropic":
+        return record.input_tokens
+    return (record.input_tokens + (record.cache_read_input_tokens or 0)
+            + (record.cache_creation_input_tokens or 0))
 
 
 def _events(record: RunRecord, times: MarkerTimes) -> list[tuple[str, int]]:
