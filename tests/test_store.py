@@ -139,3 +139,17 @@ def test_a_version_3_store_gains_the_content_column_and_delivers_its_pending_run
     assert store.claim("langfuse", 10, lease_s=60, now=1.0) == [(old, None, None, ())]
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
     assert version == (SCHEMA_VERSION,) == (5,)
+
+
+def test_find_matches_run_ids_by_their_start_in_sql(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    ids = ["0b7c2f1e-0000-4000-8000-000000000001", "0b7c2f1e-0000-4000-8000-000000000002",
+           "0b7d0000-0000-4000-8000-000000000003", "ffffffff-0000-4000-8000-000000000004"]
+    for run_id in ids:
+        store.add(record(run_id=run_id))
+    assert [r.run_id for r in store.find("0B7C")] == ids[:2]  # case does not matter
+    assert [r.run_id for r in store.find("0b7")] == ids[:3]
+    assert [r.run_id for r in store.find("0b7", limit=1)] == ids[:1]
+    assert [r.run_id for r in store.find(ids[3])] == ids[3:]
+    assert store.find("1") == []
+    assert store.find("%") == []  # no pattern syntax: a literal start

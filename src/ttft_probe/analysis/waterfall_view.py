@@ -362,7 +362,7 @@ def find_run(store: Store, run_id: str) -> RunRecord:
     wanted = run_id.strip().lower()
     if not wanted:
         raise ConfigError("give a run id (or the start of one); `ttft-probe runs` lists them")
-    matches = [r for r in store if r.run_id.lower().startswith(wanted)]
+    matches = store.find(wanted)
     exact = [r for r in matches if r.run_id.lower() == wanted]
     if exact:
         return exact[0]
@@ -371,7 +371,8 @@ def find_run(store: Store, run_id: str) -> RunRecord:
                           "(or point --store at another store)")
     if len(matches) > 1:
         shown = ", ".join(r.run_id for r in matches[:3]) + (", …" if len(matches) > 3 else "")
-        raise ConfigError(f"{len(matches)} runs start with {run_id} ({shown}): give more of "
+        count = f"{len(matches)}" if len(matches) <= 3 else "more than 3"
+        raise ConfigError(f"{count} runs start with {run_id} ({shown}): give more of "
                           "the run id; `ttft-probe runs` lists them")
     return matches[0]
 

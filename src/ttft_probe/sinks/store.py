@@ -589,6 +589,20 @@ class Store:
             ).fetchall())
         return [RunRecord.from_dict(json.loads(r[0])) for r in rows]
 
+    def find(self, prefix: str, limit: int = 4) -> list[RunRecord]:
+        """Up to ``limit`` runs whose ``run_id`` starts with ``prefix`` (lower case), by id.
+
+        Matched in SQL (no record is decoded but the matches), so a large store answers
+        as fast as a small one.
+        """
+        wanted = prefix.lower()
+        rows = self._run("read", lambda conn: conn.execute(
+            "SELECT record_json FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id"
+            " LIMIT ?",
+            (len(wanted), wanted, limit),
+        ).fetchall())
+        return [RunRecord.from_dict(json.loads(r[0])) for r in rows]
+
     def __iter__(self) -> Iterator[RunRecord]:
         """Every run, oldest first."""
         return iter(self.last())
