@@ -260,7 +260,9 @@ def test_a_stored_waterfall_reaches_all_three_backends_through_flush(tmp_path: P
     home = tmp_path / "probe"
     home.mkdir()
     times = stream_times()
-    record = traced_record(times, cache_creation_input_tokens=7)
+    # The agent reported no usage of its own: the sinks' turn usage comes from the requests.
+    record = traced_record(times, input_tokens=None, output_tokens=None,
+                           cache_read_input_tokens=None, cache_creation_input_tokens=None)
     Store(home / "runs.sqlite3").add(
         record, times, ["otlp", "posthog", "langfuse"], requests=title_and_generation(START)
     )

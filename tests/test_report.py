@@ -554,6 +554,9 @@ def test_context_cost_interval_covers_the_true_slope_across_populations() -> Non
         pytest.param([(5_000, 400.0 + i, False) for i in range(8)],
                      "has 8, all with the same uncached tokens", id="no-spread"),
         pytest.param([], "has 0; time runs with `ttft-probe run --observe-provider`", id="none"),
+        # Two different counts: one run at the other end would decide the slope alone.
+        pytest.param([(100, 400.0 + i, False) for i in range(4)] + [(200, 500.0, False)],
+                     "has 5 with only 2 different counts (≥3 needed)", id="two-values"),
     ],
 )  # fmt: skip
 def test_context_cost_needs_five_runs_with_spread(

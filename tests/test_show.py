@@ -323,3 +323,19 @@ def test_requests_are_ordered_by_arrival_not_by_id() -> None:
     view = build_view(record, times, [late, early])
     assert [(r.request_id, r.start_ms) for r in view.requests or ()] == [(9, 300.0), (1, 950.0)]
     assert view.first_generation is None  # neither is a generation
+
+
+def test_a_reused_prompt_first_turn_has_its_own_session_set_up_but_no_cli_ready() -> None:
+    # Claude Code in SDK mode, turn 2+: the session set-up follows the prompt (its own
+    # reading); cliReady is the turn start by construction and never shown as 0.
+    prompt = at(5000)
+    times = MarkerTimes(start_ns=prompt, cli_ready_ns=prompt,
+                        session_init_done_ns=prompt + 50 * MS, prompt_sent_ns=prompt,
+                        first_token_ns=prompt + 700 * MS, end_ns=prompt + 900 * MS)
+    assert times.prompt_first  # promptSent before sessionInitDone
+    record = stream_record(times, request_driven=True, process_reused=True, turn_ordinal=2)
+    data = build_view(record, times, None).to_dict()
+    assert data["markers"]["cliReady"] is None
+    assert data["marker_notes"]["cliReady"] == "none of its own (reused process)"
+    assert data["markers"]["sessionInitDone"] == 50.0
+    assert list(data["markers"])[:2] == ["processSpawned", "promptSent"]

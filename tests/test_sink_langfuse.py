@@ -24,6 +24,7 @@ from ttft_probe.errors import ConfigError
 from ttft_probe.record import MarkerTimes, RunRecord
 from ttft_probe.sinks._base import Delivery, Sink
 from ttft_probe.sinks.langfuse import DEFAULT_HOST, LangfuseSink, langfuse_ids
+from ttft_probe.waterfall import RequestUsage
 
 PK = "pk-lf-test-4f1c"
 SK = "sk-lf-test-9b7e"
@@ -358,11 +359,18 @@ def test_missing_fields_arrive_as_null_and_failed_runs_as_errors(
         assert metadata["timing_unavailable_reason"] == "no_first_token"
 
 
-def test_the_generation_carries_the_first_generation_requests_usage(
+def test_the_generation_carries_the_whole_turns_usage(
     fake: FakeLangfuse, make_sink: Callable[..., LangfuseSink]
 ) -> None:
+    # The agent reported no usage: the turn's is the sum over its requests that did.
     plain = make_delivery(model=None)
-    observed = attrs.evolve(plain, requests=title_and_generation(MONO0))
+    plain = attrs.evolve(plain, record=attrs.evolve(
+        plain.record, input_tokens=None, output_tokens=None, cache_read_input_tokens=None,
+        cache_creation_input_tokens=None))
+    title, generation = title_and_generation(MONO0)
+    tool_loop = attrs.evolve(generation, request_id=3, arrival_ns=generation.arrival_ns + 1,
+                             usage=RequestUsage(4000, 3000, 0, 70))
+    observed = attrs.evolve(plain, requests=(title, generation, tool_loop))
     assert make_sink(fake.url).deliver([observed], timeout_s=10) == [True]
 
     # Still one trace of two observations: the requests add no observations of their own.
@@ -370,11 +378,12 @@ def test_the_generation_carries_the_first_generation_requests_usage(
     assert sorted(spans) == ["chat claude-x", "invoke_agent claude_code"]
     gen = spans["chat claude-x"]  # the record has no model: the generation request's
     assert gen.attributes["langfuse.observation.model.name"] == "claude-x"
-    # Langfuse adds the usage types up: "input" is what was read anew (3000 - 2000 - 900).
+    # Langfuse adds the usage types up: "input" is what was read anew, summed over the
+    # turn's requests: (3000 - 2000 - 900) + (4000 - 3000 - 0).
     assert json.loads(gen.attributes["langfuse.observation.usage_details"]) == {
-        "input": 100,
-        "output": 50,
-        "cache_read_input_tokens": 2000,
+        "input": 100 + 1000,
+        "output": 50 + 70,
+        "cache_read_input_tokens": 2000 + 3000,
         "cache_creation_input_tokens": 900,
     }
     ids = langfuse_ids(observed.record)
@@ -382,6 +391,22 @@ def test_the_generation_carries_the_first_generation_requests_usage(
     # Time to first token is still the run's: spawn to the first token.
     completion = json.loads(gen.attributes["langfuse.observation.completion_start_time"])
     assert completion == "2026-01-01T00:00:01.133456Z"
+
+
+def test_the_agents_own_turn_usage_wins_over_the_requests(
+    fake: FakeLangfuse, make_sink: Callable[..., LangfuseSink]
+) -> None:
+    # The agent's own counts cover the whole turn (its tool loop included): they stay.
+    own = make_delivery()
+    observed = attrs.evolve(own, requests=title_and_generation(MONO0))
+    assert make_sink(fake.url).deliver([observed], timeout_s=10) == [True]
+    gen = by_name(fake.spans())["chat claude-sonnet-4-5"]
+    assert json.loads(gen.attributes["langfuse.observation.usage_details"]) == {
+        "input": own.record.input_tokens,
+        "output": own.record.output_tokens,
+        "cache_read_input_tokens": own.record.cache_read_input_tokens,
+        "cache_creation_input_tokens": own.record.cache_creation_input_tokens,
+    }
 
 
 def test_without_reported_usage_the_records_own_counts_stay(

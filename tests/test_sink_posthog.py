@@ -28,6 +28,7 @@ from ttft_probe.sinks.posthog import (
     install_id,
     install_id_path,
 )
+from ttft_probe.waterfall import RequestUsage
 
 API_KEY = "phc_test_SECRET_key_0123456789"
 
@@ -172,27 +173,37 @@ def observed(record: RunRecord, *, api: str = "anthropic") -> Delivery:
     return attrs.evolve(delivery(record), requests=requests)
 
 
-def test_ai_generation_takes_its_tokens_from_the_first_generation_request(
+NO_OWN_USAGE = dict.fromkeys(("input_tokens", "output_tokens", "cache_read_input_tokens",
+                              "cache_creation_input_tokens"))
+
+
+def test_ai_generation_counts_the_whole_turn_and_run_finished_the_first_request(
     server: FakePostHog,
 ) -> None:
     sink = PostHogSink(API_KEY, host=server.host, distinct_id="d", ai_generation=True)
-    record = full_record(**FIRST_REQUEST_FIELDS)
+    record = full_record(**FIRST_REQUEST_FIELDS, **NO_OWN_USAGE)
+    title, generation = title_and_generation(1_000_000_000)
+    tool_loop = attrs.evolve(generation, request_id=3, arrival_ns=generation.arrival_ns + 1,
+                             usage=RequestUsage(4000, 3000, 0, 70))
     try:
-        assert sink.deliver([observed(record)], timeout_s=5) == [True]
+        d = attrs.evolve(delivery(record), requests=(title, generation, tool_loop))
+        assert sink.deliver([d], timeout_s=5) == [True]
     finally:
         sink.close()
-    run_finished, generation = server.events
-    props = generation["properties"]
-    # Anthropic: PostHog counts cache tokens apart from $ai_input_tokens (3000 - 2000 - 900).
+    run_finished, ai_generation = server.events
+    props = ai_generation["properties"]
+    # The turn's cost is every request's: summed. Anthropic: PostHog counts cache tokens
+    # apart from $ai_input_tokens ((3000 - 2000 - 900) + (4000 - 3000 - 0)).
     assert {k: props[k] for k in TOKEN_KEYS} == {
-        "$ai_input_tokens": 100,
-        "$ai_output_tokens": 50,
-        "$ai_cache_read_input_tokens": 2000,
+        "$ai_input_tokens": 100 + 1000,
+        "$ai_output_tokens": 50 + 70,
+        "$ai_cache_read_input_tokens": 2000 + 3000,
         "$ai_cache_creation_input_tokens": 900,
     }
     assert props["$ai_time_to_first_token"] == 1.5  # s: spawn to first token, as before
     assert props["$ai_latency"] == 4.25
-    # run_finished is the record, its nine request and prefix fields included, and no more.
+    # run_finished is the record, its nine request and prefix fields (the first
+    # generation request's) included, and no more.
     assert run_finished["properties"] == {
         **record.to_dict(),
         "$process_person_profile": False,
@@ -208,7 +219,7 @@ def test_ai_generation_takes_its_tokens_from_the_first_generation_request(
 def test_openai_and_gemini_input_tokens_include_the_cached_ones() -> None:
     sink = PostHogSink(API_KEY, host="http://127.0.0.1:9", distinct_id="d", ai_generation=True)
     for api, provider in (("openai", "openai"), ("gemini", "gemini")):
-        d = observed(full_record(agent="opencode_acp", model=None), api=api)
+        d = observed(full_record(agent="opencode_acp", model=None, **NO_OWN_USAGE), api=api)
         props = sink.events(d.record, requests=d.requests)[1]["properties"]
         assert props["$ai_input_tokens"] == 3000
         assert props["$ai_cache_read_input_tokens"] == 2000
@@ -224,7 +235,9 @@ def test_without_a_reported_usage_the_records_own_tokens_stay() -> None:
     assert sink.events(record, requests=()) == plain  # observer off: unchanged
     title, generation = title_and_generation(0)
     silent = attrs.evolve(generation, usage=None)
-    for requests in ((title,), (title, silent)):  # no generation, or one without usage
+    # no generation, one without usage, or one with usage: the agent's own counts (the
+    # whole turn's) win over the requests'
+    for requests in ((title,), (title, silent), (title, generation)):
         props = sink.events(record, requests=requests)[1]["properties"]
         assert {k: props[k] for k in TOKEN_KEYS} == {
             "$ai_input_tokens": 12,

@@ -41,6 +41,7 @@ from ttft_probe.record import RunRecord
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
+    "FIT_MIN_DISTINCT",
     "FIT_MIN_RUNS",
     "METRICS",
     "NOT_OBSERVED",
@@ -97,6 +98,8 @@ NOT_OBSERVED: Final = (
 """Why a cohort has no prompt-cache figure, and the fix; shown wherever it is missing."""
 
 FIT_MIN_RUNS: Final = 5
+FIT_MIN_DISTINCT: Final = 3
+"""Different uncached token counts a slope needs: with two, one point decides it."""
 """Fewest observed runs (with differing uncached tokens) a :class:`ContextCost` is fit on."""
 BOOTSTRAP_RESAMPLES: Final = 2000
 """Resamples of the context-cost interval."""
@@ -378,10 +381,12 @@ class ContextCost:
     reason: str | None = None
 
 
-def _not_fit(n: int, *, spread: bool) -> str:
+def _not_fit(n: int, *, distinct: int) -> str:
     why = f"needs ≥{FIT_MIN_RUNS} observed runs with differing uncached tokens, has {n}"
-    if n >= 2 and not spread:
+    if n >= 2 and distinct == 1:
         why += ", all with the same uncached tokens"
+    elif n >= FIT_MIN_RUNS and distinct < FIT_MIN_DISTINCT:
+        why += f" with only {distinct} different counts (≥{FIT_MIN_DISTINCT} needed)"
     if n == 0:
         why += "; time runs with `ttft-probe run --observe-provider`"
     return why
@@ -398,9 +403,9 @@ def fit_context_cost(agent: str, points: Iterable[ContextPoint]) -> ContextCost:
     n = len(ordered)
     late = sum(p[2] for p in ordered)
     xs = [float(p[0]) for p in ordered]
-    spread = n > 0 and xs[0] != xs[-1]
-    if n < FIT_MIN_RUNS or not spread:
-        reason = _not_fit(n, spread=spread)
+    distinct = len(set(xs))
+    if n < FIT_MIN_RUNS or distinct < FIT_MIN_DISTINCT:
+        reason = _not_fit(n, distinct=distinct)
         return ContextCost(agent=agent, n=n, message_granular=late, reason=reason)
     ys = [p[1] for p in ordered]
     mean_x = math.fsum(xs) / n

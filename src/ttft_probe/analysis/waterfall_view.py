@@ -249,14 +249,17 @@ def _markers(times: MarkerTimes | None, *, reused: bool) -> tuple[str | None, li
         # A reused process's turn starts at its prompt; the process was set up before it.
         origin = Marker.PROMPT_SENT.value
         rows.append(MarkerRow(Marker.PROCESS_SPAWNED.value, None, "earlier (reused process)"))
-        own_setup = times.prompt_first  # a turn set up after its prompt has its own
-        for name, t_ns in ((Marker.CLI_READY, times.cli_ready_ns),
-                           (Marker.SESSION_INIT_DONE, times.session_init_done_ns)):
-            if own_setup or (t_ns is not None and t_ns != times.start_ns):
+        rows.append(MarkerRow(Marker.PROMPT_SENT.value, 0.0, "turn start"))
+        # A turn set up after its prompt (prompt_first) has a session set-up of its own;
+        # a reused process's cliReady is its turn start by construction, never a reading.
+        for name, t_ns, own in (
+            (Marker.CLI_READY, times.cli_ready_ns, False),
+            (Marker.SESSION_INIT_DONE, times.session_init_done_ns, times.prompt_first),
+        ):
+            if own or (t_ns is not None and t_ns != times.start_ns):
                 rows.append(attrs.evolve(at(t_ns), name=name.value))
             else:
                 rows.append(MarkerRow(name.value, None, _REUSED))
-        rows.append(MarkerRow(Marker.PROMPT_SENT.value, 0.0, "turn start"))
     else:
         origin = Marker.PROCESS_SPAWNED.value
         rows.append(MarkerRow(origin, 0.0))
@@ -643,7 +646,7 @@ def _bar_label(r: RequestRow) -> str:
         parts.append(f"{r.end_ms - r.start_ms:,.0f} ms")
     if r.uncached_tokens is not None:
         parts.append(f"{r.uncached_tokens:,} uncached")
-    if r.cache_read_tokens:
+    if r.cache_read_tokens is not None:  # 0 cached is the broken-cache case: shown
         parts.append(f"{r.cache_read_tokens:,} cached")
     if r.status is not None and r.status >= 400:
         parts.append(f"HTTP {r.status}")

@@ -39,6 +39,56 @@ def first_generation(requests: Iterable[ModelRequest]) -> ModelRequest | None:
     return next((r for r in requests if r.kind is RequestKind.GENERATION), None)
 
 
+@attrs.frozen
+class TurnTokens:
+    """A turn's token counts for a per-run event (PostHog ``$ai_generation``, Langfuse).
+
+    The whole turn, never one request of it: the agent's own counts from the record when
+    it reported any; otherwise, with the provider observer, the sum over every model
+    request of the turn that reported usage (side calls cost tokens too). ``fresh_input``
+    is the input read anew (input − cache read − cache write); ``input`` counts cached
+    tokens in — except from the record, which keeps the agent's own figure (Anthropic
+    agents: uncached only). ``None`` where nothing was reported.
+    """
+
+    input: int | None = None
+    fresh_input: int | None = None
+    output: int | None = None
+    cache_read: int | None = None
+    cache_write: int | None = None
+    api: str | None = None  # the requests' API when the counts came from them
+
+
+def turn_tokens(record: RunRecord, requests: Iterable[ModelRequest]) -> TurnTokens:
+    """The :class:`TurnTokens` of ``record``'s turn, its waterfall ``requests`` given."""
+    own = (record.input_tokens, record.output_tokens, record.cache_read_input_tokens,
+           record.cache_creation_input_tokens)
+    if any(v is not None for v in own):
+        return TurnTokens(input=record.input_tokens, fresh_input=record.input_tokens,
+                          output=record.output_tokens, cache_read=record.cache_read_input_tokens,
+                          cache_write=record.cache_creation_input_tokens)
+    used = [r for r in requests if r.usage is not None]
+    if not used:
+        return TurnTokens()
+
+    def total(values: Iterable[int | None]) -> int | None:
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
+
+    usages = [r.usage for r in used if r.usage is not None]
+    fresh = [None if u.input_tokens is None else
+             max(0, u.input_tokens - (u.cache_read_tokens or 0) - (u.cache_write_tokens or 0))
+             for u in usages]
+    return TurnTokens(
+        input=total(u.input_tokens for u in usages),
+        fresh_input=total(fresh),
+        output=total(u.output_tokens for u in usages),
+        cache_read=total(u.cache_read_tokens for u in usages),
+        cache_write=total(u.cache_write_tokens for u in usages),
+        api=used[0].api,
+    )
+
+
 def _request_tuple(requests: Iterable[ModelRequest]) -> tuple[ModelRequest, ...]:
     return tuple(requests)
 

@@ -27,13 +27,13 @@ What Langfuse receives for each run (OTLP/HTTP protobuf, gzip, Basic auth, at
   Langfuse's own "time to first token" is ``spawn_to_first_token_ms``), ``model`` =
   ``record.model`` (else the first generation request's model, with the provider
   observer) and ``usage_details`` ``input``/``output``/``cache_read_input_tokens``/
-  ``cache_creation_input_tokens``: with the provider observer, the usage the provider
-  reported for the turn's first generation request (``Delivery.requests``; DESIGN §10),
-  ``input`` then being the input read anew (input − cache read − cache write), since
-  Langfuse adds every usage type up into the total; otherwise the record's own token
-  counts, as the agent reported them. The waterfall's other requests are not sent as
-  observations of their own: each would add its usage to the trace's total a second
-  time (the OTLP sink carries one span per request);
+  ``cache_creation_input_tokens``: the whole turn's counts — the record's own, as the
+  agent reported them, when it reported any, else (provider observer) the sum over the
+  turn's requests that reported usage (``Delivery.requests``; DESIGN §10), ``input`` then
+  being the input read anew (input − cache read − cache write), since Langfuse adds every
+  usage type up into the total. The waterfall's requests are not sent as observations of
+  their own: their usage would be counted twice in the trace's total (the OTLP sink
+  carries one span per request);
 - on both observations every contract field as metadata (``record.to_dict()``, one
   ``langfuse.observation.metadata.<field>`` each, JSON-encoded; a ``None`` field arrives
   as JSON ``null``, not absent). ``failed``/``timed_out`` runs have level ``ERROR``,
@@ -116,7 +116,7 @@ from ttft_probe import _semconv as sc
 from ttft_probe._logonce import LogOnce
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
-from ttft_probe.sinks._base import HEX_TRACE_ID, Delivery
+from ttft_probe.sinks._base import HEX_TRACE_ID, Delivery, turn_tokens
 
 if TYPE_CHECKING:
     from langfuse import Langfuse
@@ -239,32 +239,23 @@ def _utc(unix_ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=unix_ns // 1000)
 
 
-def _usage(record: RunRecord, first: ModelRequest | None = None) -> dict[str, int] | None:
-    """The generation's ``usage_details``: ``first``'s reported usage, else the record's.
+def _usage(
+    record: RunRecord, requests: Sequence[ModelRequest] = ()
+) -> dict[str, int] | None:
+    """The generation's ``usage_details``: the whole turn's counts (:func:`turn_tokens`).
 
-    Langfuse sums every usage type into the total, so ``input`` from a request's usage
-    (which counts cached tokens in) is the input read anew: input − cache read − cache
-    write. ``None`` when no count is known.
+    Langfuse sums every usage type into the total, so ``input`` summed from requests
+    (which count cached tokens in) is the input read anew: input − cache read − cache
+    write; the record's own counts are the agent's, as it reported them. ``None`` when no
+    count is known.
     """
-    reported = None if first is None else first.usage
-    if reported is None:
-        usage = {
-            "input": record.input_tokens,
-            "output": record.output_tokens,
-            "cache_read_input_tokens": record.cache_read_input_tokens,
-            "cache_creation_input_tokens": record.cache_creation_input_tokens,
-        }
-    else:
-        fresh = reported.input_tokens
-        if fresh is not None:
-            cached = (reported.cache_read_tokens or 0) + (reported.cache_write_tokens or 0)
-            fresh = max(0, fresh - cached)
-        usage = {
-            "input": fresh,
-            "output": reported.output_tokens,
-            "cache_read_input_tokens": reported.cache_read_tokens,
-            "cache_creation_input_tokens": reported.cache_write_tokens,
-        }
+    tokens = turn_tokens(record, requests)
+    usage = {
+        "input": tokens.fresh_input,
+        "output": tokens.output,
+        "cache_read_input_tokens": tokens.cache_read,
+        "cache_creation_input_tokens": tokens.cache_write,
+    }
     present = {k: v for k, v in usage.items() if v is not None}
     return present or None
 
@@ -815,7 +806,7 @@ def _make_spans(
                 output=answer,
                 metadata=observation_metadata,
                 model=model,
-                usage_details=_usage(record, first),
+                usage_details=_usage(record, delivery.requests),
                 completion_start_time=None
                 if wall.first_token_ns is None
                 else _utc(wall.first_token_ns),

@@ -43,15 +43,17 @@ own stable uuid, ``uuid5(NAMESPACE_URL, run_id + "/$ai_generation")``, so it is 
 idempotent as the run itself.
 
 Its token counts (``$ai_input_tokens``, ``$ai_output_tokens``,
-``$ai_cache_read_input_tokens``, ``$ai_cache_creation_input_tokens``) are, with the
-provider observer, the usage the provider reported for the turn's first generation
-request (``Delivery.requests``; DESIGN §10), the request whose prompt cache decides the
-wait for the first token; otherwise the agent's own counts from the record. PostHog
-counts Anthropic's cache tokens apart from ``$ai_input_tokens`` and everyone else's
-within it, so for a request to the Anthropic API ``$ai_input_tokens`` is the input read
-anew (input − cache read − cache write); for OpenAI and Gemini it includes cached
-tokens. ``$ai_provider`` and ``$ai_model`` fall back to the request's API and model when
-the agent's name and the record do not tell them. No request body, digest or other
+``$ai_cache_read_input_tokens``, ``$ai_cache_creation_input_tokens``) are the whole
+turn's, so that PostHog's cost is the turn's: the agent's own counts from the record
+when it reported any, else, with the provider observer, the sum over every request of
+the turn that reported usage (``Delivery.requests``; DESIGN §10;
+:func:`~ttft_probe.sinks._base.turn_tokens`). The first generation request's own usage
+is in the ``run_finished`` event (``first_request_*``). PostHog counts Anthropic's cache
+tokens apart from ``$ai_input_tokens`` and everyone else's within it, so counts summed
+from requests to the Anthropic API give the input read anew (input − cache read − cache
+write); for OpenAI and Gemini it includes cached tokens. ``$ai_provider`` and
+``$ai_model`` fall back to the request's API and model when the agent's name and the
+record do not tell them. No request body, digest or other
 request detail is ever sent; the ``run_finished`` event is the record alone (its
 ``first_request_*`` and ``prefix_*`` fields included, as the contract has them).
 
@@ -93,7 +95,7 @@ from ttft_probe._logonce import LogOnce
 from ttft_probe.agents import provider_name
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord, Status
-from ttft_probe.sinks._base import Delivery, first_generation, size_groups
+from ttft_probe.sinks._base import Delivery, first_generation, size_groups, turn_tokens
 
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
@@ -261,30 +263,21 @@ def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / _MS_PER_S
 
 
-def _token_properties(record: RunRecord, first: ModelRequest | None) -> dict[str, int | None]:
-    """The ``$ai_*_tokens`` of a run: its first generation request's usage, else the record's.
+def _token_properties(record: RunRecord, requests: Sequence[ModelRequest]) -> dict[str, int | None]:
+    """The ``$ai_*_tokens`` of a run: the whole turn's (:func:`turn_tokens`).
 
     PostHog counts Anthropic's cache tokens apart from ``$ai_input_tokens`` (its cost
-    model adds them back) and OpenAI's and Gemini's within it, so a request to the
-    Anthropic API gives the input read anew (input − cache read − cache write).
+    model adds them back) and OpenAI's and Gemini's within it: counts summed from requests
+    to the Anthropic API give the input read anew (input − cache read − cache write); the
+    record's own counts are the agent's, as it reported them.
     """
-    usage = None if first is None else first.usage
-    if first is None or usage is None:
-        return {
-            "$ai_input_tokens": record.input_tokens,
-            "$ai_output_tokens": record.output_tokens,
-            "$ai_cache_read_input_tokens": record.cache_read_input_tokens,
-            "$ai_cache_creation_input_tokens": record.cache_creation_input_tokens,
-        }
-    input_tokens = usage.input_tokens
-    if input_tokens is not None and first.api in _EXCLUSIVE_CACHE_APIS:
-        cached = (usage.cache_read_tokens or 0) + (usage.cache_write_tokens or 0)
-        input_tokens = max(0, input_tokens - cached)
+    tokens = turn_tokens(record, requests)
+    exclusive = tokens.api in _EXCLUSIVE_CACHE_APIS
     return {
-        "$ai_input_tokens": input_tokens,
-        "$ai_output_tokens": usage.output_tokens,
-        "$ai_cache_read_input_tokens": usage.cache_read_tokens,
-        "$ai_cache_creation_input_tokens": usage.cache_write_tokens,
+        "$ai_input_tokens": tokens.fresh_input if exclusive else tokens.input,
+        "$ai_output_tokens": tokens.output,
+        "$ai_cache_read_input_tokens": tokens.cache_read,
+        "$ai_cache_creation_input_tokens": tokens.cache_write,
     }
 
 
@@ -468,7 +461,7 @@ class PostHogSink:
             }
         ]
         if self.ai_generation:
-            events.append(self._ai_generation_event(record, first_generation(requests)))
+            events.append(self._ai_generation_event(record, requests))
         if content is not None:
             content_props = _content_properties(content, max(events, key=_json_size))
             for event in events:
@@ -476,8 +469,9 @@ class PostHogSink:
         return events
 
     def _ai_generation_event(
-        self, record: RunRecord, first: ModelRequest | None
+        self, record: RunRecord, requests: Sequence[ModelRequest]
     ) -> dict[str, Any]:
+        first = first_generation(requests)
         request_model = None if first is None else first.model
         request_provider = None if first is None else _AI_PROVIDER_BY_API.get(first.api)
         props: dict[str, Any] = {
@@ -489,7 +483,7 @@ class PostHogSink:
             "$ai_provider": ai_provider(record.agent) or request_provider,
             "$ai_latency": _seconds(record.total_duration_ms),
             "$ai_time_to_first_token": _seconds(record.spawn_to_first_token_ms),
-            **_token_properties(record, first),
+            **_token_properties(record, requests),
             "$ai_is_error": record.status in _ERROR_STATUSES,
             "$ai_error": record.status.value if record.status in _ERROR_STATUSES else None,
         }
