@@ -558,33 +558,81 @@ def _payload_has_content(obj: object) -> bool:  # noqa: C901, PLR0911 - one bran
     return False
 
 
+def _sse_data(block: bytes) -> bytes | None:
+    """The data of one complete SSE event block (its ``data:`` lines joined); ``None`` if none."""
+    data = [line[5:].removeprefix(b" ") for line in block.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(data) if data else None
+
+
 def _event_has_content(block: bytes) -> bool:
     """Whether one complete SSE event block carries non-empty model output."""
     if _SSE_PREFILTER.search(block) is None:
         return False
-    data = [line[5:].removeprefix(b" ") for line in block.splitlines() if line.startswith(b"data:")]
-    if not data:
+    data = _sse_data(block)
+    if data is None:
         return False
     try:
-        payload = json.loads(b"\n".join(data))
+        payload = json.loads(data)
     except ValueError:
         return False
     return _payload_has_content(payload)
 
 
+class _SseEvents:
+    """Sans-I/O: a (possibly compressed) SSE body fed in pieces, cut into complete events.
+
+    :meth:`feed` returns the event blocks a piece completed. ``failed`` turns true when
+    the body cannot be read on: a piece that does not decode, or an event longer than
+    :data:`_MAX_SSE_EVENT` (its bytes are dropped; the blocks completed before it are
+    still returned).
+    """
+
+    __slots__ = ("_buf", "_decoder", "failed")
+
+    def __init__(self, decoder: _Decoder | None) -> None:
+        self._decoder = decoder
+        self._buf = bytearray()
+        self.failed = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The event blocks (without their blank line) that ``data`` completed."""
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decode(data)
+            except zlib.error:
+                self.failed = True
+                return []
+        buf = self._buf
+        start = max(0, len(buf) - 3)  # a boundary may straddle two reads
+        buf += data
+        blocks = []
+        end = 0
+        while (boundary := _SSE_BOUNDARY.search(buf, start)) is not None:
+            blocks.append(bytes(buf[end : boundary.start()]))
+            end = start = boundary.end()
+        del buf[:end]
+        if len(buf) > _MAX_SSE_EVENT:
+            self.failed = True
+            self._buf = bytearray()
+        return blocks
+
+    def rest(self) -> bytes:
+        """What was fed after the last complete event (an event without its blank line)."""
+        return bytes(self._buf)
+
+
 class _ContentDetector:
     """Sans-I/O: fed a response body (de-chunked), says when the first content completed."""
 
-    __slots__ = ("_buf", "_decoder", "_disabled", "_sse")
+    __slots__ = ("_disabled", "_events", "_sse")
 
     def __init__(self, *, sse: bool, content_encoding: bytes) -> None:
         self._sse = sse
-        self._buf = bytearray()
         self._disabled = False
-        self._decoder: _Decoder | None = None
+        self._events: _SseEvents | None = None
         if sse:
             try:
-                self._decoder = _Decoder.for_encoding(content_encoding)
+                self._events = _SseEvents(_Decoder.for_encoding(content_encoding))
             except ValueError:
                 self._disabled = True
                 _warn.warning(
@@ -597,31 +645,16 @@ class _ContentDetector:
         """Feed body bytes; ``True`` when they complete the first content."""
         if self._disabled or not data:
             return False
-        if not self._sse:
+        if self._events is None:
             return True
-        if self._decoder is not None:
-            try:
-                data = self._decoder.decode(data)
-            except zlib.error:
-                self._disabled = True
-                return False
-        buf = self._buf
-        start = max(0, len(buf) - 3)  # a boundary may straddle two reads
-        buf += data
-        end = 0
-        while True:
-            boundary = _SSE_BOUNDARY.search(buf, start)
-            if boundary is None:
-                break
-            if _event_has_content(bytes(buf[end : boundary.start()])):
+        events = self._events
+        for block in events.feed(data):
+            if _event_has_content(block):
                 self._disabled = True  # found: nothing more to do for this response
-                self._buf = bytearray()
+                self._events = None
                 return True
-            end = start = boundary.end()
-        del buf[:end]
-        if len(buf) > _MAX_SSE_EVENT:
+        if events.failed:
             self._disabled = True
-            self._buf = bytearray()
         return False
 
 
@@ -637,23 +670,35 @@ class _UsageReader:
     to 4 MiB) and read at the end. Never raises; an undecodable body reports no usage.
     """
 
-    __slots__ = ("_api", "_buf", "_decoder", "_disabled", "_sse", "_usage")
+    __slots__ = ("_api", "_buf", "_decoder", "_disabled", "_events", "_usage")
 
     def __init__(self, api: Api, *, sse: bool, content_encoding: bytes) -> None:
         self._api = api
-        self._sse = sse
-        self._buf = bytearray()
+        self._buf = bytearray()  # a JSON body, read at the end
         self._usage: RequestUsage | None = None
         self._disabled = False
+        self._decoder: _Decoder | None = None
+        self._events: _SseEvents | None = None
         try:
-            self._decoder = _Decoder.for_encoding(content_encoding)
+            decoder = _Decoder.for_encoding(content_encoding)
         except ValueError:
-            self._decoder = None
             self._disabled = True
+            return
+        if sse:
+            self._events = _SseEvents(decoder)
+        else:
+            self._decoder = decoder
 
     def feed(self, data: bytes) -> None:
         """Feed body bytes as they were forwarded."""
         if self._disabled or not data:
+            return
+        events = self._events
+        if events is not None:
+            for block in events.feed(data):
+                if _USAGE_NEEDLE in block:
+                    self._read_event(block)
+            self._disabled = events.failed
             return
         if self._decoder is not None:
             try:
@@ -661,35 +706,16 @@ class _UsageReader:
             except zlib.error:
                 self._disabled = True
                 return
-        buf = self._buf
-        if not self._sse:
-            if len(buf) + len(data) > _MAX_JSON_BODY:
-                self._disabled = True
-                self._buf = bytearray()
-                return
-            buf += data
-            return
-        start = max(0, len(buf) - 3)
-        buf += data
-        end = 0
-        while True:
-            boundary = _SSE_BOUNDARY.search(buf, start)
-            if boundary is None:
-                break
-            block = bytes(buf[end : boundary.start()])
-            if _USAGE_NEEDLE in block:
-                self._read_event(block)
-            end = start = boundary.end()
-        del buf[:end]
-        if len(buf) > _MAX_SSE_EVENT:
+        if len(self._buf) + len(data) > _MAX_JSON_BODY:
             self._disabled = True
             self._buf = bytearray()
+            return
+        self._buf += data
 
     def _read_event(self, block: bytes) -> None:
-        lines = block.splitlines()
-        data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
-        if data:
-            self._add(b"\n".join(data))
+        data = _sse_data(block)
+        if data is not None:
+            self._add(data)
 
     def _add(self, raw: bytes | bytearray) -> None:
         try:
@@ -702,11 +728,14 @@ class _UsageReader:
         """The usage gathered so far (the whole body's, once it ended)."""
         if self._disabled:
             return self._usage
-        if self._sse and self._buf.strip():
-            self._read_event(bytes(self._buf))  # a last event without its blank line
-        elif not self._sse and self._buf:
+        if self._events is not None:
+            rest = self._events.rest()
+            if rest.strip():
+                self._read_event(rest)  # a last event without its blank line
+        elif self._buf:
             self._add(self._buf)
         self._buf = bytearray()
+        self._events = None
         self._disabled = True
         return self._usage
 
