@@ -39,7 +39,7 @@ from ttft_probe.analysis._model import (
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import RunRecord
 
-__all__ = ["FORMATS", "SEGMENT_COLOURS", "write_chart"]
+__all__ = ["FORMATS", "SEGMENT_COLOURS", "save_figure", "style_axis", "write_chart"]
 
 FORMATS: Final = {".png": "png", ".svg": "svg"}
 """File extensions :func:`write_chart` understands, and the format each one selects."""
@@ -115,7 +115,7 @@ def write_chart(
         ax = fig.add_subplot()
         ax.set_axis_off()
         ax.text(0.5, 0.5, "No runs in the window.", ha="center", va="center", fontsize=13)
-        _save(fig, out, fmt)
+        save_figure(fig, out, fmt)
         return out
 
     values = None if records is None else _values_by_cohort(records)
@@ -154,12 +154,7 @@ def write_chart(
     )
     bars.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
     for ax in (bars, dist):
-        ax.grid(axis="x", color="#E4E4E4", linewidth=0.8)
-        ax.set_axisbelow(True)
-        ax.tick_params(axis="y", length=0)
-        ax.xaxis.set_major_formatter("{x:,.0f}")
-        for side in ("top", "right", "left"):
-            ax.spines[side].set_visible(False)
+        style_axis(ax)
     dist.tick_params(axis="y", labelleft=False)
     handles: list[Patch | Line2D] = [
         Patch(
@@ -176,7 +171,7 @@ def write_chart(
     fig.legend(
         handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=9.5
     )
-    _save(fig, out, fmt)
+    save_figure(fig, out, fmt)
     return out
 
 
@@ -316,6 +311,20 @@ def _draw_distribution(
             )
 
 
-def _save(fig: Figure, out: Path, fmt: str) -> None:
+def style_axis(ax: Axes) -> None:
+    """Give ``ax`` the charts' look: a light x grid behind, ms ticks, only the bottom spine."""
+    ax.grid(axis="x", color="#E4E4E4", linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.tick_params(axis="y", length=0)
+    ax.xaxis.set_major_formatter("{x:,.0f}")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+
+
+def save_figure(fig: Figure, out: Path, fmt: str) -> None:
+    """Write ``fig`` to ``out`` as ``fmt`` (``png`` at 150 dpi, or ``svg``) on white.
+
+    Without the date or software stamps that would make two runs' files differ.
+    """
     metadata: dict[str, str | None] = {"Date": None} if fmt == "svg" else {"Software": None}
     fig.savefig(out, format=fmt, dpi=150, metadata=metadata, facecolor="white")

@@ -582,6 +582,8 @@ def waterfall_figure(view: WaterfallView) -> Figure:
     from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: PLC0415
     from matplotlib.patches import Patch  # noqa: PLC0415
 
+    from ttft_probe.analysis.chart import style_axis  # noqa: PLC0415 - imports matplotlib
+
     rows = view.requests or ()
     fig = Figure(figsize=(12.0, 2.6 + 0.5 * max(len(rows), 1)),
                  layout=ConstrainedLayoutEngine(h_pad=0.1, w_pad=0.1))
@@ -621,12 +623,7 @@ def waterfall_figure(view: WaterfallView) -> Figure:
         # Alternate two heights so that labels of close markers do not overlap.
         ax.text(at_ms, -0.62 - 0.2 * (i % 2), f" {name} {at_ms:,.0f}", fontsize=8,
                 color=_INK, va="center", ha="left")
-    ax.grid(axis="x", color="#E4E4E4", linewidth=0.8)
-    ax.set_axisbelow(True)
-    ax.tick_params(axis="y", length=0)
-    ax.xaxis.set_major_formatter("{x:,.0f}")
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
+    style_axis(ax)
     kinds = list(dict.fromkeys(r.kind for r in rows))
     handles = [Patch(facecolor=KIND_COLOURS.get(k, KIND_COLOURS[RequestKind.OTHER]), alpha=0.6,
                      label=k) for k in kinds]
@@ -667,7 +664,7 @@ def write_waterfall_chart(view: WaterfallView, path: str | os.PathLike[str]) -> 
     fmt = {".png": "png", ".svg": "svg"}.get(out.suffix.lower())
     if fmt is None:
         raise ConfigError(f"chart file {out.name!r}: use a .png or .svg name")
-    fig = waterfall_figure(view)
-    metadata: dict[str, str | None] = {"Date": None} if fmt == "svg" else {"Software": None}
-    fig.savefig(out, format=fmt, dpi=150, metadata=metadata, facecolor="white")
+    from ttft_probe.analysis.chart import save_figure  # noqa: PLC0415 - matplotlib only here
+
+    save_figure(waterfall_figure(view), out, fmt)
     return out
