@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import secrets
+import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -273,7 +273,7 @@ class RunBuilder:
                 return None
             self._salt = self._salt or salt
         if self._salt is None:
-            self._salt = secrets.token_bytes(32)
+            self._salt = os.urandom(32)
         return self._salt, known if known is not None else stored
 
     def identity(self, turn: ClosedTurn, history: History | None) -> _Identity:

@@ -42,7 +42,6 @@ conversation and names the first section that changed.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -342,6 +341,8 @@ def _section(name: str, value: object) -> Section:
     data = json.dumps(
         _strip_cache_control(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8", "surrogatepass")
+    import hashlib  # noqa: PLC0415 - only with the observer: not on every run's start-up
+
     return Section(name, hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest(), len(data))
 
 
@@ -392,6 +393,8 @@ def salted(sections: Iterable[Section], salt: bytes) -> tuple[Section, ...]:
 
     A stored digest then cannot be matched against the digest of a known prompt.
     """
+    import hashlib  # noqa: PLC0415 - only with the observer: not on every run's start-up
+
     return tuple(
         Section(s.name, hashlib.blake2b(s.digest, key=salt, digest_size=DIGEST_BYTES).digest(),
                 s.size)

@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -652,7 +651,7 @@ class Store:
             with _transaction(conn):
                 conn.execute(
                     "INSERT OR IGNORE INTO settings (key, value) VALUES ('prefix_salt', ?)",
-                    (secrets.token_hex(32),),
+                    (os.urandom(32).hex(),),
                 )
                 row = conn.execute(
                     "SELECT value FROM settings WHERE key = 'prefix_salt'"
