@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -235,14 +235,19 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def captured_events() -> list[dict[str, Any]]:
     """The events PostHog accepted from the real PostHog sink."""
+    return _captured(RUNS[:60], RUNS[60:])
+
+
+def _captured(*batches: Sequence[Delivery]) -> list[dict[str, Any]]:
+    """The events PostHog accepted from the real PostHog sink for ``batches``, in order."""
     with FakePostHog() as capture:
         sink = PostHogSink("phc_project_key", host=capture.host, distinct_id="install-1")
         try:
-            for chunk in (RUNS[:60], RUNS[60:]):
-                assert sink.deliver(chunk, timeout_s=20) == [True] * len(chunk)
+            for batch in batches:
+                assert sink.deliver(batch, timeout_s=20) == [True] * len(batch)
         finally:
             sink.close()
-        assert capture.distinct_uuids == len(RUNS)
+        assert capture.distinct_uuids == sum(len(batch) for batch in batches)
         return capture.events
 
 
@@ -700,13 +705,7 @@ def test_gate_from_posthog_agrees_with_the_local_store(tmp_path: Path) -> None:
              reason="no_first_token" if i % 10 == 9 else None)
         for i in range(30)
     ]  # fmt: skip
-    with FakePostHog() as capture:
-        sink = PostHogSink("phc_project_key", host=capture.host, distinct_id="install-1")
-        try:
-            assert sink.deliver(runs, timeout_s=20) == [True] * len(runs)
-        finally:
-            sink.close()
-        events = capture.events
+    events = _captured(runs)
     local_records = in_window([d.record for d in runs], agent="opencode_acp", since=WEEK,
                               now=NOW)
     local = gate_records(local_records, agent="opencode_acp", window=WEEK, source="local")
@@ -765,13 +764,7 @@ def test_prompt_cache_and_context_cost_from_posthog_agree_with_the_local_store()
                      resumed=True, status="failed",
                      cache={"model_request_count": 1, "first_request_uncached_tokens": 10**6,
                             "prefix_status": "broken", "prefix_break": "tools[0]"}))  # fmt: skip
-    with FakePostHog() as capture:
-        sink = PostHogSink("phc_project_key", host=capture.host, distinct_id="install-1")
-        try:
-            assert sink.deliver(runs, timeout_s=20) == [True] * len(runs)
-        finally:
-            sink.close()
-        events = capture.events
+    events = _captured(runs)
     local = build_report(in_window([d.record for d in runs], agent=None, since=WEEK, now=NOW),
                          "local")  # fmt: skip
     with FakePostHogQuery(events, project_id=PROJECT, personal_api_key=KEY) as fake:
