@@ -7,13 +7,10 @@ Wraps the spawn of an agent CLI, watches its own protocol output, and splits
 
 from __future__ import annotations
 
-import importlib as _importlib
-from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
-
-from ttft_probe._version import VERSION as _VERSION
-
+_TYPE_CHECKING = False
 if _TYPE_CHECKING:
+    from typing import Any as _Any
+
     from ttft_probe._run import RunResult
     from ttft_probe.adapters._base import AdapterOptions
     from ttft_probe.errors import ConfigError, StoreError, TtftProbeError, UnknownAdapterError
@@ -29,6 +26,7 @@ if _TYPE_CHECKING:
     from ttft_probe.spawn import Probe, RunOutcome, probe_of
 
 _HOME: dict[str, str] = {
+    "__version__": "ttft_probe._version",
     "RunResult": "ttft_probe._run",
     "AdapterOptions": "ttft_probe.adapters._base",
     "ConfigError": "ttft_probe.errors",
@@ -47,7 +45,8 @@ _HOME: dict[str, str] = {
     "probe_of": "ttft_probe.spawn",
 }
 """Where each public name lives: imported on first use, so ``import ttft_probe`` (and the
-CLI, which imports only what a command needs) stays cheap (PEP 562)."""
+CLI, which imports only what a command needs) stays cheap (PEP 562). Not even ``typing``
+is imported here: ``ttft-probe run`` spawns the agent before loading it."""
 
 
 def __getattr__(name: str) -> _Any:
@@ -56,7 +55,9 @@ def __getattr__(name: str) -> _Any:
     if module is None:
         msg = f"module 'ttft_probe' has no attribute {name!r}"
         raise AttributeError(msg)
-    value = getattr(_importlib.import_module(module), name)
+    import importlib  # noqa: PLC0415 - on first use only
+
+    value = getattr(importlib.import_module(module), "VERSION" if name == "__version__" else name)
     globals()[name] = value
     return value
 
@@ -65,8 +66,6 @@ def __dir__() -> list[str]:
     """The public names, for ``dir()`` and completion."""
     return sorted([*__all__, "__version__"])
 
-
-__version__ = _VERSION
 
 __all__ = [
     "CONTRACT_VERSION",

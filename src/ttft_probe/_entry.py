@@ -1,20 +1,37 @@
-"""The ``ttft-probe`` console script: the CLI, with the cycle collector paused while it loads."""
+"""The ``ttft-probe`` console script: spawn first, then the CLI with the cycle collector paused."""
 
 from __future__ import annotations
 
 import gc
+import sys
 
 
 def main() -> None:
-    """Run :func:`ttft_probe.cli.main` with the cycle collector off until a command starts.
+    """Run :func:`ttft_probe.cli.main`; for ``ttft-probe run``, spawn the agent before that.
+
+    ``ttft-probe run [OPTIONS] -- COMMAND`` starts the agent before anything else of the
+    probe is loaded (:func:`ttft_probe._prespawn.start`, standard library only), so the
+    probe's own start-up overlaps the agent's boot instead of delaying it. Whatever it
+    cannot judge alone (``--help``, an option error, a plugin family…) it leaves to the
+    CLI, which then parses and spawns as always. Should the CLI stop before taking the
+    agent over (it never does for the options start() accepts), the agent is ended.
 
     Loading the CLI and the probe allocates many objects and no cyclic garbage; the
     collector's passes over them cost ~7 ms of ``ttft-probe run`` start-up on a 2-core
     machine (BENCHMARKS.md, start-up). Every command turns the collector back on before
-    its own work (``run``: just before the agent is spawned, with the loaded objects
-    frozen out of later collections).
+    its own work (``run``: once the probe is loaded, with the loaded objects frozen out of
+    later collections).
     """
+    spawned = None
+    if sys.argv[1:2] == ["run"]:
+        from ttft_probe._prespawn import start  # noqa: PLC0415 - only `run` spawns
+
+        spawned = start(sys.argv[2:])
     gc.disable()
     from ttft_probe.cli import main as cli  # noqa: PLC0415 - after the collector is paused
 
-    cli()
+    try:
+        cli()
+    finally:
+        if spawned is not None and not spawned.taken:
+            spawned.abandon()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from ttft_probe._clock import monotonic_ns
+from ttft_probe._prespawn import Arrival
 from ttft_probe.adapters._base import Adapter, Event, LineSplitter
 from ttft_probe.record import MarkerTimes, ObserverStatus, PrefixStatus, RunRecord
 from ttft_probe.turns import ClosedTurn, ExitInfo, TurnAssembler
@@ -82,16 +83,6 @@ class RunResult:
     prefix: tuple[str, tuple[Section, ...]] | None = attrs.field(default=None, repr=False)
     """``(conversation_id, salted section digests)`` of the run's first generation request,
     the conversation's prefix for its next turn."""
-
-
-@attrs.define
-class Arrival:
-    """A chunk read from the agent's stdout or the client's stdin, at ``t_ns`` (monotonic)."""
-
-    stream: Literal["stdout", "stdin"]
-    data: bytes
-    t_ns: int
-    forwarded: bool = False
 
 
 @attrs.frozen
@@ -382,6 +373,8 @@ class ProcessTracker:
         telemetry: Starts the OTel spans; ``None`` for no telemetry.
         capture_content: Keep the prompt and answer text the adapter reports on each run;
             the adapter must have been built with ``AdapterOptions(capture_content=True)``.
+        trace_ids: (trace id, span id) of the first run's root span when they were drawn
+            before the spawn and already handed to the child (:mod:`ttft_probe._prespawn`).
 
     Attributes:
         results: The built runs, in the order their turns closed.
@@ -400,6 +393,7 @@ class ProcessTracker:
         probe_version: str,
         telemetry: Telemetry | None = None,
         capture_content: bool = False,
+        trace_ids: tuple[int, int] | None = None,
     ) -> None:
         """See the class docstring."""
         self.agent = agent
@@ -431,7 +425,7 @@ class ProcessTracker:
         self._arrivals: collections.deque[Arrival] = collections.deque()
         self._out_split = LineSplitter()
         self._in_split = LineSplitter()
-        self._spans: dict[int, RunSpan | None] = {0: self._start_span(spawn_ns)}  # open turns
+        self._spans: dict[int, RunSpan | None] = {0: self._start_span(spawn_ns, trace_ids)}
         self._spans_started = 1
         self._pending: list[PendingRun] = []
         self._unsettled = 0
@@ -445,12 +439,12 @@ class ProcessTracker:
         span = self._spans.get(0)
         return None if span is None else span.traceparent
 
-    def _start_span(self, start_ns: int) -> RunSpan | None:
+    def _start_span(self, start_ns: int, ids: tuple[int, int] | None = None) -> RunSpan | None:
         if self._telemetry is None:
             return None
         try:
             return self._telemetry.start_run(
-                agent=self.agent.name, start_ns=start_ns, anchor=self._anchor
+                agent=self.agent.name, start_ns=start_ns, anchor=self._anchor, ids=ids
             )
         except Exception:  # noqa: BLE001 - telemetry never reaches the run
             _log.warning("could not start the run span; continuing without it", exc_info=True)
@@ -479,6 +473,18 @@ class ProcessTracker:
         """
         with self._lock:
             arrival.forwarded = True
+            self._parse_forwarded()
+        self._hand_over()
+
+    def adopt(self, arrivals: list[Arrival]) -> None:
+        """Take reads made before this tracker existed, in arrival order, with their times.
+
+        For an agent spawned first (:mod:`ttft_probe._prespawn`): its pumps queued each read
+        with the monotonic time it was read at; the forwarded ones are parsed now, the rest
+        when :meth:`passed` says so. Call before any :meth:`arrive`.
+        """
+        with self._lock:
+            self._arrivals.extend(arrivals)
             self._parse_forwarded()
         self._hand_over()
 

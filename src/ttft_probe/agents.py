@@ -5,6 +5,10 @@ gives none (``claude -p … --output-format stream-json`` is ``claude-stream-jso
 ``claude -p …`` without it prints plain text, ``gemini --acp`` speaks ACP, …). Unknown
 executables are ``plain``.
 
+Standard library only, and only ``os`` of it: ``ttft-probe run`` reads this table before it
+spawns the agent (:mod:`ttft_probe._prespawn`), when nothing else of the probe is loaded.
+Families are their names (``RuntimeFamily`` values, which compare equal to them).
+
 The model provider an agent name implies (:data:`PROVIDERS`, :func:`provider_name`) is
 here too, as the OpenTelemetry GenAI ``gen_ai.provider.name`` value; sinks whose wire
 format names providers otherwise (PostHog's ``$ai_provider``) translate from it.
@@ -13,14 +17,11 @@ format names providers otherwise (PostHog's ``$ai_provider``) translate from it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import Final
 
-import attrs
-
-from ttft_probe.adapters._base import check_family
-from ttft_probe.errors import ConfigError
-from ttft_probe.record import RuntimeFamily
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Final
 
 __all__ = [
     "AGENTS",
@@ -31,9 +32,55 @@ __all__ = [
     "flag_value",
     "provider_name",
     "resolve_agent",
+    "sdk_mode",
+    "tees_stdin",
 ]
 
-_F = RuntimeFamily
+_CLAUDE_STREAM_JSON: Final = "claude-stream-json"
+_JSON_EVENT_STREAM: Final = "json-event-stream"
+_ACP_JSON_RPC: Final = "acp-json-rpc"
+_PLAIN: Final = "plain"
+BUILTIN_FAMILIES: Final = frozenset(
+    {_CLAUDE_STREAM_JSON, _JSON_EVENT_STREAM, _ACP_JSON_RPC, _PLAIN}
+)
+"""The built-in family names (``RuntimeFamily``'s values)."""
+
+
+class _Frozen:
+    """A small immutable value: fields in ``_fields`` order, compared and shown by value.
+
+    Here rather than ``attrs``: this table is read before the agent is spawned, when every
+    ms of imports is added to the agent's start (:mod:`ttft_probe._prespawn`).
+    """
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        names = self._fields
+        values = dict(zip(names, args, strict=False))
+        values.update(kwargs)
+        defaults: dict[str, object] = getattr(type(self), "_defaults", {})
+        for name in names:
+            object.__setattr__(self, name, values[name] if name in values else defaults[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        return f"{type(self).__name__}({fields})"
 
 
 def flag_value(argv: Sequence[str], *names: str) -> str | None:
@@ -53,12 +100,14 @@ def _has(argv: Sequence[str], *names: str) -> bool:
     )
 
 
-@attrs.frozen
-class Resume:
+class Resume(_Frozen):
     """How a command line says "continue a session": resumed, and the id if given."""
 
+    __slots__ = ("resumed", "session_id")
+    _fields = ("resumed", "session_id")
+    _defaults: Final = {"session_id": None}
     resumed: bool
-    session_id: str | None = None
+    session_id: str | None
 
 
 def _claude_resume(argv: Sequence[str]) -> Resume:
@@ -96,8 +145,11 @@ def _no_resume(_argv: Sequence[str]) -> Resume:
     return Resume(resumed=False)
 
 
-@attrs.frozen
-class AgentSpec:
+def _any(_argv: Sequence[str]) -> bool:
+    return True
+
+
+class AgentSpec(_Frozen):
     """One known agent.
 
     Attributes:
@@ -109,12 +161,15 @@ class AgentSpec:
         resume: Reads the resume flags of a one-shot command line.
     """
 
+    __slots__ = ("base_url_env", "executable", "family", "matches", "name", "resume")
+    _fields = ("name", "family", "executable", "base_url_env", "matches", "resume")
+    _defaults: Final = {"base_url_env": None, "matches": _any, "resume": _no_resume}
     name: str
     family: str
     executable: str
-    base_url_env: str | None = None
-    matches: Callable[[Sequence[str]], bool] = lambda _argv: True
-    resume: Callable[[Sequence[str]], Resume] = _no_resume
+    base_url_env: str | None
+    matches: Callable[[Sequence[str]], bool]
+    resume: Callable[[Sequence[str]], Resume]
 
 
 def _stream_json(argv: Sequence[str]) -> bool:
@@ -125,48 +180,48 @@ AGENTS: tuple[AgentSpec, ...] = (
     # Order matters: the first spec whose executable and predicate match wins.
     AgentSpec(
         "claude_code",
-        _F.CLAUDE_STREAM_JSON,
+        _CLAUDE_STREAM_JSON,
         "claude",
         "ANTHROPIC_BASE_URL",
         _stream_json,
         _claude_resume,
     ),
-    AgentSpec("claude_code", _F.PLAIN, "claude", "ANTHROPIC_BASE_URL", resume=_claude_resume),
+    AgentSpec("claude_code", _PLAIN, "claude", "ANTHROPIC_BASE_URL", resume=_claude_resume),
     AgentSpec(
-        "codex_app_server", _F.ACP_JSON_RPC, "codex", "OPENAI_BASE_URL", lambda a: "app-server" in a
+        "codex_app_server", _ACP_JSON_RPC, "codex", "OPENAI_BASE_URL", lambda a: "app-server" in a
     ),
     AgentSpec(
         "codex",
-        _F.JSON_EVENT_STREAM,
+        _JSON_EVENT_STREAM,
         "codex",
         "OPENAI_BASE_URL",
         lambda a: "exec" in a and "--json" in a,
         _codex_resume,
     ),
-    AgentSpec("codex", _F.PLAIN, "codex", "OPENAI_BASE_URL", resume=_codex_resume),
+    AgentSpec("codex", _PLAIN, "codex", "OPENAI_BASE_URL", resume=_codex_resume),
     AgentSpec(
         "gemini_acp",
-        _F.ACP_JSON_RPC,
+        _ACP_JSON_RPC,
         "gemini",
         "GOOGLE_GEMINI_BASE_URL",
         lambda a: _has(a, "--acp", "--experimental-acp"),
     ),
     AgentSpec(
         "gemini",
-        _F.JSON_EVENT_STREAM,
+        _JSON_EVENT_STREAM,
         "gemini",
         "GOOGLE_GEMINI_BASE_URL",
         _stream_json,
         _gemini_resume,
     ),
-    AgentSpec("gemini", _F.PLAIN, "gemini", "GOOGLE_GEMINI_BASE_URL", resume=_gemini_resume),
-    AgentSpec("claude_code_acp", _F.ACP_JSON_RPC, "claude-code-acp", "ANTHROPIC_BASE_URL"),
-    AgentSpec("claude_code_acp", _F.ACP_JSON_RPC, "claude-agent-acp", "ANTHROPIC_BASE_URL"),
-    AgentSpec("codex_acp", _F.ACP_JSON_RPC, "codex-acp", "OPENAI_BASE_URL"),
-    AgentSpec("opencode_acp", _F.ACP_JSON_RPC, "opencode", None, lambda a: "acp" in a),
-    AgentSpec("opencode", _F.PLAIN, "opencode", None, resume=_opencode_resume),
-    AgentSpec("cursor_agent", _F.JSON_EVENT_STREAM, "cursor-agent", None, _stream_json),
-    AgentSpec("cursor_agent", _F.PLAIN, "cursor-agent"),
+    AgentSpec("gemini", _PLAIN, "gemini", "GOOGLE_GEMINI_BASE_URL", resume=_gemini_resume),
+    AgentSpec("claude_code_acp", _ACP_JSON_RPC, "claude-code-acp", "ANTHROPIC_BASE_URL"),
+    AgentSpec("claude_code_acp", _ACP_JSON_RPC, "claude-agent-acp", "ANTHROPIC_BASE_URL"),
+    AgentSpec("codex_acp", _ACP_JSON_RPC, "codex-acp", "OPENAI_BASE_URL"),
+    AgentSpec("opencode_acp", _ACP_JSON_RPC, "opencode", None, lambda a: "acp" in a),
+    AgentSpec("opencode", _PLAIN, "opencode", None, resume=_opencode_resume),
+    AgentSpec("cursor_agent", _JSON_EVENT_STREAM, "cursor-agent", None, _stream_json),
+    AgentSpec("cursor_agent", _PLAIN, "cursor-agent"),
 )
 
 PROVIDERS: Final = (
@@ -198,8 +253,7 @@ def provider_name(agent: str) -> str | None:
 _LAUNCHERS = frozenset({"node", "npx", "bunx", "bun", "pnpx", "env", "exec", "nice", "timeout"})
 
 
-@attrs.frozen
-class ResolvedAgent:
+class ResolvedAgent(_Frozen):
     """What a command line turned out to be.
 
     Attributes:
@@ -210,6 +264,8 @@ class ResolvedAgent:
         resume_session_id: The session id it names, when it names one.
     """
 
+    __slots__ = ("family", "name", "resume_session_id", "resumed", "spec")
+    _fields = ("name", "family", "spec", "resumed", "resume_session_id")
     name: str
     family: str
     spec: AgentSpec | None
@@ -252,8 +308,14 @@ def resolve_agent(
             (:class:`~ttft_probe.errors.UnknownAdapterError`, naming the known ones).
     """
     if not argv:
+        from ttft_probe.errors import ConfigError  # noqa: PLC0415 - only to say so
+
         raise ConfigError("no command given: put the agent command after `--`")
-    fam = None if family is None else check_family(family)
+    fam = family
+    if family is not None and family not in BUILTIN_FAMILIES:
+        from ttft_probe.adapters._base import check_family  # noqa: PLC0415 - a plugin's name
+
+        fam = check_family(family)
     idx, exe = find_executable(argv)
     rest = argv[idx + 1 :]
     candidates = [
@@ -269,8 +331,33 @@ def resolve_agent(
     resume = spec.resume(rest) if spec is not None else Resume(resumed=False)
     return ResolvedAgent(
         name=agent or (spec.name if spec is not None else exe),
-        family=fam or (spec.family if spec is not None else RuntimeFamily.PLAIN.value),
+        family=fam or (spec.family if spec is not None else _PLAIN),
         spec=spec,
         resumed=resume.resumed,
         resume_session_id=resume.session_id,
     )
+
+
+def sdk_mode(argv: Sequence[str]) -> bool:
+    """Whether a Claude Code command line runs it in SDK mode (``--input-format stream-json``).
+
+    Its stdin then carries the client's messages (DESIGN §3, SDK mode): the probe reads it.
+    """
+    return flag_value(argv, "--input-format") == "stream-json"
+
+
+def tees_stdin(family: str, argv: Sequence[str]) -> bool | None:
+    """Whether a built-in family's adapter reads the agent's stdin, for ``argv``.
+
+    ``True`` for ``acp-json-rpc`` (requests go in on stdin) and for ``claude-stream-json``
+    in SDK mode (:func:`sdk_mode`); ``False`` for the other built-ins; ``None`` for a
+    plugin family, whose adapter alone can tell. The adapters' own ``tees_stdin`` agree
+    (tests/test_prespawn.py holds them to it).
+    """
+    if family == _ACP_JSON_RPC:
+        return True
+    if family == _CLAUDE_STREAM_JSON:
+        return sdk_mode(argv)
+    if family in BUILTIN_FAMILIES:
+        return False
+    return None

@@ -24,6 +24,7 @@ from ttft_probe.errors import TtftProbeError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ttft_probe._run import RunResult
     from ttft_probe.analysis.gate import AbEffect as AbEffectForGate
     from ttft_probe.record import MarkerTimes, RunRecord
 
@@ -225,9 +226,11 @@ def run(
     model_first_token 504.2 [delta] | succeeded", with a hint when the breakdown could
     be sharper (--observe-provider, --include-partial-messages).
     """
-    from ttft_probe.adapters._base import AdapterOptions  # noqa: PLC0415 - keep start-up cheap
+    from ttft_probe._prespawn import started  # noqa: PLC0415 - keep start-up cheap
+    from ttft_probe.adapters._base import AdapterOptions  # noqa: PLC0415
     from ttft_probe.spawn import Probe  # noqa: PLC0415
 
+    spawned = started()  # the agent, if the console script spawned it already (_entry)
     _say_warnings()
     if observe_provider or upstream:
         # This process runs the observer thread next to the pump threads: hand the GIL
@@ -255,7 +258,10 @@ def run(
             capture_content=capture_content,
         )
         _resume_gc()
-        outcome = probe.run(list(command), timeout=timeout)
+        # Spawned already: the lead process applies the timeout (_prespawn).
+        outcome = probe.run(
+            list(command), timeout=None if spawned else timeout, spawned=spawned
+        )
     except TtftProbeError as exc:
         _fail(str(exc))
     except FileNotFoundError:
@@ -263,11 +269,7 @@ def run(
     except PermissionError:
         _fail(f"command not executable: {command[0]}")
     if not quiet:
-        for result in outcome.results:
-            click.echo(breakdown_line(result.record, result.times), err=True)
-            for hint in (_hint(result.record, result.times), granularity_hint(result.record)):
-                if hint:
-                    click.echo(f"ttft-probe: hint: {hint}", err=True)
+        _say_breakdowns(outcome.results)
     if not probe.close(timeout=STORE_WAIT_S, delivery_wait=delivery_wait):
         from ttft_probe.sinks.store import default_store_path  # noqa: PLC0415
 
@@ -275,7 +277,19 @@ def run(
         click.echo(f"ttft-probe: warning: the run was not stored: the store at {where} was "
                    f"still busy after {STORE_WAIT_S:g} s (locked by another process, or a slow "
                    "disk); set TTFT_PROBE_HOME or --store to another location", err=True)
+    if spawned is not None:
+        sys.stderr.flush()
+        spawned.release()  # the lead process exits with the agent's status now
     _exit_now(outcome.exit_status)
+
+
+def _say_breakdowns(results: Sequence[RunResult]) -> None:
+    """One breakdown line per run on stderr, each with its hints."""
+    for result in results:
+        click.echo(breakdown_line(result.record, result.times), err=True)
+        for hint in (_hint(result.record, result.times), granularity_hint(result.record)):
+            if hint:
+                click.echo(f"ttft-probe: hint: {hint}", err=True)
 
 
 def _exit_now(status: int) -> NoReturn:

@@ -83,6 +83,7 @@ import json
 import logging
 import queue
 import re
+import select
 import socket
 import ssl
 import threading
@@ -1512,6 +1513,9 @@ class ProviderObserver:
         self._reader: threading.Thread | None = None
         self._unread = 0
         self._read_cond = threading.Condition()
+        self.started_late = False
+        """A connection was already waiting on an adopted socket when serving began: the
+        times of its requests are those of the loop's first reads, not of their arrival."""
 
     @property
     def url(self) -> str:
@@ -1524,11 +1528,17 @@ class ProviderObserver:
             raise ObserverError("the observer is not running")
         return self._url
 
-    def start(self, timeout: float = 5.0) -> str:
+    def start(self, timeout: float = 5.0, *, sock: object = None) -> str:
         """Listen on a free port of 127.0.0.1 and serve on a daemon thread.
 
         Args:
             timeout: Seconds to wait for the listener to come up.
+            sock: A socket already bound and listening on 127.0.0.1 (a ``socket.socket``
+                or the C module's ``_socket.socket``), to serve instead of binding one:
+                ``ttft-probe run`` binds it before spawning the agent, so the agent's
+                environment can carry its port (:mod:`ttft_probe._prespawn`). The
+                observer owns it from then on. A connection already waiting on it when
+                serving starts sets :attr:`started_late`.
 
         Returns:
             The base URL to give the agent: ``http://127.0.0.1:PORT`` followed by the
@@ -1542,8 +1552,16 @@ class ProviderObserver:
             raise ObserverError("the observer is already running")
         ready = threading.Event()
         failure: list[BaseException] = []
+        listener = None
+        if sock is not None:
+            fileno = sock.detach()  # type: ignore[attr-defined]
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fileno)
+            self.started_late = bool(select.select([listener], [], [], 0)[0])
         thread = threading.Thread(
-            target=self._serve, args=(ready, failure), name="ttft-probe-observer", daemon=True
+            target=self._serve,
+            args=(ready, failure, listener),
+            name="ttft-probe-observer",
+            daemon=True,
         )
         self._thread = thread
         thread.start()
@@ -1664,15 +1682,22 @@ class ProviderObserver:
             return  # a link dials on its own and reports the failure to its agent
         self._pool.append(parked)
 
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+    def _serve(
+        self,
+        ready: threading.Event,
+        failure: list[BaseException],
+        listener: socket.socket | None = None,
+    ) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._server = None
         try:
             try:
-                server = loop.run_until_complete(
-                    loop.create_server(lambda: _Link(self), "127.0.0.1", 0)
-                )
+                if listener is not None:
+                    serving = loop.create_server(lambda: _Link(self), sock=listener)
+                else:
+                    serving = loop.create_server(lambda: _Link(self), "127.0.0.1", 0)
+                server = loop.run_until_complete(serving)
             except OSError as exc:
                 failure.append(exc)
                 ready.set()

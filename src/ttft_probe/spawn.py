@@ -30,12 +30,12 @@ import io
 import logging
 import os
 import select
-import signal
 import subprocess
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import (
     IO,
@@ -54,11 +54,24 @@ import attrs
 
 from ttft_probe import _version
 from ttft_probe._clock import WallAnchor, monotonic_ns
+from ttft_probe._otel_vars import sdk_needed
+from ttft_probe._prespawn import (
+    Buffer,
+    Child,
+    Discard,
+    ExitWatch,
+    Flag,
+    Spawned,
+    pump,
+    spawn,
+    trace_ids,
+    traceparent,
+)
 from ttft_probe._recorder import Recorder
 from ttft_probe._routing import Route, route_for
 from ttft_probe._run import CallerContext, ExitInfo, ProcessTracker, RunResult
 from ttft_probe.adapters._base import AdapterOptions, adapter_for
-from ttft_probe.agents import ResolvedAgent, resolve_agent
+from ttft_probe.agents import ResolvedAgent, resolve_agent, tees_stdin
 from ttft_probe.errors import ConfigError
 from ttft_probe.record import ObserverStatus
 from ttft_probe.sinks.outbox import configured_sinks
@@ -67,6 +80,7 @@ if TYPE_CHECKING:
     import asyncio
     from types import TracebackType
 
+    from ttft_probe._prespawn import BoundObserver, Sink
     from ttft_probe.observer import ProviderObserver
     from ttft_probe.record import RunRecord
     from ttft_probe.sinks.store import Store
@@ -88,31 +102,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _read(fd: int) -> bytes:
-    """One read of up to 64 KiB; b"" at EOF or when the pipe broke."""
-    try:
-        return os.read(fd, _CHUNK)
-    except OSError:
-        return b""
-
-
-def _forward(fd: int | None, data: bytes) -> bool:
-    """Write all of ``data`` to ``fd`` (``None`` discards); ``False`` once the reader is gone.
-
-    When the reader went away (EPIPE), the caller stops reading the agent's pipe and
-    closes it, so the agent meets the same broken pipe it would have met without us.
-    """
-    if fd is None:
-        return True
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        return False
-    return True
-
-
 class TrackedProcess:
     """One agent process under the probe: its tracker, pump threads and exit watcher.
 
@@ -125,7 +114,7 @@ class TrackedProcess:
         """Track a process whose runs ``tracker`` builds."""
         self.tracker = tracker
         self.done = threading.Event()
-        self._stdout_eof = threading.Event()
+        self._stdout_eof = Flag()
         self.exit_info: ExitInfo | None = None
         self.cancelled = False
         self.timed_out = False
@@ -146,46 +135,30 @@ class TrackedProcess:
         *,
         kind: str,
         close_dst: bool,
-    ) -> threading.Thread:
+        sink: Sink | None = None,
+    ) -> None:
         """Copy ``src`` → ``dst`` in a thread, timestamping each read before parsing.
 
         ``kind`` is ``stdout``, ``stderr`` or ``stdin``. ``dst=None`` discards (the caller
         asked for DEVNULL). When ``dst`` breaks (EPIPE), ``src`` is closed so the writer
-        sees the same broken pipe it would have seen without the probe.
+        sees the same broken pipe it would have seen without the probe. ``sink``: where
+        reads go (default: the tracker; a :class:`~ttft_probe._prespawn.Buffer` when the
+        tracker comes after the spawn).
         """
-        thread = threading.Thread(
-            target=self._copy,
-            args=(src, dst, kind, close_dst),
-            name=f"ttft-probe-{kind}",
-            daemon=True,
-        )
-        thread.start()
-        return thread
+        eof = self._stdout_eof if kind == "stdout" else None
+        pump(src, dst, kind=kind, sink=sink or self.tracker, close_dst=close_dst, eof=eof)
 
-    def _copy(self, src: int, dst: int | None, kind: str, close_dst: bool) -> None:  # noqa: FBT001
-        tracker = self.tracker
-        try:
-            while data := _read(src):
-                if kind == "stderr":
-                    tracker.on_stderr(monotonic_ns())
-                    if not _forward(dst, data):
-                        break
-                    continue
-                arrival = tracker.arrive(cast("Literal['stdout', 'stdin']", kind), data)
-                delivered = _forward(dst, data)
-                tracker.passed(arrival)
-                if not delivered:
-                    break
-        finally:
-            t_end = monotonic_ns()
-            with contextlib.suppress(OSError):
-                os.close(src)
-            if close_dst and dst is not None:
-                with contextlib.suppress(OSError):
-                    os.close(dst)
-            if kind == "stdout":
-                tracker.on_stdout_eof(t_end)
-                self._stdout_eof.set()
+    def adopt(self, spawned: Spawned) -> None:
+        """Take over an agent spawned first: its buffered reads, then its pumps' reads."""
+        self.adopt_buffer(spawned.buffer, spawned.stdout_eof, cast("Child", spawned.child).poll)
+
+    def adopt_buffer(
+        self, buffer: Buffer, stdout_eof: Flag, poll: Callable[[], int | None]
+    ) -> None:
+        """Take over pumps started before the tracker: their reads so far, then each read."""
+        self._stdout_eof = stdout_eof
+        self.bind(poll)
+        buffer.attach(self.tracker.adopt, self.tracker)
 
     def finish(self, returncode: int | None, t_exit: int, drain_timeout: float) -> None:
         """The child exited at ``t_exit``: wait (bounded) for stdout EOF, then end its runs."""
@@ -257,13 +230,21 @@ def _wait_pid_exit(pid: int, returncode: Callable[[], int | None]) -> int:
     return monotonic_ns()
 
 
-def _watch_sync(proc: subprocess.Popen[Any], tracked: TrackedProcess, drain: float) -> None:
+def _watch_sync(
+    proc: subprocess.Popen[Any],
+    tracked: TrackedProcess,
+    drain: float,
+    exited: ExitWatch | None = None,
+) -> None:
+    """Finish ``tracked``'s runs when ``proc`` exits (at ``exited``'s time, if watched)."""
+
     def run() -> None:
         try:
             returncode: int | None = proc.wait()
         except Exception:  # noqa: BLE001 - the watcher must always finish the run
             returncode = proc.returncode
-        tracked.finish(returncode, monotonic_ns(), drain)
+        t_exit = exited.at() if exited is not None else monotonic_ns()
+        tracked.finish(returncode, t_exit, drain)
 
     threading.Thread(target=run, name="ttft-probe-exit", daemon=True).start()
 
@@ -448,6 +429,7 @@ class Probe:
         argv: Sequence[str],
         spawn_ns: int | None = None,
         observer: _Observation | None = None,
+        trace_ids: tuple[int, int] | None = None,
     ) -> TrackedProcess:
         """Build the tracker of one process; ``spawn_ns`` default: now, after all set-up."""
         resolved = self._resolve(argv)
@@ -477,6 +459,7 @@ class Probe:
             probe_version=_version.VERSION,
             telemetry=telemetry,
             capture_content=o["capture_content"],
+            trace_ids=trace_ids,
         )
         tracked = TrackedProcess(tracker)
         if observer is not None:
@@ -491,30 +474,85 @@ class Probe:
         self.processes.append(tracked)
         return tracked
 
-    def _launch(
-        self, argv: Sequence[str], env: Mapping[str, str] | None
-    ) -> tuple[TrackedProcess, list[str], dict[str, str]]:
-        """Track a process about to be spawned: (tracker, argv, env) to spawn it with.
+    def _plan(self, argv: Sequence[str], env: Mapping[str, str] | None) -> _Launch:
+        """What to spawn a process with, decided before the spawn and without loading much.
 
         With ``observe_provider``, the provider observer is started first and the agent
         pointed at it; if it cannot start, the agent goes to its provider directly and
-        the runs say why (``observer_status="failed"``, ``observer_error``).
+        the runs say why (``observer_status="failed"``, ``observer_error``). The child's
+        ``TRACEPARENT`` names the run's root span: ids drawn here when the span will be
+        ids only; when an OpenTelemetry SDK makes the span, the tracker (and its span) is
+        built here, before the spawn, and its ids are the SDK's.
         """
         argv = list(argv)
         child_env = dict(os.environ if env is None else env)
+        resolved = self._resolve(argv)
         observation = None
         if self._options["observe_provider"]:
-            resolved = self._resolve(argv)
             observation = _Observation.start(
                 resolved, child_env, option=self._options["observe_provider"], argv=argv
             )
             if observation.route is not None and observation.url is not None:
                 argv, child_env = observation.route.apply(argv, child_env, observation.url)
-        tracked = self._track(argv, observer=observation)
-        traceparent = tracked.tracker.traceparent
-        if traceparent:
-            child_env["TRACEPARENT"] = traceparent
-        return tracked, argv, child_env
+        tee = tees_stdin(resolved.family, argv)
+        if tee is None:  # a plugin family: its adapter says
+            tee = bool(adapter_for(resolved.family, AdapterOptions(argv=argv)).tees_stdin)
+        launch = _Launch(argv, child_env, tee, observation)
+        mode = self._span_ids()
+        if mode == "sdk":
+            launch.tracked = self._track(argv, observer=observation)
+            traceparent_ = launch.tracked.tracker.traceparent
+            if traceparent_:
+                child_env["TRACEPARENT"] = traceparent_
+        elif mode == "own":
+            launch.trace_ids = trace_ids()
+            child_env["TRACEPARENT"] = traceparent(launch.trace_ids)
+        return launch
+
+    def _span_ids(self) -> Literal["sdk", "own"] | None:
+        """Who makes the run spans' ids: an OpenTelemetry SDK, ttft_probe, or nobody.
+
+        Decided like :meth:`Telemetry._ids_only <ttft_probe.telemetry.Telemetry>` without
+        importing the telemetry when nothing calls for the SDK.
+        """
+        option = self._options["telemetry"]
+        if option is False:
+            return None
+        plain = (
+            option is True
+            and self._telemetry is None
+            and "opentelemetry.trace" not in sys.modules
+            and "opentelemetry.metrics" not in sys.modules
+            and not sdk_needed(os.environ)
+        )
+        if plain:
+            return "own"
+        telemetry = self._get_telemetry()
+        if telemetry is None:
+            return None
+        if telemetry.sdk_spans:
+            return "sdk"
+        return "own" if telemetry.makes_own_ids else None
+
+    def _tracked_after_spawn(
+        self, launch: _Launch, spawn_ns: int, stdout_eof: Flag, poll: Callable[[], int | None]
+    ) -> TrackedProcess:
+        """The tracker of a process spawned from ``launch``, taking over its pumps' buffer."""
+        tracked = launch.tracked
+        if tracked is None:
+            tracked = self._track(
+                launch.argv,
+                spawn_ns=spawn_ns,
+                observer=launch.observation,
+                trace_ids=launch.trace_ids,
+            )
+        tracked.adopt_buffer(launch.buffer, stdout_eof, poll)
+        return tracked
+
+    def _spawn_failed(self, launch: _Launch) -> None:
+        """The spawn raised: record the agent's own failure as a failed run."""
+        tracked = launch.tracked or self._track(launch.argv, observer=launch.observation)
+        tracked.finish(None, monotonic_ns(), 0)
 
     # --- results -----------------------------------------------------------------
 
@@ -592,24 +630,31 @@ class Probe:
         """
         if isinstance(args, str | bytes) or kwargs.get("shell"):
             raise ConfigError("pass the agent command as a list of arguments, without shell=True")
-        tracked, argv, kwargs["env"] = self._launch([os.fspath(a) for a in args], kwargs.get("env"))
+        launch = self._plan([os.fspath(a) for a in args], kwargs.get("env"))
+        kwargs["env"] = launch.env
         want_out = kwargs.pop("stdout", None)
         want_err = kwargs.pop("stderr", None)
         merged = want_err == subprocess.STDOUT
+        spawn_ns = monotonic_ns()
         try:
             proc = subprocess.Popen(
-                argv,
+                launch.argv,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT if merged else subprocess.PIPE,
                 **kwargs,
             )
         except BaseException:
             # The agent's own failure stays its own: record it, then re-raise unchanged.
-            tracked.finish(None, monotonic_ns(), 0)
+            self._spawn_failed(launch)
             raise
-        tracked.bind(proc.poll)
+        # Spawned: the pumps (to the buffer) and the exit stamp first, then the tracker.
+        exited = ExitWatch(proc.pid)
+        stdout_eof = Flag()
+        self._connect_sync(proc, launch, stdout_eof, want_out, None if merged else want_err)
+        tracked = self._tracked_after_spawn(launch, spawn_ns, stdout_eof, proc.poll)
+        _watch_sync(proc, tracked, float(self._options["drain_timeout"]), exited)
         self._recorder.start_delivery()
-        return self._connect_sync(proc, tracked, want_out, None if merged else want_err)
+        return proc
 
     def attach(
         self, proc: subprocess.Popen[Any], spawn_ns: int | None = None
@@ -661,31 +706,37 @@ class Probe:
             _log.warning("could not attach the probe", exc_info=True)
             return None
 
+    @staticmethod
     def _connect_sync(
-        self, proc: subprocess.Popen[Any], tracked: TrackedProcess, want_out: Any, want_err: Any
-    ) -> subprocess.Popen[Any]:
+        proc: subprocess.Popen[Any],
+        launch: _Launch,
+        stdout_eof: Flag,
+        want_out: Any,
+        want_err: Any,
+    ) -> None:
         """Wire the real pipes of a process we spawned to what the caller asked for."""
-        drain = float(self._options["drain_timeout"])
         assert proc.stdout is not None  # noqa: S101 - we spawned it with PIPE
         real_out = proc.stdout
         real_err = proc.stderr
-        proc.stdout = self._route(tracked, real_out, want_out, "stdout")
+        sink = launch.buffer
+        proc.stdout = Probe._route(sink, real_out, want_out, "stdout", stdout_eof)
         if real_err is not None:
-            proc.stderr = self._route(tracked, real_err, want_err, "stderr")
-        self._tee_stdin(proc, tracked)
-        _watch_sync(proc, tracked, drain)
-        return proc
+            proc.stderr = Probe._route(sink, real_err, want_err, "stderr", None)
+        if launch.tees_stdin:
+            Probe._tee_stdin(proc, sink)
 
     @staticmethod
-    def _route(tracked: TrackedProcess, real: IO[Any], want: Any, kind: str) -> IO[Any] | None:
+    def _route(
+        sink: Sink, real: IO[Any], want: Any, kind: str, eof: Flag | None
+    ) -> IO[Any] | None:
         src = os.dup(real.fileno())
         real.close()
         if want == subprocess.PIPE:
             r, w = os.pipe()
-            tracked.pump(src, w, kind=kind, close_dst=True)
+            pump(src, w, kind=kind, sink=sink, close_dst=True, eof=eof)
             return _mirror_reader(real, r)
         if want == subprocess.DEVNULL:
-            tracked.pump(src, None, kind=kind, close_dst=False)
+            pump(src, None, kind=kind, sink=sink, close_dst=False, eof=eof)
             return None
         if want is None:
             dst = os.dup(1 if kind == "stdout" else 2)
@@ -693,7 +744,7 @@ class Probe:
             dst = os.dup(want)
         else:
             dst = os.dup(want.fileno())
-        tracked.pump(src, dst, kind=kind, close_dst=True)
+        pump(src, dst, kind=kind, sink=sink, close_dst=True, eof=eof)
         return None
 
     def _attach_pipes(
@@ -712,21 +763,30 @@ class Probe:
             tracked.pump(src, w, kind=kind, close_dst=True)
             setattr(proc, kind, _mirror_reader(real, r))
             real.close()
-        self._tee_stdin(proc, tracked)
+        if tracked.tracker.tees_stdin:
+            self._tee_stdin(proc, tracked.tracker)
         _watch_sync(proc, tracked, drain)
         return proc
 
-    def _tee_stdin(self, proc: subprocess.Popen[Any], tracked: TrackedProcess) -> None:
-        if proc.stdin is None or not tracked.tracker.tees_stdin:
+    @staticmethod
+    def _tee_stdin(proc: subprocess.Popen[Any], sink: Sink) -> None:
+        """Copy what the caller writes to the agent's stdin through a pump into ``sink``."""
+        if proc.stdin is None:
             return
         real = proc.stdin
         dst = os.dup(real.fileno())
         r, w = os.pipe()
-        tracked.pump(r, dst, kind="stdin", close_dst=True)
+        pump(r, dst, kind="stdin", sink=sink, close_dst=True)
         proc.stdin = _mirror_writer(real, w)
         real.close()
 
-    def run(self, args: Sequence[str], *, timeout: float | None = None) -> RunOutcome:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float | None = None,
+        spawned: Spawned | None = None,
+    ) -> RunOutcome:
         """Run the agent with this process's own stdin/stdout/stderr passed straight through.
 
         What ``ttft-probe run`` does: the child's stdout and stderr bytes are copied to
@@ -734,8 +794,21 @@ class Probe:
         inherited untouched, or, for request-driven families, copied through so request
         ids can be read. SIGTERM and SIGHUP are forwarded to the child, and SIGINT too
         unless the terminal already delivered it to the child's process group. After
-        ``timeout`` seconds the child is terminated (then killed) and the run is
-        ``timed_out``.
+        ``timeout`` seconds (counted from the spawn) the child is terminated (then
+        killed) and the run is ``timed_out``.
+
+        The agent is spawned first and the tracker built while it boots: the pumps
+        timestamp and queue every read until then (:mod:`ttft_probe._prespawn`). Only when
+        the application's OpenTelemetry SDK makes the run's span (its ids go into the
+        child's ``TRACEPARENT``) is the tracker built first.
+
+        Args:
+            args: The agent command.
+            timeout: Seconds after the spawn to end the agent (``None``: never).
+            spawned: An agent :func:`ttft_probe._prespawn.start` already spawned from
+                ``args`` (``ttft-probe run``'s worker: the lead process pumps, forwards
+                signals and applies the timeout), or one :func:`~ttft_probe._prespawn.spawn`
+                started; the probe takes it over.
 
         Returns:
             The child's exit status as a shell reports it (128+N when killed by signal N)
@@ -746,55 +819,70 @@ class Probe:
         closed in the child too, as it would be without the probe: the child gets the
         same EBADF, and that stream is not observed.
         """
-        # Before anything of ours can land on a closed fd 0-2: hold them until the spawn
-        # (non-inheritable, so the child finds them closed), then let them go again.
-        closed = _closed_std_fds()
-        holders = [os.open(os.devnull, os.O_RDWR) for _ in closed]
+        tracked = None
+        if spawned is None:
+            tracked, spawned = self._spawn_first([os.fspath(a) for a in args])
+        spawned.taken = True
+        child = cast("Child", spawned.child)
+        if tracked is None:
+            tracked = self._take_over(spawned)
+        if tracked is None:  # the agent runs on untracked, its bytes passing through
+            try:
+                returncode = cast("int", child.wait())
+            finally:
+                spawned.restore_signals()
+            return RunOutcome(128 - returncode if returncode < 0 else returncode, [])
+        self._recorder.start_delivery()
         try:
-            tracked, argv, env = self._launch([os.fspath(a) for a in args], None)
-            tee = tracked.tracker.tees_stdin and 0 not in closed
-            with _forwarding_signals(tracked) as forward:
-                try:
-                    proc = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.PIPE if tee else None,
-                        stdout=None if 1 in closed else subprocess.PIPE,
-                        stderr=None if 2 in closed else subprocess.PIPE,
-                        env=env,
-                    )
-                except BaseException:
-                    tracked.finish(None, monotonic_ns(), 0)
-                    raise
-                finally:
-                    for fd in holders:
-                        os.close(fd)
-                    holders = []
-                forward.proc = proc
-                tracked.bind(proc.poll)
-                self._recorder.start_delivery()
-                if proc.stdout is None:
-                    tracked.stdout_closed()
-                else:
-                    src = os.dup(proc.stdout.fileno())
-                    tracked.pump(src, os.dup(1), kind="stdout", close_dst=True)
-                    proc.stdout.close()
-                if proc.stderr is not None:
-                    src = os.dup(proc.stderr.fileno())
-                    tracked.pump(src, os.dup(2), kind="stderr", close_dst=True)
-                    proc.stderr.close()
-                if tee and proc.stdin is not None:
-                    dst = os.dup(proc.stdin.fileno())
-                    tracked.pump(os.dup(0), dst, kind="stdin", close_dst=True)
-                    proc.stdin.close()
-                returncode = _wait(proc, tracked, timeout)
-                t_exit = monotonic_ns()
+            returncode = _wait(child, tracked, spawned, timeout)
+            t_exit = spawned.exited.at() if spawned.exited is not None else monotonic_ns()
         finally:
-            for fd in holders:
-                os.close(fd)
+            spawned.restore_signals()
+        tracked.cancelled = tracked.cancelled or spawned.cancelled
+        tracked.timed_out = tracked.timed_out or spawned.timed_out
         tracked.finish(returncode, t_exit, float(self._options["drain_timeout"]))
         tracked.done.wait(SETTLE_TIMEOUT_S)  # the recorder thread builds the records
         status = 128 - returncode if returncode < 0 else returncode
         return RunOutcome(exit_status=status, results=tracked.results)
+
+    def _spawn_first(self, argv: list[str]) -> tuple[TrackedProcess | None, Spawned]:
+        """Spawn for :meth:`run`: the agent first unless the SDK makes its span (see there)."""
+        launch = self._plan(argv, None)
+        spawned = Spawned()
+        spawned.trace_ids = launch.trace_ids
+        spawned.observation = launch.observation
+        try:
+            spawn(launch.argv, launch.env, tees_stdin=launch.tees_stdin, spawned=spawned)
+        except BaseException:
+            self._spawn_failed(launch)
+            raise
+        if launch.tracked is not None:
+            launch.tracked.adopt(spawned)
+        return launch.tracked, spawned
+
+    def _take_over(self, spawned: Spawned) -> TrackedProcess | None:
+        """Build the tracker of an agent spawned first and hand it the pumps' reads.
+
+        ``None`` (logged) if the tracker cannot be built: nothing of the probe's may stop
+        the agent, which then runs on untracked.
+        """
+        observation = cast("_Observation | None", spawned.observation)
+        bound = spawned.observer
+        if observation is None and bound is not None:
+            observation = _Observation.adopt(bound)
+        try:
+            tracked = self._track(
+                spawned.argv,
+                spawn_ns=spawned.spawn_ns,
+                observer=observation,
+                trace_ids=spawned.trace_ids,
+            )
+        except Exception:  # noqa: BLE001 - the agent runs on; its bytes still pass through
+            _log.warning("could not track the agent; it runs on unobserved", exc_info=True)
+            spawned.buffer.attach(lambda _queue: None, Discard())
+            return None
+        tracked.adopt(spawned)
+        return tracked
 
     # --- asyncio -----------------------------------------------------------------
 
@@ -808,11 +896,23 @@ class Probe:
         """
         import asyncio  # noqa: PLC0415 - only async callers pay for asyncio
 
-        argv = [os.fspath(program), *(os.fspath(a) for a in args)]
-        tracked, argv, kwargs["env"] = self._launch(argv, kwargs.get("env"))
+        launch = self._plan([os.fspath(program), *(os.fspath(a) for a in args)],
+                            kwargs.get("env"))  # fmt: skip
+        kwargs["env"] = launch.env
         if kwargs.get("stdout") is None:
             kwargs["stdout"] = asyncio.subprocess.PIPE
-        proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        spawn_ns = monotonic_ns()
+        try:
+            proc = await asyncio.create_subprocess_exec(*launch.argv, **kwargs)
+        except BaseException:
+            self._spawn_failed(launch)
+            raise
+        # The event loop reads the pipes only once this coroutine yields: no read can
+        # come before the tracker, built now, without yielding.
+        tracked = launch.tracked or self._track(
+            launch.argv, spawn_ns=spawn_ns, observer=launch.observation,
+            trace_ids=launch.trace_ids,
+        )  # fmt: skip
         self._recorder.start_delivery()
         return self._attach_async(proc, tracked)
 
@@ -1056,17 +1156,6 @@ def probe_of(proc: object) -> Probe | None:
     return found if isinstance(found, Probe) else None
 
 
-def _closed_std_fds() -> frozenset[int]:
-    """Which of fds 0, 1 and 2 are not open in this process."""
-    closed = set()
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            closed.add(fd)
-    return frozenset(closed)
-
-
 def _flush_store(store: object) -> str | None:
     """The ``--store`` of a detached flush for a ``Probe(store=…)`` (``None``: the default)."""
     if store is None or isinstance(store, bool):
@@ -1095,65 +1184,40 @@ class RunOutcome:
     results: list[RunResult]
 
 
-def _wait(proc: subprocess.Popen[Any], tracked: TrackedProcess, timeout: float | None) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        tracked.timed_out = True
-        proc.terminate()
-        try:
-            return proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+class _Launch:
+    """A process about to be spawned: what with, and what is ready for it already."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        tees_stdin: bool,  # noqa: FBT001
+        observation: _Observation | None,
+    ) -> None:
+        self.argv = argv
+        self.env = env
+        self.tees_stdin = tees_stdin
+        self.observation = observation
+        self.buffer = Buffer()
+        self.tracked: TrackedProcess | None = None
+        self.trace_ids: tuple[int, int] | None = None
 
 
-class _SignalForwarder:
-    proc: subprocess.Popen[Any] | None = None
-
-
-@contextlib.contextmanager
-def _forwarding_signals(tracked: TrackedProcess) -> Iterator[_SignalForwarder]:
-    """Forward SIGINT/SIGTERM/SIGHUP to the child while it runs (main thread only).
-
-    A SIGINT typed at the terminal already reached the child (it shares our process
-    group), so it is forwarded only when it cannot have come from the terminal.
-    """
-    forwarder = _SignalForwarder()
-    if threading.current_thread() is not threading.main_thread():
-        yield forwarder
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        tracked.cancelled = True
-        proc = forwarder.proc
-        if proc is None or proc.poll() is not None:
-            return
-        if signum == signal.SIGINT and _terminal_delivers_to_child(proc):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.signal(s, handler) for s in sigs}
-    try:
-        yield forwarder
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _terminal_delivers_to_child(proc: subprocess.Popen[Any]) -> bool:
-    try:
-        tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
-    except OSError:
-        return False
-    try:
-        return os.tcgetpgrp(tty) == os.getpgid(proc.pid)
-    except OSError:
-        return False
-    finally:
-        os.close(tty)
+def _wait(child: Child, tracked: TrackedProcess, spawned: Spawned, timeout: float | None) -> int:
+    """The child's return code; after ``timeout`` s from the spawn: SIGTERM, 5 s, SIGKILL."""
+    if timeout is None:
+        return cast("int", child.wait())
+    left = timeout - (monotonic_ns() - spawned.spawn_ns) / 1e9
+    code = child.wait(left)
+    if code is not None:
+        return code
+    tracked.timed_out = True
+    child.terminate()
+    code = child.wait(5)
+    if code is not None:
+        return code
+    child.kill()
+    return cast("int", child.wait())
 
 
 class _Observation:
@@ -1205,6 +1269,35 @@ class _Observation:
         self._observer = observer
         return self
 
+    @classmethod
+    def adopt(cls, bound: BoundObserver) -> _Observation:
+        """Serve the socket :mod:`ttft_probe._prespawn` bound before the spawn.
+
+        The agent already points at ``bound.url``. If the observer cannot serve it, or
+        the agent connected before it served (its requests' times would be those of the
+        observer's first reads), the runs say ``observer_status="failed"`` and why; the
+        bytes are forwarded all the same when it serves.
+        """
+        self = cls(ObserverStatus.ON, url=bound.url)
+        try:
+            from ttft_probe.observer import ProviderObserver  # noqa: PLC0415 - only when asked
+
+            observer = ProviderObserver(bound.upstream, self._on_event)
+            observer.start(sock=bound.sock)
+        except Exception as exc:  # noqa: BLE001 - the run goes on without it
+            with contextlib.suppress(Exception):
+                bound.sock.close()  # type: ignore[attr-defined]
+            _log.warning("the provider observer could not start (%s); running without it", exc)
+            return cls(ObserverStatus.FAILED, f"{type(exc).__name__}: {exc}"[:200])
+        self._observer = observer
+        if observer.started_late:
+            self.status = ObserverStatus.FAILED
+            self.error = (
+                "the agent connected to the observer before it was serving; "
+                "its request times are unknown"
+            )
+        return self
+
     def deliver_to(self, tracker: ProcessTracker) -> None:
         # Under the lock: an event arriving meanwhile (from the observer's loop or reader
         # thread) waits for the early ones, so a body never overtakes its request.
@@ -1215,6 +1308,8 @@ class _Observation:
                 self._dispatch(tracker, event)
 
     def _on_event(self, event: object) -> None:
+        if self.status is not ObserverStatus.ON:
+            return  # forwarded, but its times are not the run's
         with self._lock:
             tracker = self._tracker
             if tracker is None:

@@ -102,7 +102,7 @@ from ttft_probe.adapters._base import (
     decode_object,
     decode_text,
 )
-from ttft_probe.agents import flag_value
+from ttft_probe.agents import sdk_mode
 from ttft_probe.record import (
     FirstTokenGranularity,
     FirstTokenKind,
@@ -143,7 +143,7 @@ class ClaudeStreamJsonAdapter:
         """Create an adapter; of ``options`` it uses ``capture_content`` and ``argv``."""
         self._options = options or AdapterOptions()
         self._capture = self._options.capture_content
-        sdk = flag_value(self._options.argv, "--input-format") == "stream-json"
+        sdk = sdk_mode(self._options.argv)
         self.request_driven = self.tees_stdin = self.prompt_first = sdk
         self._sdk = sdk
         self._cli_ready = False

@@ -56,7 +56,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 if TYPE_CHECKING:
-    from ttft_probe._run import Arrival, ProcessTracker
+    from ttft_probe._prespawn import Arrival
+    from ttft_probe._run import ProcessTracker
     from ttft_probe.spawn import TrackedProcess
 
 __all__ = ["ProbedTransport", "probed_transport"]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from ttft_probe import _semconv as sc
+from ttft_probe._otel_vars import otlp_configured
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -35,23 +36,6 @@ def resource_from(env: Mapping[str, str]) -> Resource:
     name = env.get("OTEL_SERVICE_NAME") or sc.SERVICE_NAME_DEFAULT
     return Resource.create({sc.SERVICE_NAME: name})
 
-
-
-def otlp_configured(env: Mapping[str, str], signal: str) -> bool:
-    """Whether OTLP export of ``signal`` (``"TRACES"`` or ``"METRICS"``) is configured.
-
-    True when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_<signal>_ENDPOINT``
-    is set, ``OTEL_<signal>_EXPORTER`` (default ``otlp``) lists ``otlp``, and
-    ``OTEL_SDK_DISABLED`` is not ``true`` (the OpenTelemetry configuration spec).
-    """
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    chosen = {s.strip().lower() for s in env.get(f"OTEL_{signal}_EXPORTER", _OTLP).split(",")}
-    if _OTLP not in chosen:
-        return False
-    return bool(
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
-    )
 
 
 def otlp_protocol(env: Mapping[str, str], signal: str) -> str | None:

@@ -89,6 +89,7 @@ import attrs
 from ttft_probe import _semconv as sc
 from ttft_probe._clock import WallAnchor, monotonic_ns
 from ttft_probe._logonce import LogOnce
+from ttft_probe._otel_vars import sdk_needed
 from ttft_probe._version import VERSION
 from ttft_probe.agents import provider_name
 from ttft_probe.telemetry.env import (
@@ -163,15 +164,6 @@ class _Setup:
         return self.tracer is None or self.private_tracer_provider is not None
 
 
-_SDK_SETTINGS: Final = (
-    "OTEL_SDK_DISABLED",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_PYTHON_ID_GENERATOR",
-    "OTEL_PYTHON_TRACER_PROVIDER",
-    "OTEL_PYTHON_METER_PROVIDER",
-)
-"""Variables that change what the SDK's private provider would do: they keep the SDK path."""
 
 
 class _IdsOnlySpan:
@@ -186,12 +178,16 @@ class _IdsOnlySpan:
     __slots__ = ("_ids",)
     parent = None
 
-    def __init__(self) -> None:
-        trace_id = span_id = 0
-        while trace_id == 0:
-            trace_id = random.getrandbits(128)
-        while span_id == 0:
-            span_id = random.getrandbits(64)
+    def __init__(self, ids: tuple[int, int] | None = None) -> None:
+        """Draw new ids, or take ``ids`` (trace id, span id; non-zero) drawn before the spawn."""
+        if ids is None:
+            trace_id = span_id = 0
+            while trace_id == 0:
+                trace_id = random.getrandbits(128)
+            while span_id == 0:
+                span_id = random.getrandbits(64)
+        else:
+            trace_id, span_id = ids
         self._ids = _SpanIds(trace_id, span_id, _SAMPLED | _RANDOM_TRACE_ID)
 
     def get_span_context(self) -> _SpanIds:
@@ -256,6 +252,22 @@ class Telemetry:
         """
         self._get_setup()
 
+    @property
+    def makes_own_ids(self) -> bool:
+        """Whether runs' spans are ids only (drawn by ttft_probe; see :meth:`_ids_only`).
+
+        Then the ids can be drawn before the spawn and passed to :meth:`start_run`.
+        Chooses the providers (:meth:`prepare`) if that was not done yet.
+        """
+        setup = self._get_setup()
+        return setup is not None and setup.tracer is None
+
+    @property
+    def sdk_spans(self) -> bool:
+        """Whether an OpenTelemetry SDK (the application's or a private one) makes the spans."""
+        setup = self._get_setup()
+        return setup is not None and setup.tracer is not None
+
     def start_run(
         self,
         *,
@@ -265,6 +277,7 @@ class Telemetry:
         parent: Context | None = None,
         model: str | None = None,
         conversation_id: str | None = None,
+        ids: tuple[int, int] | None = None,
     ) -> RunSpan:
         """Start the root span ``invoke_agent {agent}`` of one run, before the child starts.
 
@@ -277,6 +290,11 @@ class Telemetry:
             parent: Context holding the parent span; ``None`` uses the current context.
             model: ``gen_ai.request.model`` when already known at spawn (for samplers).
             conversation_id: ``gen_ai.conversation.id`` when already known at spawn.
+            ids: (trace id, span id) already handed to the child in its ``TRACEPARENT``
+                (drawn before the spawn by :mod:`ttft_probe._prespawn`, only when
+                :func:`~ttft_probe._otel_vars.sdk_needed` said no). Used when the span is
+                ids only; when the SDK makes the span after all, its own ids win and a
+                warning says the child's ``TRACEPARENT`` names another span.
 
         Returns:
             The run's span handle. Never raises.
@@ -286,7 +304,12 @@ class Telemetry:
             if setup is None:
                 return RunSpan(self, None, None, anchor, start_ns)
             if setup.tracer is None:
-                return RunSpan(self, setup, _IdsOnlySpan(), anchor, start_ns)
+                return RunSpan(self, setup, _IdsOnlySpan(ids), anchor, start_ns)
+            if ids is not None:
+                self._warn.warning(
+                    "preset_ids", "ttft_probe: the agent's TRACEPARENT was drawn before the "
+                    "OpenTelemetry SDK was chosen; its spans are not linked to the run's span",
+                )
             from opentelemetry.trace import SpanKind  # noqa: PLC0415 - lazy by design
 
             attributes: dict[str, AttributeValue] = {
@@ -401,7 +424,8 @@ class Telemetry:
 
         True when no provider was given, the application has not imported the
         OpenTelemetry API (so it cannot have set a global provider), no OTLP metrics
-        export is configured and no variable of :data:`_SDK_SETTINGS` is set. The private
+        export is configured and no variable of :data:`~ttft_probe._otel_vars.SDK_SETTINGS`
+        is set. The private
         provider would then only make ids (it exports nothing: the durable OTLP sink
         rebuilds the spans from the record), so ids are made without importing the SDK
         (tens of ms of start-up).
@@ -411,8 +435,7 @@ class Telemetry:
             and self._given_meter_provider is None
             and "opentelemetry.trace" not in sys.modules
             and "opentelemetry.metrics" not in sys.modules
-            and not any(os.environ.get(name) for name in _SDK_SETTINGS)
-            and not otlp_configured(os.environ, "METRICS")
+            and not sdk_needed(os.environ)
         )
 
     def _build(self) -> _Setup:
