@@ -11,10 +11,11 @@ def main() -> None:
 
     ``ttft-probe run [OPTIONS] -- COMMAND`` starts the agent before anything else of the
     probe is loaded (:func:`ttft_probe._prespawn.start`, standard library only), so the
-    probe's own start-up overlaps the agent's boot instead of delaying it. Whatever it
-    cannot judge alone (``--help``, an option error, a plugin family…) it leaves to the
-    CLI, which then parses and spawns as always. Should the CLI stop before taking the
-    agent over (it never does for the options start() accepts), the agent is ended.
+    probe's own start-up overlaps the agent's boot instead of delaying it; the worker it
+    forks takes the agent over without loading click (:func:`ttft_probe._run_cli.run_spawned`).
+    Whatever it cannot judge alone (``--help``, an option error, a plugin family…) it
+    leaves to the CLI, which then parses and spawns as always. Should the worker stop
+    before taking the agent over, the agent is ended.
 
     Loading the CLI and the probe allocates many objects and no cyclic garbage; the
     collector's passes over them cost ~7 ms of ``ttft-probe run`` start-up on a 2-core
@@ -26,11 +27,15 @@ def main() -> None:
     if sys.argv[1:2] == ["run"]:
         from ttft_probe._prespawn import start  # noqa: PLC0415 - only `run` spawns
 
-        spawned = start(sys.argv[2:])
+        spawned = start(sys.argv[2:])  # returns in the worker process only
     gc.disable()
-    from ttft_probe.cli import main as cli  # noqa: PLC0415 - after the collector is paused
-
     try:
+        if spawned is not None:
+            from ttft_probe._run_cli import run_spawned  # noqa: PLC0415 - no click needed
+
+            run_spawned(spawned)
+        from ttft_probe.cli import main as cli  # noqa: PLC0415 - after the collector is paused
+
         cli()
     finally:
         if spawned is not None and not spawned.taken:

@@ -560,9 +560,17 @@ class Spawned:
             child.wait(1.0)
 
     def release(self) -> None:
-        """Worker side: the runs are stored and said; the lead process may exit now."""
+        """Worker side: the runs are stored and said; the lead process may exit now.
+
+        The worker lets go of stderr first: whoever reads the probe's stderr to its end
+        (a shell's ``$(…)``, ``communicate()``) is then done when the lead exits, not when
+        the worker has finished tearing down.
+        """
         fd, self._done_fd = self._done_fd, None
         if fd is not None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
             try:
                 os.write(fd, b"1")
                 os.close(fd)

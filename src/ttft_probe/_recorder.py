@@ -12,6 +12,7 @@ waits (bounded) until everything queued so far is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -66,6 +67,7 @@ class Recorder:
         self._deliverer: Deliverer | DetachedFlush | None = None
         self._start_lock = threading.Lock()
         self._store: Store | None = None
+        self._open_early = False
         self._on_record = on_record
         self._queue: queue.SimpleQueue[PendingRun | None] = queue.SimpleQueue()
         self._writes: queue.SimpleQueue[RunResult] = queue.SimpleQueue()
@@ -97,10 +99,22 @@ class Recorder:
                     else outbox.Deliverer(self._specs, self._open_store)
                 )
 
-    def submit(self, run: PendingRun) -> None:
-        """Queue a closed turn to build and store; never blocks, never raises."""
+    def open_store_early(self) -> None:
+        """Start the recorder's threads now; the writer opens the store as its first act.
+
+        Called right after the spawn: starting threads, importing ``sqlite3``, connecting
+        and checking the schema then overlap the agent's run instead of delaying the first
+        record (and the exit of ``ttft-probe run``, which waits for it). The connection is
+        the writer thread's own, the one its writes use (a damaged file is set aside by
+        the thread that finds it). A store that cannot be opened is met again, and
+        reported, by the first write. Idempotent.
+        """
+        if self._open_store is not None:
+            self._open_early = True
+        self._start_threads()
+
+    def _start_threads(self) -> None:
         with self._cond:
-            self._pending += 1
             if not self._threads:
                 self._threads = [
                     threading.Thread(target=loop, name=f"ttft-probe-{name}", daemon=True)
@@ -108,6 +122,12 @@ class Recorder:
                 ]
                 for thread in self._threads:
                     thread.start()
+
+    def submit(self, run: PendingRun) -> None:
+        """Queue a closed turn to build and store; never blocks, never raises."""
+        with self._cond:
+            self._pending += 1
+        self._start_threads()
         self._queue.put(run)
 
     def flush(self, timeout: float) -> bool:
@@ -148,6 +168,9 @@ class Recorder:
             result = None
 
     def _write_loop(self) -> None:
+        if self._open_early:
+            with contextlib.suppress(Exception):  # the first write meets it again, and says so
+                self._open()
         while True:
             result: RunResult | None = self._writes.get()
             try:

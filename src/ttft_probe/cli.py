@@ -6,59 +6,33 @@ code 2. Everything a library user would also need lives in the library.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import gc
-import logging
-import os
 import re
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
-from ttft_probe._hints import granularity_hint
+from ttft_probe._run_cli import (
+    breakdown_line,
+    fail,
+    ms_text,
+    resume_gc,
+    run_agent,
+    say_warnings,
+)
 from ttft_probe._version import VERSION
 from ttft_probe.errors import TtftProbeError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ttft_probe._run import RunResult
     from ttft_probe.analysis.gate import AbEffect as AbEffectForGate
-    from ttft_probe.record import MarkerTimes, RunRecord
+    from ttft_probe.record import RunRecord
 
-__all__ = ["main"]
+__all__ = ["breakdown_line", "main"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXIT_USAGE = 2
-STORE_WAIT_S = 2.0
-"""How long `run` waits for its runs to be written after the agent exited (s)."""
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"ttft-probe: error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
-class _StderrLines(logging.Handler):
-    """The library's warnings as ``ttft-probe: warning: …`` lines on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            click.echo(f"ttft-probe: {record.levelname.lower()}: {self.format(record)}", err=True)
-        except Exception:  # noqa: BLE001 - a closed stderr: nowhere left to say it
-            self.handleError(record)
-
-
-def _say_warnings() -> None:
-    """Print the library's warnings (a store that cannot be written, …) in the CLI's voice.
-
-    Without a handler they would go out bare, through logging's last-resort handler.
-    """
-    logger = logging.getLogger("ttft_probe")
-    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
-        logger.addHandler(_StderrLines())
 
 
 _store_option = click.option(
@@ -84,17 +58,6 @@ _EPILOG = """Examples:
 """
 
 
-def _resume_gc() -> None:
-    """Turn the cycle collector back on if the console script paused it while loading.
-
-    What was loaded so far is frozen first: it is never garbage, and later collections
-    during a long agent run need not walk it again.
-    """
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
-
-
 @click.group(context_settings=CONTEXT, epilog=_EPILOG)
 @click.version_option(VERSION, prog_name="ttft-probe")
 @click.pass_context
@@ -111,7 +74,7 @@ def main(ctx: click.Context) -> None:
     measures fresh against resumed, `ttft-probe flush` delivers queued runs.
     """
     if ctx.invoked_subcommand != "run":  # `run` resumes it once the probe is loaded
-        _resume_gc()
+        resume_gc()
 
 
 _agent_option = click.option(
@@ -228,85 +191,27 @@ def run(
     """
     from ttft_probe._prespawn import started  # noqa: PLC0415 - keep start-up cheap
     from ttft_probe.adapters._base import AdapterOptions  # noqa: PLC0415
-    from ttft_probe.spawn import Probe  # noqa: PLC0415
 
-    spawned = started()  # the agent, if the console script spawned it already (_entry)
-    _say_warnings()
-    if observe_provider or upstream:
-        # This process runs the observer thread next to the pump threads: hand the GIL
-        # over within 0.5 ms rather than the default 5 ms, so that a request is
-        # timestamped when it arrives, not when a pump thread lets go.
-        sys.setswitchinterval(0.0005)
-    options = AdapterOptions(
-        cli_ready_regex=_regex(ready_regex, "--ready-regex"),
-        session_init_regex=_regex(session_regex, "--session-regex"),
-        first_token_regex=_regex(token_regex, "--token-regex"),
+    run_agent(
+        list(command),
+        agent=agent,
+        family=family,
+        conversation_id=conversation_id,
+        turn_ordinal=turn_ordinal,
+        session_resumed=session_resumed,
+        timeout=timeout,
+        adapter_options=AdapterOptions(
+            cli_ready_regex=_regex(ready_regex, "--ready-regex"),
+            session_init_regex=_regex(session_regex, "--session-regex"),
+            first_token_regex=_regex(token_regex, "--token-regex"),
+        ),
+        observe_provider=upstream or observe_provider,
+        delivery_wait=delivery_wait,
+        capture_content=capture_content,
+        quiet=quiet,
+        store=store,
+        spawned=started(),  # the agent, if the console script spawned it already (_entry)
     )
-    try:
-        probe = Probe(
-            agent=agent,
-            family=family,
-            conversation_id=conversation_id,
-            turn_ordinal=turn_ordinal,
-            session_resumed=session_resumed,
-            store=store,
-            adapter_options=options,
-            observe_provider=upstream or observe_provider,
-            # A detached `flush` delivers, started once the runs are stored (probe.close):
-            # never this process, which exits right after.
-            deliver="detached",
-            capture_content=capture_content,
-        )
-        _resume_gc()
-        # Spawned already: the lead process applies the timeout (_prespawn).
-        outcome = probe.run(
-            list(command), timeout=None if spawned else timeout, spawned=spawned
-        )
-    except TtftProbeError as exc:
-        _fail(str(exc))
-    except FileNotFoundError:
-        _fail(f"command not found: {command[0]}")
-    except PermissionError:
-        _fail(f"command not executable: {command[0]}")
-    if not quiet:
-        _say_breakdowns(outcome.results)
-    if not probe.close(timeout=STORE_WAIT_S, delivery_wait=delivery_wait):
-        from ttft_probe.sinks.store import default_store_path  # noqa: PLC0415
-
-        where = store or default_store_path()
-        click.echo(f"ttft-probe: warning: the run was not stored: the store at {where} was "
-                   f"still busy after {STORE_WAIT_S:g} s (locked by another process, or a slow "
-                   "disk); set TTFT_PROBE_HOME or --store to another location", err=True)
-    if spawned is not None:
-        sys.stderr.flush()
-        spawned.release()  # the lead process exits with the agent's status now
-    _exit_now(outcome.exit_status)
-
-
-def _say_breakdowns(results: Sequence[RunResult]) -> None:
-    """One breakdown line per run on stderr, each with its hints."""
-    for result in results:
-        click.echo(breakdown_line(result.record, result.times), err=True)
-        for hint in (_hint(result.record, result.times), granularity_hint(result.record)):
-            if hint:
-                click.echo(f"ttft-probe: hint: {hint}", err=True)
-
-
-def _exit_now(status: int) -> NoReturn:
-    """Exit with ``status`` without the interpreter's teardown.
-
-    Collecting and tearing down every imported module costs ~20 ms on a small machine, all
-    of it added to the agent's wall time. Nothing is left for it to do: the runs are
-    stored (``Probe.close``), delivery is a detached process, and stdio and logging are
-    flushed here.
-    """
-    import logging  # noqa: PLC0415 - already imported by the probe
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed or broken stream: nothing to lose
-            stream.flush()
-    os._exit(status)
 
 
 def _flush_in_background(store: str | None) -> None:
@@ -334,70 +239,6 @@ def _regex(pattern: str | None, flag: str) -> re.Pattern[str] | None:
         return re.compile(pattern)
     except re.error as exc:
         raise click.BadParameter(f"not a valid regular expression: {exc}", param_hint=flag) from exc
-
-
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
-
-
-def breakdown_line(record: RunRecord, times: MarkerTimes | None = None) -> str:
-    """The one-line breakdown of a run that ``ttft-probe run`` prints to stderr.
-
-    The segments are listed in the order they happened: a turn set up after its prompt
-    (Claude Code in SDK mode, ``times.prompt_first``) shows ``client_wait`` before
-    ``session_init``.
-    """
-    turn = f"turn {record.turn_ordinal}" if record.turn_ordinal else "turn ?"
-    how = (
-        "reused process"
-        if record.process_reused
-        else ("resumed" if record.session_resumed else "fresh")
-    )
-    if record.spawn_to_first_token_ms is None:
-        body = "no first token"
-    else:
-        prompt_first = times is not None and times.prompt_first
-        reused = record.process_reused
-        # A reused process's run has no boot and (but for a turn set up after its prompt)
-        # no session set-up of its own: those zeros are not measurements, so not shown.
-        ready = None if reused and not record.cli_ready_ms else record.cli_ready_ms
-        init = None if reused and not prompt_first else record.session_init_ms
-        parts = [] if reused and ready is None else [f"cli_ready {_ms(ready)}"]
-        init_part = None if reused and init is None else f"session_init {_ms(init)}"
-        wait = f"client_wait {_ms(record.client_wait_ms)}" if record.client_wait_ms else None
-        parts += [p for p in ((wait, init_part) if prompt_first else (init_part, wait)) if p]
-        model = f"model_first_token {_ms(record.model_first_token_ms)}"
-        if record.provider_first_byte_ms is not None and record.cli_forward_ms is not None:
-            model += (f" (provider {_ms(record.provider_first_byte_ms)}"
-                      f" + cli forward {_ms(record.cli_forward_ms)})")
-        parts.append(model)
-        body = f"first token {_ms(record.spawn_to_first_token_ms)} ms = " + " + ".join(parts)
-        if record.remainder_ms:
-            body += f" + remainder {_ms(record.remainder_ms)}"
-        if record.first_token_granularity is not None:
-            body += f" [{record.first_token_granularity.value}]"
-    reason = record.timing_unavailable_reason
-    tail = record.status.value + (f", {reason.value}" if reason else "")
-    return f"ttft-probe: {record.agent} {turn} {how}: {body} | {tail}"
-
-
-def _hint(record: RunRecord, times: MarkerTimes | None = None) -> str | None:
-    if record.observer_error is not None:
-        return f"the provider observer was off: {record.observer_error}"
-    reason = record.timing_unavailable_reason
-    if reason is not None and reason.value == "cli_ready_not_observable":
-        return ("the client wrote its first message before the CLI showed it was ready, so "
-                "the CLI's boot cannot be told from the client's wait: send a control_request "
-                "initialize first and wait for its control_response (the Agent SDKs do)")
-    if record.session_init_source is None or record.session_init_source.value != "init_message":
-        return None
-    if times is not None and times.prompt_first:
-        return ("session_init_ms ends at the turn's init line, not at its first model "
-                "request; add --observe-provider to time that request")
-    if not record.process_reused:
-        return ("session_init_ms is from the agent's init line, so the session set-up is "
-                "inside cli_ready_ms; add --observe-provider to time the first model request")
-    return None
 
 
 _DOCTOR_EXIT = {True: 0, False: 1}
@@ -440,16 +281,16 @@ def doctor(agent: str | None, family: str | None, timeout: float,
     """Check that the probe sees every marker of COMMAND (see `--help`)."""
     from ttft_probe.doctor import check_command, run_doctor  # noqa: PLC0415 - doctor only
 
-    _say_warnings()
+    say_warnings()
     try:
         check_command(command)
         report = run_doctor(command, agent=agent, family=family, timeout=timeout)
     except TtftProbeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except FileNotFoundError:
-        _fail(f"command not found: {command[0]}")
+        fail(f"command not found: {command[0]}")
     except PermissionError:
-        _fail(f"command not executable: {command[0]}")
+        fail(f"command not executable: {command[0]}")
     _print_doctor(report)
     sys.exit(_DOCTOR_EXIT[report.ok])
 
@@ -541,11 +382,11 @@ def shim(
     target = Path(name).absolute()
     executable = shutil.which(command[0])
     if executable is None:
-        _fail(f"command not found: {command[0]} (give its path, or put it on PATH)")
+        fail(f"command not found: {command[0]} (give its path, or put it on PATH)")
     if Path(executable).resolve() == target.resolve():
-        _fail(f"{command[0]} resolves to the shim itself ({target}): give the agent's real path")
+        fail(f"{command[0]} resolves to the shim itself ({target}): give the agent's real path")
     if target.exists() and not force:
-        _fail(f"{target} exists; pass --force to overwrite it")
+        fail(f"{target} exists; pass --force to overwrite it")
     run_argv = [sys.executable, "-m", "ttft_probe", "run"]
     if not show_breakdown:
         run_argv.append("--quiet")
@@ -566,7 +407,7 @@ def shim(
         target.write_text(text, encoding="utf-8")
         target.chmod(0o755)
     except OSError as exc:
-        _fail(f"could not write {target}: {exc.strerror or exc}")
+        fail(f"could not write {target}: {exc.strerror or exc}")
     click.echo(f"ttft-probe: wrote {target}: it runs {shlex.join(agent_argv)} under "
                "ttft-probe run; give it to your SDK in place of the agent")
 
@@ -593,11 +434,11 @@ def runs(last: int, show_all: bool, as_json: bool, store: str | None) -> None:
     """List stored runs, oldest first: a table, or `--json` records (one per line)."""
     from ttft_probe.sinks.store import Store  # noqa: PLC0415 - keep start-up cheap
 
-    _say_warnings()
+    say_warnings()
     try:
         records = Store(store).last(None if show_all else last)
     except TtftProbeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         for record in records:
             click.echo(record.to_json())
@@ -653,15 +494,15 @@ def show_command(run_id: str, as_json: bool, chart_path: str | None, store: str 
     )
     from ttft_probe.sinks.store import Store  # noqa: PLC0415
 
-    _say_warnings()
+    say_warnings()
     try:
         view = load_view(Store(store), run_id)
         if chart_path is not None:
             write_waterfall_chart(view, chart_path)
     except TtftProbeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write the chart: {exc}")
+        fail(f"cannot write the chart: {exc}")
     if as_json:
         click.echo(json.dumps(view.to_dict(), indent=2))
     else:
@@ -702,7 +543,7 @@ def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> N
     try:
         db = Store(store)
     except TtftProbeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     # One flush at a time per store. A background flush leaves the work to one already
     # running: that one claims until nothing is left, new runs included.
     lock = db.path.with_name(db.path.name + ".flush.lock").open("a")
@@ -721,7 +562,7 @@ def flush(timeout: float, quiet: bool, background: bool, store: str | None) -> N
         try:
             sink = spec.build()
         except TtftProbeError as exc:
-            _fail(f"{spec.name}: {exc}")
+            fail(f"{spec.name}: {exc}")
         if sink is not None:
             sinks.append(sink)
     total = sum(pending.get(s.name, 0) for s in sinks)
@@ -837,9 +678,9 @@ def report_command(
 
             write_chart(result, records, chart_path)
     except TtftProbeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write the chart: {exc}")
+        fail(f"cannot write the chart: {exc}")
     if as_json:
         click.echo(json.dumps(report_to_json(result), indent=2))
     else:
@@ -982,7 +823,7 @@ def gate_command(
         if ab_experiment is not None:
             verdict = combine(verdict, _ab_effect(ab_experiment, ab_segment, store))
     except TtftProbeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         click.echo(json.dumps(verdict.to_dict(), indent=2))
     else:
@@ -1035,11 +876,11 @@ def _print_table(records: Sequence[RunRecord]) -> None:
             r.agent,
             str(r.turn_ordinal or "?"),
             how,
-            _ms(r.spawn_to_first_token_ms),
-            _ms(r.cli_ready_ms) + ("" if init_separated(r) else "†"),
-            _ms(r.session_init_ms) if init_separated(r) else "not separated",
-            _ms(r.client_wait_ms),
-            _ms(r.model_first_token_ms) + ("*" if message_granular(r) else ""),
+            ms_text(r.spawn_to_first_token_ms),
+            ms_text(r.cli_ready_ms) + ("" if init_separated(r) else "†"),
+            ms_text(r.session_init_ms) if init_separated(r) else "not separated",
+            ms_text(r.client_wait_ms),
+            ms_text(r.model_first_token_ms) + ("*" if message_granular(r) else ""),
             status,
             r.run_id[:8],
         )
@@ -1142,9 +983,9 @@ def ab(
     from ttft_probe.sinks.store import Store  # noqa: PLC0415
 
     if experiment_id is None and (fresh_cmd is None or resumed_cmd is None):
-        _fail("ab needs --fresh CMD and --resumed CMD (or --experiment ID to analyse a stored one)")
+        fail("ab needs --fresh CMD and --resumed CMD (or --experiment ID to analyse a stored one)")
     if experiment_id is not None and (fresh_cmd is not None or resumed_cmd is not None):
-        _fail("--experiment analyses a stored experiment: leave out --fresh and --resumed")
+        fail("--experiment analyses a stored experiment: leave out --fresh and --resumed")
     exit_status = 0
     try:
         db = Store(store)
@@ -1172,7 +1013,7 @@ def ab(
         result = analyze(experiment_id, loaded, confidence=confidence, resamples=resamples,
                          seed=seed)
     except TtftProbeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
@@ -1255,15 +1096,16 @@ def _print_ab(result: AbResult, planned: int | None) -> None:
         table.add_column(name, justify=justify,  # type: ignore[arg-type]
                          no_wrap=name == "segment" or name.endswith("CI"))
     for e in result.effects:
-        ci = "—" if e.ci_low_ms is None else f"[{e.ci_low_ms:.1f}, {_ms(e.ci_high_ms)}]"
+        ci = "—" if e.ci_low_ms is None else f"[{e.ci_low_ms:.1f}, {ms_text(e.ci_high_ms)}]"
         verdict = "" if e.ci_low_ms is None else ("yes" if e.excludes_zero else "no")
         name = e.segment
         if e.not_separated and e.segment == "cli_ready_ms":
             name += " †"  # the boot and the session set-up together
         elif e.not_separated and e.segment == "session_init_ms" and not e.n:
             ci, verdict = "not separated", ""
-        table.add_row(name, str(e.n), str(e.dropped), _ms(e.fresh_mean_ms),
-                      _ms(e.resumed_mean_ms), _ms(e.mean_ms), _ms(e.median_ms), ci, verdict)
+        table.add_row(name, str(e.n), str(e.dropped), ms_text(e.fresh_mean_ms),
+                      ms_text(e.resumed_mean_ms), ms_text(e.mean_ms), ms_text(e.median_ms), ci,
+                      verdict)
     console.print(table)
     unseparated = max(e.not_separated for e in result.effects)
     if unseparated:

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import io
 import logging
 import os
 import select
-import subprocess
 import sys
 import threading
 import time
@@ -68,7 +66,6 @@ from ttft_probe._prespawn import (
     traceparent,
 )
 from ttft_probe._recorder import Recorder
-from ttft_probe._routing import Route, route_for
 from ttft_probe._run import CallerContext, ExitInfo, ProcessTracker, RunResult
 from ttft_probe.adapters._base import AdapterOptions, adapter_for
 from ttft_probe.agents import ResolvedAgent, resolve_agent, tees_stdin
@@ -78,9 +75,11 @@ from ttft_probe.sinks.outbox import configured_sinks
 
 if TYPE_CHECKING:
     import asyncio
+    import subprocess
     from types import TracebackType
 
     from ttft_probe._prespawn import BoundObserver, Sink
+    from ttft_probe._routing import Route
     from ttft_probe.observer import ProviderObserver
     from ttft_probe.record import RunRecord
     from ttft_probe.sinks.store import Store
@@ -630,6 +629,8 @@ class Probe:
         """
         if isinstance(args, str | bytes) or kwargs.get("shell"):
             raise ConfigError("pass the agent command as a list of arguments, without shell=True")
+        import subprocess  # noqa: PLC0415 - only callers of popen pay for it
+
         launch = self._plan([os.fspath(a) for a in args], kwargs.get("env"))
         kwargs["env"] = launch.env
         want_out = kwargs.pop("stdout", None)
@@ -653,6 +654,7 @@ class Probe:
         self._connect_sync(proc, launch, stdout_eof, want_out, None if merged else want_err)
         tracked = self._tracked_after_spawn(launch, spawn_ns, stdout_eof, proc.poll)
         _watch_sync(proc, tracked, float(self._options["drain_timeout"]), exited)
+        self._recorder.open_store_early()
         self._recorder.start_delivery()
         return proc
 
@@ -693,6 +695,7 @@ class Probe:
             ConfigError: The family or agent options do not fit the command.
         """
         tracked = self._track(argv, spawn_ns)
+        self._recorder.open_store_early()
         self._recorder.start_delivery()
         return tracked
 
@@ -729,6 +732,8 @@ class Probe:
     def _route(
         sink: Sink, real: IO[Any], want: Any, kind: str, eof: Flag | None
     ) -> IO[Any] | None:
+        import subprocess  # noqa: PLC0415 - loaded by popen already
+
         src = os.dup(real.fileno())
         real.close()
         if want == subprocess.PIPE:
@@ -832,6 +837,7 @@ class Probe:
             finally:
                 spawned.restore_signals()
             return RunOutcome(128 - returncode if returncode < 0 else returncode, [])
+        self._recorder.open_store_early()
         self._recorder.start_delivery()
         try:
             returncode = _wait(child, tracked, spawned, timeout)
@@ -913,6 +919,7 @@ class Probe:
             launch.argv, spawn_ns=spawn_ns, observer=launch.observation,
             trace_ids=launch.trace_ids,
         )  # fmt: skip
+        self._recorder.open_store_early()
         self._recorder.start_delivery()
         return self._attach_async(proc, tracked)
 
@@ -1022,6 +1029,8 @@ class Probe:
         Each call gets a fresh probe; the returned process carries it as
         ``proc.ttft_probe`` (see :func:`probe_of`).
         """
+        import inspect  # noqa: PLC0415 - only decorators pay for it
+
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
@@ -1041,6 +1050,8 @@ class Probe:
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            import subprocess  # noqa: PLC0415 - the caller launched one
+
             probe = self.fresh()
             probe._get_telemetry()  # noqa: SLF001 - set up before the clock starts
             t0 = monotonic_ns()
@@ -1249,6 +1260,8 @@ class _Observation:
         option: bool | str,
         argv: Sequence[str] = (),
     ) -> _Observation:
+        from ttft_probe._routing import route_for  # noqa: PLC0415 - only with the observer
+
         route = route_for(agent, env, argv)
         if route is None:
             return cls(
