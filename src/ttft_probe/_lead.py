@@ -116,9 +116,10 @@ class Reported:
         self.pid = pid
         self.returncode: int | None = None
         self.t_ns: int | None = None
+        self.start_time = _start_time(pid)
         self._exited = Flag()
 
-    def reported(self, t_ns: int, returncode: int) -> None:
+    def reported(self, t_ns: int, returncode: int | None) -> None:
         self.t_ns = t_ns
         self.returncode = returncode
         self._exited.set()
@@ -129,6 +130,11 @@ class Reported:
     def wait(self, timeout: float | None = None) -> int | None:
         self._exited.wait(timeout)
         return self.returncode
+
+    @property
+    def exited(self) -> bool:
+        """Whether the agent's end was reported (its code may be unknown: ``None``)."""
+        return self._exited.is_set()
 
     def send_signal(self, signum: int) -> None:
         """The lead forwards signals; nothing to do here."""
@@ -185,8 +191,59 @@ def _read_frames(fd: int, spawned: Spawned, child: Reported) -> None:
             _dispatch(kind, t_ns, data, spawned, child)
     os.close(fd)
     if child.returncode is None:  # the lead died without a word: nothing more will come
-        spawned.stdout_eof.set()
-        child.reported(monotonic_ns(), -int(_signal.SIGKILL))
+        _lead_died(spawned, child)
+
+
+GRACE_S: Final = 5.0
+"""After SIGTERM, how long an agent whose probe was killed gets before SIGKILL (s)."""
+
+
+def _start_time(pid: int) -> str | None:
+    """Process ``pid``'s start time (``/proc/PID/stat`` field 22), to tell it from a successor."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat.rsplit(b")", 1)[-1].split()[19].decode()
+
+
+def _lead_died(spawned: Spawned, child: Reported) -> None:
+    """The lead was killed: end the agent it started, then report the run as probe_killed.
+
+    Nobody pumps the agent's pipes any more, and an ACP agent would wait on its stdin for
+    good: it gets SIGTERM, :data:`GRACE_S` to exit, then SIGKILL (as at ``--timeout``).
+    Only the process the lead started is signalled (its start time is checked first). Its
+    exit code is unknown here (it is not this process's child): ``None``.
+    """
+    spawned.probe_killed = True
+    pid = child.pid
+    if child.start_time is not None and _start_time(pid) == child.start_time:
+        _end(pid)
+    t_ns = monotonic_ns()
+    spawned.buffer.on_stdout_eof(t_ns)
+    spawned.stdout_eof.set()
+    child.reported(t_ns, None)
+
+
+def _end(pid: int) -> None:
+    """SIGTERM ``pid``, wait up to :data:`GRACE_S` on a pidfd, then SIGKILL it."""
+    import select  # noqa: PLC0415 - the worker has it loaded by now
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already
+    try:
+        for signum, wait in ((_signal.SIGTERM, GRACE_S), (_signal.SIGKILL, GRACE_S)):
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                return
+            if select.select([fd], [], [], wait)[0]:
+                return
+    finally:
+        os.close(fd)
 
 
 def _become_worker(spawned: Spawned, frames: int, done: int) -> Spawned:

@@ -541,6 +541,8 @@ class Spawned:
         self.exited: ExitWatch | Reported | None = None
         self.timed_out = False
         """The lead process ended the agent at ``--timeout`` (worker side)."""
+        self.probe_killed = False
+        """The lead process died before the agent exited; the worker ended it."""
         self._pipes: dict[int, int] = {}
         self._done_fd: int | None = None
         self._signals: _Signals | None = None

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 from ttft_probe._logonce import LogOnce
@@ -49,6 +50,7 @@ class Recorder:
             started by :meth:`deliver`); ``ttft-probe run`` does this, to deliver nothing in
             its own process. ``False``: leave the outbox to another process.
         flush_store: With :data:`DETACHED`, the flush's ``--store`` (``None``: default).
+        store_path: The store file's path, for runs it cannot take (:meth:`spill`).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Recorder:
         *,
         deliver: bool | Literal["detached"] = True,
         flush_store: str | None = None,
+        store_path: Callable[[], Path] | None = None,
     ) -> None:
         self._open_store = store
         self._specs = list(sinks) if store is not None else []
@@ -67,6 +70,8 @@ class Recorder:
         self._deliverer: Deliverer | DetachedFlush | None = None
         self._start_lock = threading.Lock()
         self._store: Store | None = None
+        self._store_path = store_path
+        self._waiting: dict[str, RunResult] = {}  # built, not yet written
         self._open_early = False
         self._on_record = on_record
         self._queue: queue.SimpleQueue[PendingRun | None] = queue.SimpleQueue()
@@ -164,6 +169,7 @@ class Recorder:
                     self._cond.notify_all()
                     continue
                 self._unwritten += 1
+                self._waiting[result.record.run_id] = result
             self._writes.put(result)
             result = None
 
@@ -177,6 +183,9 @@ class Recorder:
                 assert result is not None  # noqa: S101 - only results are queued
                 self._write(result)
             finally:
+                with self._cond:
+                    if result is not None:
+                        self._waiting.pop(result.record.run_id, None)
                 result = None
                 with self._cond:
                     self._unwritten -= 1
@@ -214,6 +223,34 @@ class Recorder:
         store = self._open()
         return store.salt(), store.prefix(conversation_id)
 
+    def spill(self) -> list[Path]:
+        """Keep every built run the store has not taken yet in a spill file; their paths.
+
+        For a store locked (or slow) beyond the caller's wait: :func:`ttft_probe.sinks.store.
+        spill` writes each beside the store (or in the fallback directory) and the next
+        process that opens the store adds it, exactly once (should this process's writer
+        still get to it, the import skips it). Runs not yet built (a resumed session's
+        history lookup waiting on the lock) cannot be kept.
+        """
+        with self._cond:
+            waiting = list(self._waiting.values())
+        return [path for path in map(self._spill_one, waiting) if path is not None]
+
+    def _spill_one(self, result: RunResult) -> Path | None:
+        if self._store_path is None:
+            return None
+        from ttft_probe.sinks.store import spill  # noqa: PLC0415 - only when needed
+
+        sinks = [spec.name for spec in self._specs if spec.wants(result)]
+        try:
+            return spill(
+                self._store_path(), result.record, result.times, sinks, result.content,
+                requests=result.requests, prefix=result.prefix,
+            )  # fmt: skip
+        except OSError as exc:
+            self._warn.warning("spill", "the run could not be kept for later either: %s", exc)
+            return None
+
     def _write(self, result: RunResult) -> None:
         if self._open_store is not None:
             try:
@@ -228,7 +265,10 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001 - the disk never reaches the run
                 # Once per recorder: a read-only or full disk fails every run the same way.
                 # A StoreError's message names the fix (free space, TTFT_PROBE_HOME).
-                self._warn.warning("store", "the run was not stored: %s", exc)
+                kept = self._spill_one(result)
+                where = (f"; kept in {kept}, which the next ttft-probe command that opens "
+                         "the store adds to it") if kept else ""
+                self._warn.warning("store", "the run was not stored: %s%s", exc, where)
         if self._on_record is not None:
             try:
                 self._on_record(result.record)

@@ -143,9 +143,12 @@ def run_agent(
         from ttft_probe.sinks.store import default_store_path  # noqa: PLC0415
 
         where = store or default_store_path()
-        _say(f"ttft-probe: warning: the run was not stored: the store at {where} was "
-             f"still busy after {STORE_WAIT_S:g} s (locked by another process, or a slow "
-             "disk); set TTFT_PROBE_HOME or --store to another location")
+        kept = (f"the run was kept in {probe.spilled[0].parent} and the next ttft-probe "
+                "command that opens the store adds it"
+                if probe.spilled else "the run could not be kept for later either")
+        _say(f"ttft-probe: warning: the store at {where} was still busy after "
+             f"{STORE_WAIT_S:g} s (locked by another process, or a slow disk): {kept}; "
+             "set TTFT_PROBE_HOME or --store to another location if it stays busy")
     if spawned is not None:
         sys.stderr.flush()
         spawned.release()  # the lead process exits with the agent's status now

@@ -44,7 +44,7 @@ __all__ = [
     "record_schema",
 ]
 
-CONTRACT_VERSION: Final = "1.2"
+CONTRACT_VERSION: Final = "1.3"
 """Version of the ``run_finished`` contract; the JSON Schema's ``$id`` carries it too."""
 
 _NS_PER_MS: Final = 1_000_000
@@ -101,6 +101,8 @@ class TimingUnavailableReason(enum.StrEnum):
     NO_FIRST_TOKEN = "no_first_token"
     MARKERS_OUT_OF_ORDER = "markers_out_of_order"
     ADAPTER_ERROR = "adapter_error"
+    PROBE_KILLED = "probe_killed"
+    """The probe itself was killed during the run: the markers it saw until then are kept."""
 
 
 class SessionInitSource(enum.StrEnum):
@@ -232,7 +234,7 @@ def ns_to_ms(delta_ns: int) -> float:
 _ms = ns_to_ms
 
 
-def compute_segments(
+def compute_segments(  # noqa: C901 - the contract's cases, in its order
     times: MarkerTimes,
     *,
     request_driven: bool,
@@ -242,6 +244,7 @@ def compute_segments(
     adapter_failed: bool = False,
     prompt_first: bool = False,
     cli_ready_observable: bool = True,
+    probe_killed: bool = False,
 ) -> Segments:
     """Apply the timing contract to one run's markers.
 
@@ -268,6 +271,9 @@ def compute_segments(
             tells the CLI's boot from the set-up, so ``session_init_ms`` is ``None`` too.
         cli_ready_observable: ``False`` when the family could not see this run's
             ``cliReady`` (the reason then says so, not ``no_cli_ready``).
+        probe_killed: The probe was killed before the run ended (its worker saw the
+            process that carried the agent's bytes die): a missing marker's reason is
+            then ``probe_killed``, whatever link is missing.
 
     Returns:
         The segments. Each is ``None`` when either of its markers is missing or the pair
@@ -326,6 +332,8 @@ def compute_segments(
         exited_early=exited_early,
         adapter_failed=adapter_failed,
     )
+    if probe_killed and reason is not None:
+        reason = TimingUnavailableReason.PROBE_KILLED
     return Segments(
         spawn_to_first_token_ms=s2ft,
         cli_ready_ms=segs["cli_ready"],

@@ -117,6 +117,7 @@ class TrackedProcess:
         self.exit_info: ExitInfo | None = None
         self.cancelled = False
         self.timed_out = False
+        self.probe_killed = False
         self._poll: Callable[[], int | None] = lambda: None
         self._observation: _Observation | None = None
 
@@ -163,8 +164,9 @@ class TrackedProcess:
         """The child exited at ``t_exit``: wait (bounded) for stdout EOF, then end its runs."""
         self._stdout_eof.wait(drain_timeout)
         info = ExitInfo(
-            t_ns=t_exit, returncode=returncode, cancelled=self.cancelled, timed_out=self.timed_out
-        )
+            t_ns=t_exit, returncode=returncode, cancelled=self.cancelled,
+            timed_out=self.timed_out, probe_killed=self.probe_killed,
+        )  # fmt: skip
         self.exit_info = info
         if self._observation is not None:
             self._observation.drain()  # the last request's body belongs to these runs
@@ -381,7 +383,10 @@ class Probe:
             specs,
             deliver=deliver,
             flush_store=_flush_store(store),
+            store_path=None if store is False else functools.partial(_store_path, store),
         )
+        self.spilled: list[Path] = []
+        """Runs :meth:`close` kept in spill files because the store was busy (paths)."""
         self._telemetry: Telemetry | None = None
         # At interpreter exit, runs of processes that already ended still get stored.
         weakref.finalize(self, _settle, self.processes, self._recorder)
@@ -600,11 +605,15 @@ class Probe:
 
         Returns:
             ``False`` when finished runs were still waiting for the store after
-            ``timeout`` (another process kept it locked): they are written later only
-            if this process lives on. A store that failed (a read-only or full disk)
-            was already logged, once, and does not count here.
+            ``timeout`` (another process kept it locked): they are then kept in spill
+            files (:attr:`spilled`) beside the store, which the next process that opens
+            the store adds to it, exactly once. A store that failed (a read-only or full
+            disk) was already logged, once, with where its runs were kept, and does not
+            count here.
         """
         written = self._recorder.flush(timeout)
+        if not written:
+            self.spilled = self._recorder.spill()
         self._recorder.deliver(delivery_wait)
         if self._telemetry is not None and self._options["telemetry"] is True:
             try:
@@ -833,10 +842,10 @@ class Probe:
             tracked = self._take_over(spawned)
         if tracked is None:  # the agent runs on untracked, its bytes passing through
             try:
-                returncode = cast("int", child.wait())
+                code = child.wait()
             finally:
                 spawned.restore_signals()
-            return RunOutcome(128 - returncode if returncode < 0 else returncode, [])
+            return RunOutcome(_shell_status(code), [])
         self._recorder.open_store_early()
         self._recorder.start_delivery()
         try:
@@ -846,10 +855,10 @@ class Probe:
             spawned.restore_signals()
         tracked.cancelled = tracked.cancelled or spawned.cancelled
         tracked.timed_out = tracked.timed_out or spawned.timed_out
+        tracked.probe_killed = spawned.probe_killed
         tracked.finish(returncode, t_exit, float(self._options["drain_timeout"]))
         tracked.done.wait(SETTLE_TIMEOUT_S)  # the recorder thread builds the records
-        status = 128 - returncode if returncode < 0 else returncode
-        return RunOutcome(exit_status=status, results=tracked.results)
+        return RunOutcome(exit_status=_shell_status(returncode), results=tracked.results)
 
     def _spawn_first(self, argv: list[str]) -> tuple[TrackedProcess | None, Spawned]:
         """Spawn for :meth:`run`: the agent first unless the SDK makes its span (see there)."""
@@ -1178,6 +1187,16 @@ def _flush_store(store: object) -> str | None:
     return os.fspath(cast("str | os.PathLike[str]", store))
 
 
+def _store_path(store: object) -> Path:
+    """The file of a ``Probe(store=…)``: the one given, or the default location."""
+    given = _flush_store(store)
+    if given is not None:
+        return Path(given)
+    from ttft_probe.sinks.store import default_store_path  # noqa: PLC0415
+
+    return default_store_path()
+
+
 def _settle(processes: list[TrackedProcess], recorder: Recorder, timeout: float = 5.0) -> None:
     """Wait for the runs of processes that have exited, then for the store writes."""
     for p in processes:
@@ -1193,6 +1212,16 @@ class RunOutcome:
 
     exit_status: int
     results: list[RunResult]
+
+
+def _shell_status(returncode: int | None) -> int:
+    """A return code as a shell reports it: 128+N for signal N, 255 when unknown.
+
+    Unknown: the lead process of ``ttft-probe run`` died, and nobody gets this status.
+    """
+    if returncode is None:
+        return 255
+    return 128 - returncode if returncode < 0 else returncode
 
 
 class _Launch:
@@ -1214,10 +1243,16 @@ class _Launch:
         self.trace_ids: tuple[int, int] | None = None
 
 
-def _wait(child: Child, tracked: TrackedProcess, spawned: Spawned, timeout: float | None) -> int:
-    """The child's return code; after ``timeout`` s from the spawn: SIGTERM, 5 s, SIGKILL."""
+def _wait(
+    child: Child, tracked: TrackedProcess, spawned: Spawned, timeout: float | None
+) -> int | None:
+    """The child's return code; after ``timeout`` s from the spawn: SIGTERM, 5 s, SIGKILL.
+
+    ``None`` only for an agent taken over from ``ttft-probe run``'s lead process that died
+    (the agent's code is then unknown: it was not this process's child).
+    """
     if timeout is None:
-        return cast("int", child.wait())
+        return child.wait()
     left = timeout - (monotonic_ns() - spawned.spawn_ns) / 1e9
     code = child.wait(left)
     if code is not None:

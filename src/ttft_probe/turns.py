@@ -70,13 +70,16 @@ class ExitInfo:
     """How the process ended: its return code (negative = killed by that signal) and why.
 
     ``t_ns`` is the monotonic ns at which the exit was seen. ``cancelled``: the probe
-    forwarded a user's SIGINT/SIGTERM; ``timed_out``: the probe ended it at its deadline.
+    forwarded a user's SIGINT/SIGTERM; ``timed_out``: the probe ended it at its deadline;
+    ``probe_killed``: the probe's own lead process died (``ttft-probe run`` killed): its
+    worker ended the agent and records what was seen until then.
     """
 
     t_ns: int
     returncode: int | None
     cancelled: bool = False
     timed_out: bool = False
+    probe_killed: bool = False
 
 
 @attrs.frozen
@@ -573,6 +576,7 @@ class TurnAssembler:
             adapter_failed=self._adapter_error is not None and turn.first_token_ns is None,
             prompt_first=self._prompt_first,
             cli_ready_observable=ready_observable,
+            probe_killed=info is not None and info.probe_killed,
         )
         returncode = None if info is None else info.returncode
         session = None
@@ -622,10 +626,12 @@ class TurnAssembler:
 
 
 def _abnormal(info: ExitInfo) -> bool:
-    return info.returncode != 0 or info.cancelled or info.timed_out
+    return info.returncode != 0 or info.cancelled or info.timed_out or info.probe_killed
 
 
-def _status(turn: _Turn, info: ExitInfo | None) -> Status:
+def _status(turn: _Turn, info: ExitInfo | None) -> Status:  # noqa: PLR0911 - one per cause
+    if info is not None and info.probe_killed:
+        return Status.FAILED
     if info is not None and info.timed_out:
         return Status.TIMED_OUT
     if turn.cancelled or (info is not None and info.cancelled):

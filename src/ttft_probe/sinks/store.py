@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from ttft_probe.waterfall import ModelRequest, Section
 if TYPE_CHECKING:
     from ttft_probe.content import CapturedContent
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "default_store_path"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "default_store_path", "spill", "spill_dirs"]
 
 _log = logging.getLogger("ttft_probe")
 
@@ -232,6 +233,157 @@ def _content(content_json: str | None) -> CapturedContent | None:
     return CapturedContent.from_json(content_json)
 
 
+SPILL_FALLBACK_ENV: Final = "TMPDIR"
+
+
+def spill_dirs(store_path: Path) -> list[Path]:
+    """Where runs the store could not take wait: beside it, then the fallback directory.
+
+    ``<store>.spill/`` next to the store file; if that cannot be written (a read-only or
+    full disk), ``ttft-probe-spill-<uid>/`` in the temporary directory (``$TMPDIR``, else
+    ``/tmp``), shared by every store of the user (each file names its store).
+    """
+    temp = os.environ.get(SPILL_FALLBACK_ENV) or "/tmp"  # noqa: S108 - a per-user 0700 dir
+    fallback = Path(temp) / f"ttft-probe-spill-{os.getuid()}"
+    return [store_path.with_name(store_path.name + ".spill"), fallback]
+
+
+def _spilled_files(store_path: Path) -> list[Path]:
+    found: list[Path] = []
+    for directory in spill_dirs(store_path):
+        with contextlib.suppress(OSError):  # no such directory: nothing spilled there
+            found.extend(sorted(directory.glob("*.json")))
+    return found
+
+
+def spill(
+    store_path: Path,
+    record: RunRecord,
+    times: MarkerTimes | None = None,
+    sinks: Sequence[str] = (),
+    content: CapturedContent | None = None,
+    *,
+    requests: Sequence[ModelRequest] | None = None,
+    prefix: tuple[str, Sequence[Section]] | None = None,
+) -> Path:
+    """Keep a run the store could not take (locked, full) in a file, for the next opener.
+
+    Writes what :meth:`Store.add` would have inserted to ``<run_id>.json`` in the first
+    of :func:`spill_dirs` that can be written (a temporary file renamed into place, so a
+    reader never sees half of it). :meth:`Store.import_spilled` adds it exactly once.
+
+    Raises:
+        OSError: Neither directory could be written.
+    """
+    entry = _entry(
+        record, times=times, sinks=sinks, content=content, requests=requests, prefix=prefix
+    )
+    entry["store"] = str(store_path.resolve())
+    data = json.dumps(entry)
+    error: OSError | None = None
+    for directory in spill_dirs(store_path):
+        target = directory / f"{record.run_id}.json"
+        temp = directory / f".{record.run_id}.{os.getpid()}.tmp"
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temp.write_text(data, "utf-8")
+            temp.replace(target)
+        except OSError as exc:
+            error = exc
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            continue
+        return target
+    assert error is not None  # noqa: S101 - one attempt per directory failed
+    raise error
+
+
+_spill_warned: set[str] = set()
+
+
+def _warn_spill(path: Path, exc: BaseException) -> None:
+    if str(path) not in _spill_warned:
+        _spill_warned.add(str(path))
+        _log.warning("a spilled run at %s cannot be read (%s); it was left there", path, exc)
+
+
+def _entry(
+    record: RunRecord,
+    *,
+    times: MarkerTimes | None,
+    sinks: Sequence[str],
+    content: CapturedContent | None,
+    requests: Sequence[ModelRequest] | None,
+    prefix: tuple[str, Sequence[Section]] | None,
+) -> dict[str, object]:
+    """The rows one run makes: ``runs``, its outbox ``sinks`` and its ``prefix``."""
+    markers = None
+    if times is not None:
+        markers = json.dumps(
+            {
+                "start_ns": times.start_ns,
+                "cli_ready_ns": times.cli_ready_ns,
+                "session_init_done_ns": times.session_init_done_ns,
+                "prompt_sent_ns": times.prompt_sent_ns,
+                "first_token_ns": times.first_token_ns,
+                "end_ns": times.end_ns,
+                "first_stderr_ns": times.first_stderr_ns,
+            }
+        )
+    row = [
+        record.run_id,
+        record.started_at,
+        record.agent,
+        record.session_id,
+        record.conversation_id,
+        record.turn_ordinal,
+        record.status.value,
+        record.to_json(),
+        markers,
+        None if content is None else content.to_json(),
+        None if requests is None else json.dumps([r.to_dict() for r in requests]),
+    ]
+    return {
+        "row": row,
+        "sinks": list(sinks),
+        "prefix": None if prefix is None else [prefix[0], _sections_json(prefix[1])],
+    }
+
+
+def _insert(conn: sqlite3.Connection, entry: dict[str, object]) -> bool:
+    """Insert one run's rows (:func:`_entry`) in a transaction; ``False`` if it was there.
+
+    The outbox rows go in only with the run: a run already stored keeps the deliveries
+    it has (one of them may be done), so a second insert never makes a second delivery.
+    """
+    row = entry["row"]
+    assert isinstance(row, list)  # noqa: S101 - _entry's shape
+    run_id = row[0]
+    with _transaction(conn):
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id,"
+            " conversation_id, turn_ordinal, status, record_json, markers_json,"
+            " content_json, requests_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            row,
+        )
+        if cur.rowcount != 1:
+            return False
+        sinks = entry.get("sinks") or []
+        assert isinstance(sinks, list)  # noqa: S101
+        conn.executemany(
+            "INSERT OR IGNORE INTO deliveries (run_id, sink) VALUES (?, ?)",
+            [(run_id, sink) for sink in sinks],
+        )
+        prefix = entry.get("prefix")
+        if isinstance(prefix, list):
+            conn.execute(
+                "INSERT OR REPLACE INTO prefixes (conversation_id, run_id, sections_json)"
+                " VALUES (?, ?, ?)",
+                (prefix[0], run_id, prefix[1]),
+            )
+    return True
+
+
 def default_store_path() -> Path:
     """Where the store lives: ``$TTFT_PROBE_HOME/runs.sqlite3`` or the user state dir."""
     return home_dir() / DB_NAME
@@ -253,6 +405,10 @@ class Store:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connect()
+        try:
+            self.import_spilled()
+        except StoreError as exc:  # still locked, say: the next opener adds them
+            _log.debug("spilled runs not added yet: %s", exc)
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -421,53 +577,32 @@ class Store:
         Raises:
             StoreError: The run could not be written (the message names the fix).
         """
-        markers = None
-        if times is not None:
-            markers = json.dumps(
-                {
-                    "start_ns": times.start_ns,
-                    "cli_ready_ns": times.cli_ready_ns,
-                    "session_init_done_ns": times.session_init_done_ns,
-                    "prompt_sent_ns": times.prompt_sent_ns,
-                    "first_token_ns": times.first_token_ns,
-                    "end_ns": times.end_ns,
-                    "first_stderr_ns": times.first_stderr_ns,
-                }
-            )
-        row = (
-            record.run_id,
-            record.started_at,
-            record.agent,
-            record.session_id,
-            record.conversation_id,
-            record.turn_ordinal,
-            record.status.value,
-            record.to_json(),
-            markers,
-            None if content is None else content.to_json(),
-            None if requests is None else json.dumps([r.to_dict() for r in requests]),
+        entry = _entry(
+            record, times=times, sinks=sinks, content=content, requests=requests, prefix=prefix
         )
+        self._run("write to", lambda conn: _insert(conn, entry))
 
-        def insert(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                conn.execute(
-                    "INSERT OR IGNORE INTO runs (run_id, started_at, agent, session_id,"
-                    " conversation_id, turn_ordinal, status, record_json, markers_json,"
-                    " content_json, requests_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    row,
-                )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (run_id, sink) VALUES (?, ?)",
-                    [(record.run_id, sink) for sink in sinks],
-                )
-                if prefix is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO prefixes (conversation_id, run_id, sections_json)"
-                        " VALUES (?, ?, ?)",
-                        (prefix[0], record.run_id, _sections_json(prefix[1])),
-                    )
+    def import_spilled(self) -> int:
+        """Add the runs spilled for this store (:func:`spill`) and delete their files.
 
-        self._run("write to", insert)
+        Exactly once: a run already in the store (its own process wrote it after all, or
+        another process imported the file first) is skipped with its outbox rows, so no
+        sink gets it twice. A file that cannot be read is left where it is (logged once
+        per process). Called whenever a store is opened; returns how many runs it added.
+        """
+        added = 0
+        for path in _spilled_files(self.path):
+            try:
+                entry = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                _warn_spill(path, exc)
+                continue
+            if entry.get("store") != str(self.path.resolve()):
+                continue  # another store's, in the shared fallback directory
+            added += int(self._run("write to", functools.partial(_insert, entry=entry)))
+            with contextlib.suppress(FileNotFoundError):  # another process got there first
+                path.unlink()
+        return added
 
     # --- the outbox ------------------------------------------------------------------
 
