@@ -7,6 +7,7 @@ or the OOM killer does; the worker then ends the agent and records what it saw.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, assert_valid, stored
+from conftest import CHILDREN, PROBE, assert_valid, stored
 from helpers.stand_in import claude_init
+from test_spawn import _acp_requests, _prompt, _read_until_id
 
 GONE_WITHIN_S = 5.0 + 2.0  # SIGTERM's grace, and slack for a loaded machine
 
@@ -130,3 +132,66 @@ def test_a_run_that_ends_normally_is_not_probe_killed(probe_home: Path) -> None:
     [record] = stored(probe_home)
     assert record["status"] == "succeeded"
     assert record["timing_unavailable_reason"] == "session_init_not_observable"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.fault("Probe", "`ttft-probe run` SIGKILLed between two ACP turns (the agent "
+                   "does not exit when its stdin closes)",
+                   outcome="the finished turn stored once; no other run",
+                   agent="ended (SIGTERM) within 5 s", records_lost="0")
+def test_killed_between_acp_turns_ends_the_agent(probe_home: Path) -> None:
+    acp = [sys.executable, str(CHILDREN / "fake_acp.py")]
+    lead = subprocess.Popen([*PROBE, "run", "--quiet", "--family", "acp-json-rpc", "--agent",
+                             "fake_acp", "--", *acp], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert lead.stdin is not None
+    assert lead.stdout is not None
+    for request in (*_acp_requests(), _prompt(2, "sess-1")):
+        lead.stdin.write(request)
+    lead.stdin.flush()
+    _read_until_id(lead.stdout, 2)
+    assert _wait_for(lambda: len(stored(probe_home)) == 1, 15)  # turn 1 is stored
+    [agent] = [c for c in _children(lead.pid)  # not the worker, whose argv names it too
+               if Path(f"/proc/{c}/cmdline").read_text().split("\0")[1].endswith("fake_acp.py")]
+    lead.send_signal(signal.SIGKILL)
+    lead.wait(5)
+    assert _wait_for(lambda: _gone(agent), GONE_WITHIN_S), "the agent outlived the probe"
+    lead.stdin.close()
+    lead.stdout.close()
+    time.sleep(0.5)  # the worker finishes
+    [record] = stored(probe_home)
+    assert record["status"] == "succeeded"
+    assert record["turn_ordinal"] == 1
+
+
+_LIBRARY_RUN = """
+import sys
+from ttft_probe import Probe
+Probe(family="plain", store=False, end_with_probe=sys.argv[1] == "1").run(sys.argv[2:])
+"""
+
+
+@pytest.mark.fault("Probe", "a process running `Probe.run` SIGKILLed",
+                   outcome="the agent gets SIGTERM from the kernel (PR_SET_PDEATHSIG); with "
+                   "`end_with_probe=False` it runs on", agent="ended (SIGTERM) at once",
+                   records_lost="the process's own (nothing outlives it to store them)")
+@pytest.mark.parametrize("end", [True, False])
+def test_the_library_run_ends_the_agent_with_the_probe(tmp_path: Path, end: bool) -> None:
+    pidfile = tmp_path / "agent.pid"
+    host = subprocess.Popen([sys.executable, "-c", _LIBRARY_RUN, "1" if end else "0",
+                             *_agent(pidfile)], stdout=subprocess.DEVNULL)  # fmt: skip
+    assert _wait_for(lambda: pidfile.exists() and pidfile.read_text(), 20)
+    agent = int(pidfile.read_text())
+    host.send_signal(signal.SIGKILL)
+    host.wait(5)
+    try:
+        assert _wait_for(lambda: _gone(agent), 3.0) is end
+    finally:
+        if not _gone(agent):
+            os.kill(agent, signal.SIGKILL)

@@ -587,6 +587,7 @@ def spawn(
     tees_stdin: bool,
     spawned: Spawned | None = None,
     pumps: bool = True,
+    end_with_parent: bool = False,
 ) -> Spawned:
     """Start ``argv`` with this process's stdio, copied through pumps; see the module.
 
@@ -595,6 +596,12 @@ def spawn(
     this process's, inherited, or with ``tees_stdin`` a pipe pumped from fd 0. Like
     ``subprocess.Popen``'s defaults: SIGPIPE and SIGXFSZ are reset to their default
     action and this process's other inheritable fds are closed in the child.
+
+    ``end_with_parent``: the child gets SIGTERM when this process dies, by any signal,
+    SIGKILL included (Linux ``PR_SET_PDEATHSIG``, set between fork and exec, so this
+    spawn forks instead of ``posix_spawn``). The kernel sends it when the *thread* that
+    spawned the child ends: only for a caller that waits for the child on that thread
+    (:meth:`ttft_probe.Probe.run`).
 
     Raises:
         OSError: From the spawn itself (``FileNotFoundError`` for a missing executable,
@@ -620,13 +627,16 @@ def spawn(
         spawned.tees_stdin = tee
         spawned.spawn_ns = monotonic_ns()
         try:
-            pid = os.posix_spawnp(
-                spawned.argv[0],
-                spawned.argv,
-                env,
-                file_actions=actions,
-                setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ),  # what Popen's restore_signals resets
-            )
+            if end_with_parent:
+                pid = _spawn_ending_with_parent(spawned.argv, env, actions)
+            else:
+                pid = os.posix_spawnp(
+                    spawned.argv[0],
+                    spawned.argv,
+                    env,
+                    file_actions=actions,
+                    setsigdef=_DEFAULT_SIGNALS,
+                )
         except BaseException:
             spawned.restore_signals()
             raise
@@ -667,6 +677,56 @@ def cast_child(spawned: Spawned) -> Child:
     if child is None:  # pragma: no cover - spawn sets it before returning
         raise RuntimeError("not spawned")
     return child
+
+
+_DEFAULT_SIGNALS: Final = (_signal.SIGPIPE, _signal.SIGXFSZ)
+"""Python ignores these; a child gets their default action back (Popen's restore_signals)."""
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _spawn_ending_with_parent(
+    argv: list[str], env: Mapping[str, str], actions: list[tuple[int, ...]]
+) -> int:
+    """Fork, set ``PR_SET_PDEATHSIG`` (SIGTERM) and the file actions, exec ``argv``; its pid.
+
+    An exec failure is reported through a close-on-exec pipe and raised here as the
+    ``OSError`` ``posix_spawnp`` would raise (``FileNotFoundError``, ``PermissionError``).
+    """
+    import ctypes  # noqa: PLC0415 - only this spawn needs prctl
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but system calls until exec
+        code = 5
+        try:
+            prctl(_PR_SET_PDEATHSIG, int(_signal.SIGTERM), 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(128 + int(_signal.SIGTERM))
+            for action in actions:
+                if action[0] == os.POSIX_SPAWN_DUP2:
+                    os.dup2(action[1], action[2])
+                else:
+                    os.close(action[1])
+            for signum in _DEFAULT_SIGNALS:
+                _signal.signal(signum, _signal.SIG_DFL)
+            os.execvpe(argv[0], argv, env)  # noqa: S606 - the agent's own argv, as given
+        except BaseException as exc:  # noqa: BLE001 - whatever it was, report it and exit
+            code = getattr(exc, "errno", None) or 5  # EIO when it was no OSError
+        finally:
+            os.write(err_w, str(code).encode())
+            os._exit(127)
+    os.close(err_w)
+    try:
+        report = os.read(err_r, 16)
+    finally:
+        os.close(err_r)
+    if report:  # exec failed: the child wrote why and exited
+        os.waitpid(pid, 0)
+        code = int(report)
+        raise OSError(code, os.strerror(code), argv[0])
+    return pid
 
 
 def trace_ids() -> tuple[int, int]:

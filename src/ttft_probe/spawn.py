@@ -332,6 +332,13 @@ class Probe:
             carry them (:mod:`ttft_probe.content`), in the store and in the spans,
             PostHog and Langfuse. Off by default; this is the only switch. Even on, argv
             and the environment are never captured.
+        end_with_probe: An agent started by :meth:`run` gets SIGTERM when this process
+            dies, by any signal, SIGKILL included (Linux ``PR_SET_PDEATHSIG``; an ACP
+            agent would otherwise wait on its stdin for good). ``False`` keeps the agent
+            running on, as before. Not for :meth:`popen` and
+            :meth:`create_subprocess_exec`: the kernel sends the signal when the *thread*
+            that spawned the agent ends, and those return while the agent runs.
+            (``ttft-probe run`` itself ends the agent from its worker process.)
 
     Raises:
         ConfigError: An unknown family or agent/family mismatch (before any spawn).
@@ -353,6 +360,7 @@ class Probe:
         observe_provider: bool | str = False,
         deliver: bool | Literal["detached"] = True,
         capture_content: bool = False,
+        end_with_probe: bool = True,
     ) -> None:
         """See the class docstring."""
         if turn_ordinal is not None and turn_ordinal < 1:
@@ -374,6 +382,7 @@ class Probe:
             "observe_provider": observe_provider,
             "deliver": deliver,
             "capture_content": bool(capture_content),
+            "end_with_probe": bool(end_with_probe),
         }
         self.processes: list[TrackedProcess] = []
         specs = configured_sinks() if store is not False else []
@@ -867,7 +876,10 @@ class Probe:
         spawned.trace_ids = launch.trace_ids
         spawned.observation = launch.observation
         try:
-            spawn(launch.argv, launch.env, tees_stdin=launch.tees_stdin, spawned=spawned)
+            spawn(
+                launch.argv, launch.env, tees_stdin=launch.tees_stdin, spawned=spawned,
+                end_with_parent=self._options["end_with_probe"],
+            )  # fmt: skip
         except BaseException:
             self._spawn_failed(launch)
             raise
