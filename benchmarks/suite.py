@@ -992,8 +992,8 @@ BOOT_S: Final = 0.3
 """How long the stamping child lives, like an agent booting (real ones: 100–2,000 ms)."""
 STAMP_CHILD: Final = [
     PY, "-S", "-c",
-    "import os, time; os.write(1, b'%d\\n' % time.monotonic_ns()); "
-    f"time.sleep({BOOT_S}); os.write(1, b'%d\\n' % time.monotonic_ns())",
+    ("import os, time; os.write(1, b'%d\\n' % time.monotonic_ns()); "
+     f"time.sleep({BOOT_S}); os.write(1, b'%d\\n' % time.monotonic_ns())"),
 ]
 """A child whose first act is to print CLOCK_MONOTONIC (ns); after BOOT_S it prints it again
 as its last byte and exits."""
