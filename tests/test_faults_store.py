@@ -164,8 +164,9 @@ def test_read_only_store(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.fault("Store", "read-only store directory",
-                   outcome="agent untouched; one warning naming the fix; earlier runs intact",
-                   records_lost="n/a (read-only disk)")
+                   outcome="agent untouched; one warning naming the fix and where the run was "
+                   "kept ($TMPDIR); earlier runs intact; the run is added once the store can "
+                   "be written", records_lost="0")
 @pytest.mark.parametrize("wal", ["closed cleanly", "-wal left by `run`"])
 def test_regression_runs_lists_a_store_on_a_read_only_disk(wal: str, tmp_path: Path) -> None:
     # Before: opening the store always wrote PRAGMA user_version (and took the write

@@ -195,3 +195,19 @@ def test_the_library_run_ends_the_agent_with_the_probe(tmp_path: Path, end: bool
     finally:
         if not _gone(agent):
             os.kill(agent, signal.SIGKILL)
+
+
+@pytest.mark.fault("Probe", "SIGTERM to the probe's whole process group (`timeout`, a service "
+                   "manager)", outcome="the run is stored as `cancelled`: the worker outlives "
+                   "the signal", agent="gets SIGTERM, as without the probe", records_lost="0")
+def test_sigterm_to_the_process_group_keeps_the_run(tmp_path: Path, probe_home: Path) -> None:
+    pidfile = tmp_path / "agent.pid"
+    lead = subprocess.Popen([*PROBE, "run", "--quiet", "--family", "plain", "--",
+                             *_agent(pidfile, {"ready": 1})], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    assert _wait_for(lambda: pidfile.exists() and pidfile.read_text(), 20)
+    time.sleep(0.5)
+    os.killpg(lead.pid, signal.SIGTERM)
+    assert lead.wait(15) == 128 + signal.SIGTERM
+    record = _record(probe_home)
+    assert record["status"] == "cancelled"

@@ -22,13 +22,13 @@ import _thread
 import os
 
 from ttft_probe._prespawn import (
-    _CHUNK,
     Arrival,
     Flag,
     Spawned,
     _forward,
     cast_child,
     monotonic_ns,
+    readable,
     start_pumps,
 )
 
@@ -99,8 +99,16 @@ class Relay:
     def _send(self, kind: int, t_ns: int, data: bytes) -> None:
         if self._fd < 0:
             return
-        frame = bytes([kind]) + t_ns.to_bytes(8, "big") + len(data).to_bytes(4, "big") + data
-        if not _forward(self._fd, frame):
+        head = bytes([kind]) + t_ns.to_bytes(8, "big") + len(data).to_bytes(4, "big")
+        try:  # header and data in one call, without copying the data into a frame
+            sent = os.writev(self._fd, [head, data])
+        except OSError:
+            sent = -1
+        total = _HEAD + len(data)
+        if 0 <= sent < total:  # a full pipe took part of it: the rest, in order
+            rest = (head + data)[sent:] if sent < _HEAD else data[sent - _HEAD :]
+            sent = total if _forward(self._fd, rest) else -1
+        if sent < 0:
             os.close(self._fd)
             self._fd = -1
 
@@ -170,28 +178,46 @@ def _dispatch(kind: int, t_ns: int, data: bytes, spawned: Spawned, child: Report
 
 
 def _read_frames(fd: int, spawned: Spawned, child: Reported) -> None:
-    """Worker side: feed the lead's frames into ``spawned``'s buffer until the pipe ends."""
+    """Worker side: feed the lead's frames into ``spawned``'s buffer until the pipe ends.
+
+    Whatever a frame's handling raises, the pipe is drained to its end (the lead must
+    never block on a full pipe) and the agent's end is reported, so the worker finishes.
+    """
     buf = bytearray()
-    while True:
-        try:
-            chunk = os.read(fd, _CHUNK)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            break
-        buf += chunk
-        while len(buf) >= _HEAD:
-            size = int.from_bytes(buf[9:_HEAD], "big")
-            if len(buf) < _HEAD + size:
+    start = 0  # where the next frame begins in buf
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except OSError:
+                chunk = b""
+            if not chunk:
                 break
-            kind = buf[0]
-            t_ns = int.from_bytes(buf[1:9], "big")
-            data = bytes(buf[_HEAD : _HEAD + size])
-            del buf[: _HEAD + size]
-            _dispatch(kind, t_ns, data, spawned, child)
-    os.close(fd)
-    if child.returncode is None:  # the lead died without a word: nothing more will come
-        _lead_died(spawned, child)
+            if start:
+                del buf[:start]
+                start = 0
+            buf += chunk
+            view = memoryview(buf)
+            try:
+                while len(buf) - start >= _HEAD:
+                    size = int.from_bytes(view[start + 9 : start + _HEAD], "big")
+                    end = start + _HEAD + size
+                    if len(buf) < end:
+                        break
+                    kind = buf[start]
+                    t_ns = int.from_bytes(view[start + 1 : start + 9], "big")
+                    data = view[start + _HEAD : end].tobytes()
+                    start = end
+                    try:
+                        _dispatch(kind, t_ns, data, spawned, child)
+                    except Exception:  # noqa: BLE001, S112 - a fault in one frame: on to the next
+                        continue
+            finally:
+                view.release()
+    finally:
+        os.close(fd)
+        if not child.exited:  # the lead died without a word: nothing more will come
+            _lead_died(spawned, child)
 
 
 GRACE_S: Final = 5.0
@@ -228,8 +254,6 @@ def _lead_died(spawned: Spawned, child: Reported) -> None:
 
 def _end(pid: int) -> None:
     """SIGTERM ``pid``, wait up to :data:`GRACE_S` on a pidfd, then SIGKILL it."""
-    import select  # noqa: PLC0415 - the worker has it loaded by now
-
     try:
         fd = os.pidfd_open(pid)
     except OSError:
@@ -240,7 +264,7 @@ def _end(pid: int) -> None:
                 os.kill(pid, signum)
             except OSError:
                 return
-            if select.select([fd], [], [], wait)[0]:
+            if readable(fd, wait):
                 return
     finally:
         os.close(fd)
@@ -256,7 +280,10 @@ def _become_worker(spawned: Spawned, frames: int, done: int) -> Spawned:
         os.dup2(null, fd)
     os.close(null)
     spawned.restore_signals()
-    for signum in (_signal.SIGINT, _signal.SIGHUP):  # a Ctrl-C is the agent's to handle
+    # A Ctrl-C, a hang-up or a SIGTERM sent to the whole process group (`timeout`, a
+    # service manager) is the agent's and the lead's to act on; the worker records the
+    # outcome the lead reports (cancelled), which it could not if it died with them.
+    for signum in (_signal.SIGINT, _signal.SIGHUP, _signal.SIGTERM):
         _signal.signal(signum, _signal.SIG_IGN)
     child = Reported(cast_child(spawned).pid)
     spawned.child = child  # type: ignore[assignment]
@@ -296,12 +323,10 @@ def _lead(spawned: Spawned, frames: int, done: int) -> None:
     exited = spawned.exited
     t_exit = exited.at() if exited is not None else monotonic_ns()
     relay.exit(t_exit, code, cancelled=spawned.cancelled, timed_out=timed_out)
-    import select  # noqa: PLC0415 - after the spawn
-
     wait = options.get("delivery_wait")
     limit = 20.0 + (wait if isinstance(wait, float) else 0.0)
     try:  # noqa: SIM105 - no contextlib here (see the module)
-        select.select([done], [], [], limit)  # the worker's byte, or its end
+        readable(done, limit)  # the worker's byte, or its end
     except OSError:
         pass
     spawned.stdout_eof.wait(0.2)  # every byte of stdout forwarded (a grandchild may hold it)

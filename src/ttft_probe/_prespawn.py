@@ -111,6 +111,29 @@ class Arrival:
         return f"Arrival({self.stream!r}, {len(self.data)} bytes, t_ns={self.t_ns})"
 
 
+_POLL_MAX_S: Final = 2_000_000.0
+"""The longest single ``poll`` (s): its timeout is a C int of ms."""
+
+
+def readable(fd: int, timeout: float | None = None) -> bool:
+    """Wait until ``fd`` is readable (a pidfd: the process exited), up to ``timeout`` s.
+
+    ``poll`` rather than ``select``: an fd numbered 1024 or more (a library caller with
+    many files open) is fine, and any timeout is (waited in steps).
+    """
+    import select  # noqa: PLC0415 - after the spawn
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = None if timeout is None else monotonic_ns() + int(max(0.0, timeout) * 1e9)
+    while True:
+        left = _POLL_MAX_S if deadline is None else (deadline - monotonic_ns()) / 1e9
+        if poller.poll(int(min(max(left, 0.0), _POLL_MAX_S) * 1000)):
+            return True
+        if deadline is not None and monotonic_ns() >= deadline:
+            return False
+
+
 class Flag:
     """A one-way flag threads can wait on (``threading.Event``'s ``set``/``wait``/``is_set``)."""
 
@@ -238,6 +261,12 @@ class Discard:
     def on_stdout_eof(self, t_ns: int) -> None:
         """Not kept."""
 
+    def on_stdout(self, data: bytes, t_ns: int) -> None:
+        """A read the lead made (worker side): not kept."""
+
+    def on_stdin(self, data: bytes, t_ns: int) -> None:
+        """A read the lead made (worker side): not kept."""
+
 
 def _read(fd: int) -> bytes:
     """One read of up to 64 KiB; b"" at EOF or when the pipe broke."""
@@ -354,10 +383,8 @@ class Child:
             except OSError:  # already reaped
                 fd = None
             if fd is not None:
-                import select  # noqa: PLC0415 - only a bounded wait needs it
-
                 try:
-                    select.select([fd], [], [], max(0.0, timeout))
+                    readable(fd, timeout)
                 finally:
                     os.close(fd)
             return self.poll()
@@ -403,10 +430,8 @@ class ExitWatch:
         _thread.start_new_thread(self._watch, (fd,))
 
     def _watch(self, fd: int) -> None:
-        import select  # noqa: PLC0415 - after the spawn
-
         try:
-            select.select([fd], [], [])
+            readable(fd)
         finally:
             self.t_ns = monotonic_ns()
             os.close(fd)
@@ -684,6 +709,25 @@ _DEFAULT_SIGNALS: Final = (_signal.SIGPIPE, _signal.SIGXFSZ)
 _PR_SET_PDEATHSIG: Final = 1
 
 
+def _which(program: str, env: Mapping[str, str]) -> str:
+    """``program`` as ``execvpe`` would find it on ``env``'s PATH (resolved before a fork).
+
+    Raises:
+        OSError: ``FileNotFoundError`` or ``PermissionError``, as the exec would.
+    """
+    if "/" in program:
+        return program
+    denied = False
+    for directory in os.get_exec_path(env):
+        candidate = os.path.join(directory, program)
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            denied = True
+    code = 13 if denied else 2  # EACCES, ENOENT
+    raise OSError(code, os.strerror(code), program)
+
+
 def _spawn_ending_with_parent(
     argv: list[str], env: Mapping[str, str], actions: list[tuple[int, ...]]
 ) -> int:
@@ -695,12 +739,16 @@ def _spawn_ending_with_parent(
     import ctypes  # noqa: PLC0415 - only this spawn needs prctl
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
+    program = _which(argv[0], env)
     parent = os.getpid()
     err_r, err_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: nothing but system calls until exec
         code = 5
         try:
+            # A SIGTERM from the kernel must end this child, not reach the handler it
+            # inherited (which forwards to a child this copy does not have).
+            _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
             prctl(_PR_SET_PDEATHSIG, int(_signal.SIGTERM), 0, 0, 0)
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os._exit(128 + int(_signal.SIGTERM))
@@ -711,7 +759,7 @@ def _spawn_ending_with_parent(
                     os.close(action[1])
             for signum in _DEFAULT_SIGNALS:
                 _signal.signal(signum, _signal.SIG_DFL)
-            os.execvpe(argv[0], argv, env)  # noqa: S606 - the agent's own argv, as given
+            os.execve(program, argv, env)  # noqa: S606 - the agent's own argv, as given
         except BaseException as exc:  # noqa: BLE001 - whatever it was, report it and exit
             code = getattr(exc, "errno", None) or 5  # EIO when it was no OSError
         finally:
@@ -851,6 +899,10 @@ _VALUED: Final = {
 }
 
 
+_MAX_S: Final = 1e9
+"""Seconds above which a ``--timeout`` is left to the full parser (about 32 years)."""
+
+
 def _number(text: str) -> float | None:
     """``text`` as a finite float, as click's FLOAT reads it, or ``None``."""
     try:
@@ -864,11 +916,12 @@ def _number(text: str) -> float | None:
 def _value(key: str, text: str) -> object:
     """An option's value as click would read it, or ``None`` where it might not."""
     if key == "turn_ordinal":
-        return int(text) if text.isdigit() and int(text) >= 1 else None
+        digits = text.isascii() and text.isdigit()  # "²" is a digit int() refuses
+        return int(text) if digits and int(text) >= 1 else None
     if key in {"timeout", "delivery_wait"}:
         number = _number(text)
-        if number is None or number < 0 or (key == "timeout" and number == 0):
-            return None
+        if number is None or number < 0 or number > _MAX_S or (key == "timeout" and number == 0):
+            return None  # the full parser reads it (and the library waits in steps)
         return number
     if key == "family" and text not in agents.BUILTIN_FAMILIES:
         return None  # a plugin's: its adapter, loaded by the full parser, decides
@@ -956,6 +1009,8 @@ def start(  # noqa: PLR0911 - each return is one reason to leave it to the full 
     spawned = Spawned()
     spawned.options = opts
     if opts.get("observe_provider") or opts.get("upstream"):
+        if closed_std_fds():
+            return None  # its socket would take a standard fd the agent must find closed
         upstream = opts.get("upstream")
         bound = _bind_observer(resolved, environ, upstream if isinstance(upstream, str) else None)
         if bound is None:

@@ -248,9 +248,30 @@ def spill_dirs(store_path: Path) -> list[Path]:
     return [store_path.with_name(store_path.name + ".spill"), fallback]
 
 
+def _own_private_dir(directory: Path) -> bool:
+    """Whether ``directory`` is a real directory of this user that only this user can use.
+
+    The fallback is in a shared ``/tmp``: one made there by someone else (or a link to
+    elsewhere) is neither written to nor read from.
+    """
+    import stat  # noqa: PLC0415
+
+    try:
+        info = directory.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and not info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+    )
+
+
 def _spilled_files(store_path: Path) -> list[Path]:
     found: list[Path] = []
     for directory in spill_dirs(store_path):
+        if directory.is_symlink() or (directory.exists() and not _own_private_dir(directory)):
+            continue
         with contextlib.suppress(OSError):  # no such directory: nothing spilled there
             found.extend(sorted(directory.glob("*.json")))
     return found
@@ -286,6 +307,8 @@ def spill(
         temp = directory / f".{record.run_id}.{os.getpid()}.tmp"
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _own_private_dir(directory):
+                raise PermissionError(f"{directory} is not a private directory of this user")
             temp.write_text(data, "utf-8")
             temp.replace(target)
         except OSError as exc:
@@ -407,7 +430,7 @@ class Store:
         self._connect()
         try:
             self.import_spilled()
-        except StoreError as exc:  # still locked, say: the next opener adds them
+        except Exception as exc:  # noqa: BLE001 - still locked, say: the next opener adds them
             _log.debug("spilled runs not added yet: %s", exc)
 
     def _connect(self) -> sqlite3.Connection:
@@ -594,12 +617,20 @@ class Store:
         for path in _spilled_files(self.path):
             try:
                 entry = json.loads(path.read_text("utf-8"))
+                if not isinstance(entry, dict) or not isinstance(entry.get("row"), list):
+                    raise ValueError("not a spilled run")  # noqa: TRY004
             except (OSError, ValueError) as exc:
                 _warn_spill(path, exc)
                 continue
             if entry.get("store") != str(self.path.resolve()):
                 continue  # another store's, in the shared fallback directory
-            added += int(self._run("write to", functools.partial(_insert, entry=entry)))
+            try:
+                added += int(self._run("write to", functools.partial(_insert, entry=entry)))
+            except StoreError:
+                raise  # the store is busy or failing: the next opener tries again
+            except Exception as exc:  # noqa: BLE001 - a malformed file is left, said once
+                _warn_spill(path, exc)
+                continue
             with contextlib.suppress(FileNotFoundError):  # another process got there first
                 path.unlink()
         return added
