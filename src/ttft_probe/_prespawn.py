@@ -76,6 +76,7 @@ __all__ = [
     "Flag",
     "Spawned",
     "pump",
+    "readable",
     "spawn",
     "start",
     "started",
@@ -853,14 +854,9 @@ def _bind_observer(
         home = env.get("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
         if os.path.exists(os.path.join(home, "config.toml")):
             return None
-    defaults = {
-        "ANTHROPIC_BASE_URL": "https://api.anthropic.com",
-        "OPENAI_BASE_URL": "https://api.openai.com/v1",
-        "GOOGLE_GEMINI_BASE_URL": "https://generativelanguage.googleapis.com",
-    }
-    if var not in defaults:
+    if var not in agents.DEFAULT_UPSTREAMS:
         return None
-    target = upstream or env.get(var) or defaults[var]
+    target = upstream or env.get(var) or agents.DEFAULT_UPSTREAMS[var]
     path = simple_url_path(target)
     if path is None:
         return None

@@ -35,16 +35,10 @@ from typing import Final
 
 import attrs
 
-from ttft_probe.agents import ResolvedAgent, find_executable
+from ttft_probe.agents import DEFAULT_UPSTREAMS, ResolvedAgent, find_executable
 
 __all__ = ["DEFAULT_UPSTREAMS", "Route", "route_for"]
 
-DEFAULT_UPSTREAMS: Final[Mapping[str, str]] = {
-    "ANTHROPIC_BASE_URL": "https://api.anthropic.com",
-    "OPENAI_BASE_URL": "https://api.openai.com/v1",
-    "GOOGLE_GEMINI_BASE_URL": "https://generativelanguage.googleapis.com",
-}
-"""The provider each base-URL variable points at when it is unset."""
 
 
 @attrs.frozen

@@ -20,11 +20,12 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Final
 
 __all__ = [
     "AGENTS",
+    "DEFAULT_UPSTREAMS",
     "PROVIDERS",
     "AgentSpec",
     "ResolvedAgent",
@@ -223,6 +224,13 @@ AGENTS: tuple[AgentSpec, ...] = (
     AgentSpec("cursor_agent", _JSON_EVENT_STREAM, "cursor-agent", None, _stream_json),
     AgentSpec("cursor_agent", _PLAIN, "cursor-agent"),
 )
+
+DEFAULT_UPSTREAMS: Final[Mapping[str, str]] = {
+    "ANTHROPIC_BASE_URL": "https://api.anthropic.com",
+    "OPENAI_BASE_URL": "https://api.openai.com/v1",
+    "GOOGLE_GEMINI_BASE_URL": "https://generativelanguage.googleapis.com",
+}
+"""The provider each base-URL variable points at when it is unset (the observer's upstream)."""
 
 PROVIDERS: Final = (
     # agent-name prefix, ``gen_ai.provider.name`` (a well-known value of the OTel GenAI

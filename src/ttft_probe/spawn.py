@@ -28,7 +28,6 @@ import functools
 import io
 import logging
 import os
-import select
 import sys
 import threading
 import time
@@ -61,6 +60,7 @@ from ttft_probe._prespawn import (
     Flag,
     Spawned,
     pump,
+    readable,
     spawn,
     trace_ids,
     traceparent,
@@ -222,7 +222,7 @@ def _wait_pid_exit(pid: int, returncode: Callable[[], int | None]) -> int:
         fd = None
     if fd is not None:
         try:
-            select.select([fd], [], [])
+            readable(fd)
         finally:
             os.close(fd)
     else:
